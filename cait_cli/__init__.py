@@ -1,0 +1,21 @@
+"""cait: compress timm Vision Transformers with ATME token merging and CDCP channel pruning.
+
+    import cait_cli
+    model = cait_cli.load("deit_small.cait")          # a compressed checkpoint directory
+    timm.create_model("hf-hub:ORG/NAME", pretrained=True)  # works once cait_cli is imported
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import CaitError  # noqa: E402
+from .models import registry as _registry  # noqa: E402,F401  (registers cait_vit with timm)
+from .models.loading import LoadedModel, load_model  # noqa: E402
+
+
+def load(name: str, weights: str = "pretrained"):
+    """Load a compressed checkpoint (or any ViT cait understands) as an nn.Module in eval mode."""
+    return load_model(name, weights=weights, require_vit=False).model
+
+
+__all__ = ["CaitError", "LoadedModel", "load", "load_model", "__version__"]

@@ -1,0 +1,157 @@
+"""ATME: asymmetric token merging of grid neighbours.
+
+One merge step halves one axis of the patch grid: a "w" step fuses the column
+pairs (2j, 2j+1), an "h" step fuses the row pairs. An odd axis keeps its last
+column/row unpaired, so a grid of length L becomes ceil(L / 2) and the tokens
+always reshape to (B, C, H', W').
+
+The fusion is asymmetric: the pair is weighted by a softmax over
+log(size) + alpha * importance, where importance is the class-token attention a
+token received, normalised so the mean patch has importance 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Literal, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .tokens import TokenState
+
+Axis = Literal["h", "w"]
+
+
+@dataclass(frozen=True)
+class MergeStep:
+    """Halve grid axis `axis` after the attention of block `block`."""
+
+    block: int
+    axis: Axis
+
+    def __post_init__(self) -> None:
+        if self.axis not in ("h", "w"):
+            raise ValueError(f"merge axis must be 'h' or 'w', got {self.axis!r}")
+
+
+def alternating_schedule(blocks: Sequence[int], grid: Tuple[int, int]) -> List[MergeStep]:
+    """One step after each listed block, halving the longer axis (w first on ties)."""
+    h, w = grid
+    steps = []
+    for block in sorted(blocks):
+        axis: Axis = "h" if h > w else "w"
+        steps.append(MergeStep(block, axis))
+        h, w = (merged_length(h), w) if axis == "h" else (h, merged_length(w))
+    return steps
+
+
+def merged_length(length: int) -> int:
+    """Length of an axis after one merge step (odd lengths keep their last line)."""
+    return (length + 1) // 2
+
+
+def grid_after(grid: Tuple[int, int], axes: Sequence[Axis]) -> Tuple[int, int]:
+    """Grid shape after a sequence of merge steps."""
+    h, w = grid
+    for axis in axes:
+        h, w = (merged_length(h), w) if axis == "h" else (h, merged_length(w))
+    return h, w
+
+
+def _pair_up(t: torch.Tensor, axis: Axis) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a grid tensor (B, H, W, D) into pair members a, b and the odd leftover.
+
+    For axis "w": a, b are (B, H, W // 2, D); leftover is (B, H, W % 2, D).
+    """
+    dim = 2 if axis == "w" else 1
+    length = t.shape[dim]
+    even = length - length % 2
+    paired, leftover = t.narrow(dim, 0, even), t.narrow(dim, even, length - even)
+    shape = list(paired.shape)
+    shape[dim : dim + 1] = [even // 2, 2]
+    pairs = paired.reshape(shape)
+    return pairs.select(dim + 1, 0), pairs.select(dim + 1, 1), leftover
+
+
+def _to_grid(t: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """(B, H*W, D) -> (B, H, W, D)."""
+    return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1])
+
+
+def merge_tokens(
+    state: TokenState, axis: Axis, importance: torch.Tensor, alpha: torch.Tensor
+) -> TokenState:
+    """Apply one asymmetric merge step.
+
+    importance: (B, H*W) class-token attention of the patch tokens (any scale; it is
+                normalised here to mean 1 over the patches).
+    alpha:      scalar weight of importance against log-size.
+    """
+    p, (h, w) = state.num_prefix, state.grid
+    prefix, patches = state.x[:, :p], state.x[:, p:]
+    sizes = state.sizes()
+    prefix_size, patch_size = sizes[:, :p], sizes[:, p:]
+
+    rel_importance = importance / importance.mean(dim=1, keepdim=True).clamp_min(1e-12)
+    logit = patch_size.log() + alpha * rel_importance.unsqueeze(-1)  # (B, HW, 1)
+
+    xa, xb, x_rest = _pair_up(_to_grid(patches, (h, w)), axis)
+    la, lb, _ = _pair_up(_to_grid(logit, (h, w)), axis)
+    sa, sb, s_rest = _pair_up(_to_grid(patch_size, (h, w)), axis)
+
+    weight_a = torch.sigmoid(la - lb)  # softmax over the pair, first member
+    fused = xb + weight_a.to(xa.dtype) * (xa - xb)
+    merged = torch.cat([fused, x_rest], dim=2 if axis == "w" else 1)
+    merged_size = torch.cat([sa + sb, s_rest], dim=2 if axis == "w" else 1)
+
+    new_grid = grid_after((h, w), [axis])
+    x = torch.cat([prefix, merged.flatten(1, 2)], dim=1)
+    size = torch.cat([prefix_size, merged_size.flatten(1, 2)], dim=1)
+    return TokenState(x=x, size=size, grid=new_grid, num_prefix=p)
+
+
+class TokenMerge(nn.Module):
+    """The merge steps of one block, with a learnable importance weight per step."""
+
+    def __init__(self, axes: Sequence[Axis], alpha_init: float = 1.0) -> None:
+        super().__init__()
+        self.axes: List[Axis] = list(axes)
+        self.alpha = nn.Parameter(torch.full((len(self.axes),), float(alpha_init)))
+
+    def forward(self, state: TokenState, importance: torch.Tensor) -> TokenState:
+        for i, axis in enumerate(self.axes):
+            grid_before = state.grid
+            state = merge_tokens(state, axis, importance, self.alpha[i])
+            if i + 1 < len(self.axes):  # a second step in this block uses the pair means
+                importance = merge_importance(importance, grid_before, axis)
+        return state
+
+    def extra_repr(self) -> str:
+        return f"axes={self.axes}"
+
+
+def merge_importance(importance: torch.Tensor, grid: Tuple[int, int], axis: Axis) -> torch.Tensor:
+    """Importance (B, H*W) of the tokens after one step on `grid`: the mean of each pair."""
+    a, b, rest = _pair_up(_to_grid(importance.unsqueeze(-1), grid), axis)
+    joined = torch.cat([(a + b) / 2, rest], dim=2 if axis == "w" else 1)
+    return joined.flatten(1, 2).squeeze(-1)
+
+
+def unmerge(features: torch.Tensor, grid: Tuple[int, int], axes: Sequence[Axis]) -> torch.Tensor:
+    """Copy merged tokens back onto the cells they came from.
+
+    features: (B, C, H', W') as returned by a merged model's grid features
+    grid:     (H, W) the patch grid before any merge
+    axes:     the merge steps applied, in order
+    returns   (B, C, H, W)
+    """
+    grids = [tuple(grid)]
+    for axis in axes:
+        grids.append(grid_after(grids[-1], [axis]))
+    if tuple(features.shape[-2:]) != grids[-1]:
+        raise ValueError(f"features grid {tuple(features.shape[-2:])} does not match {grids[-1]}")
+    for axis, (h, w) in zip(reversed(list(axes)), reversed(grids[:-1])):
+        dim, length = (-1, w) if axis == "w" else (-2, h)
+        index = torch.arange(length, device=features.device) // 2
+        features = features.index_select(dim, index)
+    return features

@@ -1,0 +1,107 @@
+"""A timm ViT block that carries token sizes, merges tokens and gates channels.
+
+Parameter names match timm's Block (norm1, attn.qkv, attn.proj, ls1, norm2,
+mlp.fc1, mlp.fc2, ls2), so timm state dicts load unchanged. The widths are per
+block: queries and keys have `qk_dim` channels per head, values `v_dim`, the MLP
+`mlp_dim` hidden units. The softmax scale stays that of the original head width,
+so a slimmed block computes exactly what the gated one did.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .atme import TokenMerge
+from .gates import ChannelGate
+from .tokens import TokenState
+
+
+class CaitAttention(nn.Module):
+    """Multi-head self-attention with consistent q/k and v channel gates."""
+
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, qk_dim: int, v_dim: int,
+                 scale: float, attn_drop: float = 0.0, proj_drop: nn.Module | None = None) -> None:
+        super().__init__()
+        if qkv.out_features != num_heads * (2 * qk_dim + v_dim):
+            raise ValueError("qkv width does not match heads and channel widths")
+        self.qkv, self.proj = qkv, proj
+        self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
+        self.scale = scale
+        self.attn_drop = attn_drop
+        self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
+        self.gate_qk: Optional[ChannelGate] = None
+        self.gate_v: Optional[ChannelGate] = None
+
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
+                need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (B, N, C); bias: (1, 1, 1, N) log-size or None.
+
+        Returns the output (B, N, C) and, if asked, the class-token attention each
+        token received, averaged over heads: (B, N).
+        """
+        B, N, _ = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).split([h * self.qk_dim, h * self.qk_dim, h * self.v_dim], dim=-1)
+        q = q.view(B, N, h, self.qk_dim).transpose(1, 2)  # (B, h, N, qk_dim)
+        k = k.view(B, N, h, self.qk_dim).transpose(1, 2)
+        v = v.view(B, N, h, self.v_dim).transpose(1, 2)  # (B, h, N, v_dim)
+        if self.gate_qk is not None:  # one mask for all heads, for q and k alike
+            mask = self.gate_qk()
+            q, k = q * mask, k * mask
+        if self.gate_v is not None:
+            v = v * self.gate_v()
+
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, h * self.v_dim)))
+
+        importance = None
+        if need_importance:  # (B, h, 1, N) -> (B, N); only the class-token row is computed
+            logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                logits = logits + bias
+            importance = logits.softmax(dim=-1).mean(dim=1).squeeze(1)
+        return out, importance
+
+
+class CaitMlp(nn.Module):
+    """timm's Mlp with a gate on the hidden units."""
+
+    def __init__(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear,
+                 drop1: nn.Module | None = None, drop2: nn.Module | None = None) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = fc1, act, fc2
+        self.drop1 = drop1 if drop1 is not None else nn.Identity()
+        self.drop2 = drop2 if drop2 is not None else nn.Identity()
+        self.gate: Optional[ChannelGate] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.fc1(x))  # (B, N, mlp_dim)
+        if self.gate is not None:
+            hidden = hidden * self.gate()
+        return self.drop2(self.fc2(self.drop1(hidden)))
+
+
+class CaitBlock(nn.Module):
+    """Pre-norm transformer block: attention, optional token merge, MLP."""
+
+    def __init__(self, norm1: nn.Module, attn: CaitAttention, ls1: nn.Module, drop_path1: nn.Module,
+                 norm2: nn.Module, mlp: CaitMlp, ls2: nn.Module, drop_path2: nn.Module,
+                 merge: Optional[TokenMerge] = None) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.ls1, self.drop_path1 = norm1, attn, ls1, drop_path1
+        self.norm2, self.mlp, self.ls2, self.drop_path2 = norm2, mlp, ls2, drop_path2
+        self.merge = merge
+
+    def forward(self, state: TokenState) -> TokenState:
+        need_importance = self.merge is not None
+        out, importance = self.attn(self.norm1(state.x), state.log_size(), need_importance)
+        state = replace(state, x=state.x + self.drop_path1(self.ls1(out)))
+        if self.merge is not None:
+            state = self.merge(state, importance[:, state.num_prefix:])
+        x = state.x + self.drop_path2(self.ls2(self.mlp(self.norm2(state.x))))
+        return replace(state, x=x)

@@ -1,0 +1,192 @@
+"""Patch a timm VisionTransformer into a CAIT model, in place (as ToMe patches timm).
+
+The patched model keeps timm's class (as a subclass), its parameter names and its
+head, so `forward`, `forward_head`, state dicts and distilled DeiT all keep
+working. What changes: blocks pass a TokenState along, may merge tokens after
+their attention, and may carry CDCP channel gates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import Mlp, PatchDropout
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from ..errors import CaitError
+from .atme import Axis, MergeStep, TokenMerge, grid_after, unmerge
+from .block import CaitAttention, CaitBlock, CaitMlp
+from .tokens import TokenState
+
+
+@dataclass(frozen=True)
+class BlockWidths:
+    """Kept channels of one block: per-head q/k and v widths, MLP hidden width."""
+
+    qk: int
+    v: int
+    mlp: int
+
+
+class CaitMixin:
+    """Methods a patched VisionTransformer gains; see `patch_vit`."""
+
+    cait_schedule: List[MergeStep]
+
+    def forward_tokens(self, x: torch.Tensor) -> TokenState:
+        """Images (B, 3, H, W) -> TokenState after the last block (before the final norm)."""
+        x = self.patch_embed(x)  # (B, N, C), or (B, H, W, C) with dynamic image size
+        grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(self.patch_embed.grid_size)
+        x = self.norm_pre(self.patch_drop(self._pos_embed(x)))
+        return self.blocks(TokenState(x=x, size=None, grid=grid, num_prefix=self.num_prefix_tokens))
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("CAIT models do not take attention masks")
+        return self.norm(self.forward_tokens(x).x)
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised patch features on the merged grid: (B, C, H', W')."""
+        state = self.forward_tokens(x)
+        patches = self.norm(state.x)[:, state.num_prefix:]  # (B, H'*W', C)
+        h, w = state.grid
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, h, w)
+
+    def unmerge(self, features: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """(B, C, H', W') -> (B, C, H, W): each merged token copied back to its cells."""
+        grid = tuple(grid or self.patch_embed.grid_size)
+        return unmerge(features, grid, [step.axis for step in self.cait_schedule])
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise NotImplementedError("use forward_grid() and unmerge() on a CAIT model")
+
+
+def cait_class(base: type) -> type:
+    """The CAIT subclass of a timm VisionTransformer class."""
+    if issubclass(base, CaitMixin):
+        return base
+    return type(f"Cait{base.__name__}", (CaitMixin, base), {})
+
+
+def is_cait(model: nn.Module) -> bool:
+    return isinstance(model, CaitMixin)
+
+
+def check_vit(model: nn.Module) -> None:
+    """Raise CaitError unless CAIT can patch this model."""
+    name = type(model).__name__
+    if not isinstance(model, VisionTransformer):
+        raise CaitError(f"{name} is not a timm VisionTransformer; cait compresses ViTs with a class token")
+    if model.cls_token is None:
+        raise CaitError(f"{name} has no class token; cait needs one to score token importance")
+    if model.attn_pool is not None:
+        raise CaitError(f"{name} uses attention pooling, which cait does not support")
+    if isinstance(model.patch_drop, PatchDropout) and model.patch_drop.prob > 0:
+        raise CaitError(f"{name} drops patches during training, which breaks the token grid")
+    for i, block in enumerate(model.blocks):
+        _check_block(block, i)
+
+
+def _check_block(block: nn.Module, index: int) -> None:
+    if is_cait_block(block):
+        return
+    if type(block) is not Block or type(block.attn) is not Attention or type(block.mlp) is not Mlp:
+        raise CaitError(f"block {index} is a {type(block).__name__}; cait supports timm's standard ViT block")
+    attn, mlp = block.attn, block.mlp
+    plain = all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, mlp.norm))
+    if not plain or attn.gate is not None:
+        raise CaitError(f"block {index} uses q/k or scale norms or gating, which cait does not support")
+
+
+def is_cait_block(block: nn.Module) -> bool:
+    return isinstance(block, CaitBlock)
+
+
+def _convert_block(block: Block) -> CaitBlock:
+    attn, mlp = block.attn, block.mlp
+    heads, head_dim = attn.num_heads, attn.head_dim
+    cait_attn = CaitAttention(attn.qkv, attn.proj, heads, head_dim, head_dim, attn.scale,
+                              attn.attn_drop.p, attn.proj_drop)
+    cait_mlp = CaitMlp(mlp.fc1, mlp.act, mlp.fc2, mlp.drop1, mlp.drop2)
+    return CaitBlock(block.norm1, cait_attn, block.ls1, block.drop_path1,
+                     block.norm2, cait_mlp, block.ls2, block.drop_path2)
+
+
+def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = ()) -> VisionTransformer:
+    """Turn a timm ViT into a CAIT model in place, with the given merge schedule.
+
+    Calling it again on a CAIT model replaces the schedule. Weights are shared with
+    the original modules, not copied.
+    """
+    check_vit(model)
+    schedule = list(schedule)
+    _check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
+    for i, block in enumerate(model.blocks):
+        if not is_cait_block(block):
+            model.blocks[i] = _convert_block(block)
+    for i, block in enumerate(model.blocks):
+        axes = [step.axis for step in schedule if step.block == i]
+        block.merge = TokenMerge(axes) if axes else None
+    model.__class__ = cait_class(type(model))
+    model.cait_schedule = schedule
+    return model
+
+
+def _check_schedule(schedule: Sequence[MergeStep], depth: int, grid: Tuple[int, int]) -> None:
+    blocks = [step.block for step in schedule]
+    if blocks != sorted(blocks):
+        raise CaitError("merge steps must be listed in block order")
+    for step in schedule:
+        if not 0 <= step.block < depth:
+            raise CaitError(f"merge after block {step.block} is outside the model's {depth} blocks")
+    h, w = grid_after(grid, [step.axis for step in schedule])
+    if h < 1 or w < 1:
+        raise CaitError("merge schedule leaves an empty grid")
+
+
+def block_widths(model: nn.Module) -> List[BlockWidths]:
+    """Current widths of every block of a CAIT model (gates not applied)."""
+    return [BlockWidths(b.attn.qk_dim, b.attn.v_dim, b.mlp.fc1.out_features) for b in model.blocks]
+
+
+def set_widths(model: nn.Module, widths: Sequence[BlockWidths]) -> None:
+    """Give every block fresh Linear layers of the given widths (for rebuilding a slim model)."""
+    if len(widths) != len(model.blocks):
+        raise CaitError(f"{len(widths)} block widths for a model of {len(model.blocks)} blocks")
+    for block, width in zip(model.blocks, widths):
+        attn, mlp = block.attn, block.mlp
+        dim, heads = attn.qkv.in_features, attn.num_heads
+        attn.qkv = _linear_like(attn.qkv, dim, heads * (2 * width.qk + width.v))
+        attn.proj = _linear_like(attn.proj, heads * width.v, attn.proj.out_features)
+        attn.qk_dim, attn.v_dim = width.qk, width.v
+        mlp.fc1 = _linear_like(mlp.fc1, dim, width.mlp)
+        mlp.fc2 = _linear_like(mlp.fc2, width.mlp, mlp.fc2.out_features)
+
+
+def _linear_like(ref: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=ref.bias is not None,
+                     device=ref.weight.device, dtype=ref.weight.dtype)
+
+
+def token_counts(model: nn.Module, grid: Optional[Tuple[int, int]] = None) -> List[Tuple[int, int]]:
+    """(tokens into attention, tokens into MLP) of every block."""
+    grid = tuple(grid or model.patch_embed.grid_size)
+    prefix = model.num_prefix_tokens
+    schedule: Sequence[MergeStep] = getattr(model, "cait_schedule", [])
+    counts = []
+    for i in range(len(model.blocks)):
+        n_in = prefix + grid[0] * grid[1]
+        grid = grid_after(grid, [s.axis for s in schedule if s.block == i])
+        counts.append((n_in, prefix + grid[0] * grid[1]))
+    return counts
+
+
+def schedule_by_block(schedule: Sequence[MergeStep]) -> Dict[int, List[Axis]]:
+    out: Dict[int, List[Axis]] = {}
+    for step in schedule:
+        out.setdefault(step.block, []).append(step.axis)
+    return out

@@ -1,0 +1,37 @@
+"""Register the CAIT architecture with timm.
+
+After `import cait_cli`, `timm.create_model("hf-hub:ORG/NAME", pretrained=True)` and
+`timm.create_model("local-dir:PATH", pretrained=True)` rebuild a compressed model
+from its config.json (model_args) and load its model.safetensors.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg, register_model
+from timm.models._registry import generate_default_cfgs
+
+from .spec import ARCHITECTURE, CaitSpec, build
+
+# Input keywords timm's builder may add from the pretrained config; they override base_args.
+_INPUT_KEYS = ("num_classes", "in_chans", "img_size", "global_pool")
+
+
+def _build(base_architecture: str, widths: List[List[int]], merge_schedule: List[List[Any]] = (),
+           base_args: Dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    spec = CaitSpec.from_model_args({
+        "base_architecture": base_architecture, "base_args": base_args or {},
+        "widths": widths, "merge_schedule": merge_schedule,
+    })
+    overrides = {k: v for k, v in kwargs.items() if k in _INPUT_KEYS and v is not None}
+    return build(spec, **overrides)
+
+
+default_cfgs = generate_default_cfgs({f"{ARCHITECTURE}.untrained": {"num_classes": 1000}})
+
+
+@register_model
+def cait_vit(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A ViT compressed by cait: per-block widths and a token merge schedule in model_args."""
+    return build_model_with_cfg(_build, ARCHITECTURE, pretrained, **kwargs)
