@@ -44,7 +44,7 @@ class ChannelGate(nn.Module):
         """Mask (channels,): exactly 0/1 in value, identity gradient to the scores."""
         hard = torch.zeros_like(self.scores)
         hard[self.kept_indices()] = 1.0
-        return hard + self.scores - self.scores.detach()
+        return hard + (self.scores - self.scores.detach())  # exactly hard; d/dscores = 1
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, keep={self.keep}"

@@ -1,0 +1,54 @@
+"""Test support: tiny timm ViTs, a Hugging Face cache the tests build, fresh processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+TINY = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=7)
+
+
+def tiny_vit(name: str = "vit_tiny_patch16_224", **overrides) -> torch.nn.Module:
+    """A randomly initialised timm ViT small enough for unit tests (8x8 grid)."""
+    torch.manual_seed(0)
+    kwargs = {**TINY, **overrides}
+    if "distilled" in name or "reg" in name:
+        kwargs.pop("embed_dim"), kwargs.pop("num_heads")
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def write_hub_repo(cache: Path, repo_id: str, files: Dict[str, bytes]) -> Path:
+    """Lay out `files` as the Hugging Face cache does after a download of repo_id@main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    return snapshot
+
+
+def safetensors_bytes(model: torch.nn.Module, tmp: Path) -> bytes:
+    path = tmp / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path.read_bytes()
+
+
+def run_python(code: str, env: Optional[Dict[str, str]] = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (env vars such as HF_HUB_OFFLINE are read at import)."""
+    full_env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data))

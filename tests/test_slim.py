@@ -1,0 +1,59 @@
+"""Physical slimming computes what the gated, merging model computes."""
+import copy
+
+import pytest
+import torch
+
+from cait_cli.method.atme import alternating_schedule
+from cait_cli.method.cdcp import attach_gates, gates_of, set_budget
+from cait_cli.method.cost import model_macs
+from cait_cli.method.model import block_widths, patch_vit
+from cait_cli.method.slim import slim
+
+
+def gated(model, keep=0.5, blocks=(1, 2)):
+    patch_vit(model, alternating_schedule(blocks, tuple(model.patch_embed.grid_size)))
+    attach_gates(model)
+    with torch.no_grad():  # scramble scores so kept channels are not a prefix
+        for gate in gates_of(model).values():
+            gate.scores.copy_(torch.rand_like(gate.scores))
+    set_budget(model, keep)
+    return model
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",
+                                  "vit_small_patch14_reg4_dinov2"])
+def test_slim_matches_gated_model_on_tiny_vits(make_vit, name):
+    model = gated(make_vit(name))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        slim_model = slim(copy.deepcopy(model))
+        out = slim_model(x)
+    assert (out - reference).abs().max() < 1e-4
+    assert not gates_of(slim_model)
+    widths = block_widths(slim_model)
+    gates = gates_of(model)
+    assert widths[0].mlp == gates["blocks.0.mlp"].keep and widths[0].qk == gates["blocks.0.qk"].keep
+    heads = slim_model.blocks[0].attn.num_heads
+    assert slim_model.blocks[0].attn.qkv.out_features == heads * (2 * widths[0].qk + widths[0].v)
+
+
+def test_slim_matches_gated_model_on_deit_small(make_vit):
+    torch.manual_seed(0)
+    import timm
+    model = gated(timm.create_model("deit_small_patch16_224", pretrained=False).eval(), keep=0.6, blocks=(3, 6))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        reference = model(x)
+        out = slim(model)(x)
+    assert (out - reference).abs().max() < 1e-4
+
+
+def test_slimming_reduces_macs_and_parameters(make_vit):
+    model = gated(make_vit())
+    before = sum(p.numel() for n, p in model.named_parameters() if "gate" not in n)
+    macs_before = model_macs(model)
+    slim(model)
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert model_macs(model) < 0.7 * macs_before
