@@ -173,20 +173,18 @@ def _linear_like(ref: nn.Linear, in_features: int, out_features: int) -> nn.Line
 
 
 def token_counts(model: nn.Module, grid: Optional[Tuple[int, int]] = None) -> List[Tuple[int, int]]:
-    """(tokens into attention, tokens into MLP) of every block."""
+    """(tokens into attention, tokens into MLP) of every block of a (CAIT) ViT."""
     grid = tuple(grid or model.patch_embed.grid_size)
-    prefix = model.num_prefix_tokens
-    schedule: Sequence[MergeStep] = getattr(model, "cait_schedule", [])
+    schedule = getattr(model, "cait_schedule", [])
+    return tokens_per_block(grid, model.num_prefix_tokens, len(model.blocks), schedule)
+
+
+def tokens_per_block(grid: Tuple[int, int], prefix: int, depth: int,
+                     schedule: Sequence[MergeStep]) -> List[Tuple[int, int]]:
+    """(tokens into attention, tokens into MLP) of each block under a merge schedule."""
     counts = []
-    for i in range(len(model.blocks)):
+    for i in range(depth):
         n_in = prefix + grid[0] * grid[1]
         grid = grid_after(grid, [s.axis for s in schedule if s.block == i])
         counts.append((n_in, prefix + grid[0] * grid[1]))
     return counts
-
-
-def schedule_by_block(schedule: Sequence[MergeStep]) -> Dict[int, List[Axis]]:
-    out: Dict[int, List[Axis]] = {}
-    for step in schedule:
-        out.setdefault(step.block, []).append(step.axis)
-    return out
