@@ -1,0 +1,85 @@
+"""The planner: latency tables measured and cached, plans that reach the target."""
+import pytest
+import torch
+
+import cait_cli.pipeline.latency as latency
+from cait_cli.errors import CaitError
+from cait_cli.method.atme import grid_after
+from cait_cli.pipeline.latency import LatencyTable, calibrate_latency
+from cait_cli.pipeline.plan import PlanConfig, SpeedModel, candidate_schedules, make_plan, max_speedup
+
+
+@pytest.fixture
+def table(make_vit, tmp_path):
+    return calibrate_latency(make_vit(), torch.device("cpu"), batch=4, cache_dir=tmp_path, repeats=2)
+
+
+def synthetic_table(model) -> LatencyTable:
+    """Latency proportional to tokens x kept width, so predictions can be checked by hand."""
+    tokens = [1 + 64 // 2 ** k for k in range(6, -1, -1)]
+    keeps = [0.25, 0.5, 0.75, 1.0]
+    grid = [[n * k for k in keeps] for n in tokens]
+    return LatencyTable("synthetic", tokens, keeps, grid, grid, 0.0)
+
+
+def test_latency_table_is_monotone_and_cached(make_vit, table, tmp_path, monkeypatch):
+    for grid in (table.attn_ms, table.mlp_ms):
+        assert all(a <= b for row in grid for a, b in zip(row, row[1:]))
+        assert all(a <= b for col in zip(*grid) for a, b in zip(col, col[1:]))
+    assert table.tokens[-1] == 65 and table.fixed_ms > 0
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("cached table was measured again")
+
+    monkeypatch.setattr(latency, "_measure_table", no_measuring)
+    again = calibrate_latency(make_vit(), torch.device("cpu"), batch=4, cache_dir=tmp_path)
+    assert again == table
+
+
+def test_candidate_schedules_are_valid():
+    schedules = candidate_schedules(12, (14, 14))
+    assert [] in schedules and len(schedules) > 20
+    for schedule in schedules:
+        blocks = [s.block for s in schedule]
+        assert blocks == sorted(set(blocks)) and all(0 < b < 12 for b in blocks)
+        assert min(grid_after((14, 14), [s.axis for s in schedule])) >= 1
+
+
+def test_speed_model_predicts_from_the_table(make_vit):
+    model = make_vit()
+    speed = SpeedModel(model, synthetic_table(model))
+    assert speed.speedup([], 1.0) == pytest.approx(1.0)
+    assert speed.speedup([], 0.5) == pytest.approx(2.0)
+    keep = speed.solve_keep([], 1.6, 0.25)
+    assert speed.speedup([], keep) == pytest.approx(1.6, rel=1e-3)
+
+
+def test_plan_reaches_target_with_margin(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    plan = make_plan(model, table, PlanConfig(target=2.0))
+    assert plan.predicted_speedup >= 2.0 * 1.03 - 1e-6
+    assert len(plan.tokens) == 4 and 0.25 <= plan.keep <= 1.0
+
+
+def test_plan_uses_the_score_to_choose(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    seen = []
+
+    def prefer_fewest_merges(schedule, keep):
+        seen.append((tuple(schedule), keep))
+        return len(schedule)
+
+    plan = make_plan(model, table, PlanConfig(target=1.5), score=prefer_fewest_merges)
+    assert len(seen) > 1 and len(plan.schedule) == min(len(s) for s, _ in seen)
+
+
+def test_impossible_targets_are_refused_with_the_maximum(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    with pytest.raises(CaitError, match="at least 1.0"):
+        make_plan(model, table, PlanConfig(target=0.5))
+    best = max_speedup(model, table)
+    with pytest.raises(CaitError, match=r"beyond .*about [0-9.]+x at most"):
+        make_plan(model, table, PlanConfig(target=best * 2))
