@@ -7,3 +7,9 @@ class CaitError(Exception):
     The CLI prints ``str(error)`` as a single line and exits non-zero; library
     callers can catch it like any other exception.
     """
+
+
+class Interrupted(CaitError):
+    """The user stopped a run (Ctrl-C); the message says how to resume."""
+
+    exit_code = 130

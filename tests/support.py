@@ -52,3 +52,34 @@ def run_python(code: str, env: Optional[Dict[str, str]] = None, timeout: int = 1
 
 def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data))
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 32,
+                      splits=("train", "val"), seed: int = 0) -> Path:
+    """An ImageFolder whose classes differ in colour, so a tiny ViT can tell them apart."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                base = np.zeros((size, size, 3)) + 255 * (np.arange(3) == c % 3)
+                pixels = np.clip(base * 0.7 + rng.normal(0, 40, (size, size, 3)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def save_tiny_timm_dir(path: Path, model: torch.nn.Module, args: dict) -> Path:
+    """A local model directory in timm's layout (config.json + model.safetensors)."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
+    config = {"architecture": "vit_tiny_patch16_224", "num_classes": args["num_classes"],
+              "pretrained_cfg": {"input_size": [3, args["img_size"], args["img_size"]],
+                                 "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
+                                 "interpolation": "bilinear"},
+              "model_args": {k: v for k, v in args.items() if k != "num_classes"}}
+    write_json(path / "config.json", config)
+    return path

@@ -83,3 +83,14 @@ def test_set_budget_spends_the_fraction_of_gated_macs(make_vit):
     fraction = gated_macs(model) / full_gated_macs(model)
     assert 0.45 < fraction <= 0.5
     assert all(g.keep >= max(1, g.channels // 8) for g in gates_of(model).values())
+
+
+def test_query_key_and_value_keep_the_same_width_per_block(make_vit):
+    model = patch_vit(make_vit())
+    gates = attach_gates(model)
+    with torch.no_grad():
+        for gate in gates.values():
+            gate.scores.copy_(torch.rand_like(gate.scores))
+    set_budget(model, 0.4)
+    for i in range(4):
+        assert gates[f"blocks.{i}.qk"].keep == gates[f"blocks.{i}.v"].keep

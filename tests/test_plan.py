@@ -19,7 +19,7 @@ def synthetic_table(model) -> LatencyTable:
     tokens = [1 + 64 // 2 ** k for k in range(6, -1, -1)]
     keeps = [0.25, 0.5, 0.75, 1.0]
     grid = [[n * k for k in keeps] for n in tokens]
-    return LatencyTable("synthetic", tokens, keeps, grid, grid, 0.0)
+    return LatencyTable("synthetic", tokens, keeps, grid, grid, [0.0] * len(tokens), 0.0)
 
 
 def test_latency_table_is_monotone_and_cached(make_vit, table, tmp_path, monkeypatch):

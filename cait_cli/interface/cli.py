@@ -6,11 +6,13 @@ A CaitError becomes one red line on stderr and exit code 1; Ctrl-C exits 130.
 from __future__ import annotations
 
 import sys
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 
+from ..atomic import write_json_atomic
 from ..errors import CaitError
 
 app = typer.Typer(
@@ -30,7 +32,7 @@ def run_or_exit(action: Callable[[], T], console: Console) -> T:
         return action()
     except CaitError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(getattr(err, "exit_code", 1))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130)
@@ -41,10 +43,55 @@ def err_console() -> Console:
 
 
 @app.command()
-def compress() -> None:
-    """Compress a ViT to a target speedup (not yet available)."""
-    err_console().print("cait compress: not yet available")
-    raise typer.Exit(2)
+def compress(
+    model: str = typer.Argument(..., help="deit_tiny|deit_small|deit_base, a timm name, hf-hub:ORG/NAME or a path"),
+    target_speedup: float = typer.Option(1.9, "--target-speedup", "-s", help="measured throughput ratio to reach"),
+    data: Optional[str] = typer.Option(None, help="ImageFolder root (train/ and val/), a folder of images, "
+                                                  "or a timm dataset name"),
+    val_data: Optional[str] = typer.Option(None, help="held-out images for accuracy (default: DATA/val)"),
+    out: Optional[Path] = typer.Option(None, help="checkpoint directory to write (default: NAME.cait)"),
+    calib_steps: int = typer.Option(300, help="CDCP calibration steps"),
+    finetune_steps: int = typer.Option(1000, help="fine-tuning steps of the slim model (0 allowed)"),
+    batch_size: int = typer.Option(64, help="training batch size"),
+    bench_batch_size: Optional[int] = typer.Option(None, help="throughput batch (default 64 on CPU, 256 on GPU)"),
+    lr: float = typer.Option(1e-4, help="learning rate of the weights"),
+    device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
+    workers: int = typer.Option(4, help="data loading processes"),
+    seed: int = typer.Option(0, help="seed for data order and initialisation"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run into the same --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    weights: str = typer.Option("pretrained", help="pretrained, or random (architecture only, for speed studies)"),
+    plan_only: bool = typer.Option(False, "--plan-only", help="print the plan and exit"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+) -> None:
+    """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""
+    from ..pipeline.compress import CompressConfig, compress as run_compress
+    from .progress import RichProgress
+    from .report import print_compress_report
+
+    console = Console()
+    cfg = CompressConfig(
+        model=model, target_speedup=target_speedup, out=out or Path(_default_out(model)), data=data,
+        val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
+        bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, seed=seed,
+        resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only,
+    )
+    result = run_or_exit(lambda: run_compress(cfg, RichProgress(console)), err_console())
+    if plan_only:
+        return
+    print_compress_report(console, result.report, result.out)
+    if json_out is not None:
+        run_or_exit(lambda: write_json_atomic(json_out, result.report), err_console())
+    if not result.reached:
+        err_console().print(f"[bold red]error:[/] measured speedup {result.report['measured_speedup']:.2f}x "
+                            f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
+                            "than asked", highlight=False)
+        raise typer.Exit(3)
+
+
+def _default_out(model: str) -> str:
+    return Path(model.replace("hf-hub:", "").rstrip("/")).name.split(".")[0] + ".cait"
 
 
 @app.command(name="eval")

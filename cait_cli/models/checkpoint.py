@@ -7,9 +7,6 @@ model_args), so timm itself can rebuild the model once cait_cli is imported; a
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -18,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..atomic import atomic_directory
 from ..errors import CaitError
 from ..method.cdcp import gates_of
 from ..method.model import is_cait
@@ -72,37 +70,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, spec: CaitSpec, source: 
         for name, text in files.items():
             (tmp / name).write_text(text)
     return path
-
-
-class atomic_directory:
-    """Context manager: yields a temp dir beside `path`, renamed to `path` on success."""
-
-    def __init__(self, path: Path, overwrite: bool) -> None:
-        self.path, self.overwrite = Path(path), overwrite
-
-    def __enter__(self) -> Path:
-        parent = self.path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
-        except OSError as err:
-            raise CaitError(f"cannot write to {parent}: {err.strerror or err}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-            return False
-        old = None
-        if self.path.exists() and self.overwrite:
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 def read_config(path: str | Path) -> Dict[str, Any]:

@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..method.cdcp import attach_gates, detach_gates, set_uniform_keep
+from ..method.atme import TokenMerge
 from ..method.model import patch_vit
+from ..method.tokens import TokenState
 from ..method.slim import slim_block
 
 KEEPS = (0.25, 0.5, 0.75, 1.0)
@@ -35,6 +37,7 @@ class LatencyTable:
     keeps: List[float]  # ascending
     attn_ms: List[List[float]]  # [token index][keep index]
     mlp_ms: List[List[float]]
+    merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
 
     def attn(self, tokens: int, keep: float) -> float:
@@ -42,6 +45,9 @@ class LatencyTable:
 
     def mlp(self, tokens: int, keep: float) -> float:
         return _interp2(self.tokens, self.keeps, self.mlp_ms, tokens, keep)
+
+    def merge(self, tokens: int) -> float:
+        return max(0.0, _interp1(self.tokens, self.merge_ms, tokens))
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -138,7 +144,7 @@ def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: to
     block = probe.blocks[0]
     dim = block.attn.qkv.in_features
     tokens = _token_grid(model)
-    attn_ms, mlp_ms = [], []
+    attn_ms, mlp_ms, merge_ms = [], [], []
     for n in tokens:
         x = torch.randn(batch, n, dim, device=device, dtype=dtype)
         attn_row, mlp_row = [], []
@@ -148,8 +154,23 @@ def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: to
             mlp_row.append(best_ms(lambda: sliced.mlp(sliced.norm2(x)), device, repeats=repeats))
         attn_ms.append(_running_max(attn_row))
         mlp_ms.append(_running_max(mlp_row))
+        merge_ms.append(_merge_ms(block, x, probe.num_prefix_tokens, device, repeats))
     fixed = _fixed_ms(probe, device, dtype, batch, repeats)
-    return LatencyTable(key, tokens, list(KEEPS), _monotone_rows(attn_ms), _monotone_rows(mlp_ms), fixed)
+    return LatencyTable(key, tokens, list(KEEPS), _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
+                        _running_max(merge_ms), fixed)
+
+
+def _merge_ms(block: nn.Module, x: torch.Tensor, prefix: int, device: torch.device, repeats: int) -> float:
+    """Extra time of a block that merges: class-token attention row plus one merge step."""
+    patches = x.shape[1] - prefix
+    if patches < 2:
+        return 0.0
+    state = TokenState(x=x, size=None, grid=(1, patches), num_prefix=prefix)
+    merge = TokenMerge(["w"]).to(device, x.dtype)
+    importance = torch.rand(x.shape[0], patches, device=device, dtype=x.dtype)
+    plain = best_ms(lambda: block.attn(x, None, False), device, repeats=repeats)
+    merging = best_ms(lambda: (block.attn(x, None, True), merge(state, importance)), device, repeats=repeats)
+    return max(0.0, merging - plain)
 
 
 def _running_max(values: List[float]) -> List[float]:

@@ -77,7 +77,8 @@ class SpeedModel:
     def latency(self, schedule: Sequence[MergeStep], keep: float) -> float:
         counts = tokens_per_block(self.grid, self.prefix, self.depth, schedule)
         blocks = sum(self.table.attn(n_in, keep) + self.table.mlp(n_out, keep) for n_in, n_out in counts)
-        return self.table.fixed_ms + blocks
+        merges = sum(self.table.merge(counts[step.block][0]) for step in schedule)
+        return self.table.fixed_ms + blocks + merges
 
     def speedup(self, schedule: Sequence[MergeStep], keep: float) -> float:
         return self.baseline_ms / self.latency(schedule, keep)

@@ -1,0 +1,70 @@
+"""Rich tables for the terminal: original vs compressed, and speed comparisons."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+DASH = "—"
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return DASH if value is None else format(value, fmt)
+
+
+def _pct(value: Optional[float]) -> str:
+    return DASH if value is None else f"{100 * value:.2f}%"
+
+
+def _change(new: Optional[float], old: Optional[float], fmt: str, scale: float = 1.0, suffix: str = "") -> str:
+    if new is None or old is None:
+        return DASH
+    return f"{(new - old) * scale:+{fmt}}{suffix}"
+
+
+def comparison_table(report: Dict[str, Any], title: str = "original vs compressed") -> Table:
+    base, comp = report.get("baseline", {}), report.get("compressed", {})
+    table = Table(title=title)
+    for column in ("", "original", "compressed", "change"):
+        table.add_column(column, justify="right" if column else "left")
+    rows = [
+        ("params (M)", "params", lambda v: _num(v and v / 1e6, ".2f"), lambda n, o: _ratio(n, o)),
+        ("GMACs", "macs", lambda v: _num(v and v / 1e9, ".2f"), lambda n, o: _ratio(n, o)),
+        ("throughput (img/s)", "throughput", lambda v: _num(v, ".1f"), lambda n, o: _speedup(n, o)),
+        ("top-1", "top1", _pct, lambda n, o: _change(n, o, ".2f", 100, " pt")),
+        ("top-5", "top5", _pct, lambda n, o: _change(n, o, ".2f", 100, " pt")),
+        ("agreement with original", "agreement", _pct, lambda n, o: DASH),
+    ]
+    for label, key, fmt, change in rows:
+        old, new = base.get(key), comp.get(key)
+        if old is None and new is None:
+            continue
+        table.add_row(label, fmt(old), fmt(new), change(new, old))
+    return table
+
+
+def _ratio(new: Optional[float], old: Optional[float]) -> str:
+    return DASH if not new or not old else f"{new / old:.2f}x"
+
+
+def _speedup(new: Optional[float], old: Optional[float]) -> str:
+    return DASH if not new or not old else f"{new / old:.2f}x faster"
+
+
+def summary_line(report: Dict[str, Any]) -> str:
+    low, high = report.get("measured_speedup_range", [None, None])
+    spread = f" (repeats {low:.2f}-{high:.2f}x)" if low is not None else ""
+    return (f"target {report['target_speedup']:g}x, measured {report['measured_speedup']:.2f}x{spread}, "
+            f"predicted {report.get('predicted_speedup', 0):.2f}x on {report.get('device', '?')}, "
+            f"batch {report.get('batch_size')}, {report.get('precision', 'fp32')}")
+
+
+def print_compress_report(console: Console, report: Dict[str, Any], out: Optional[Path]) -> None:
+    console.print(comparison_table(report))
+    console.print(summary_line(report), highlight=False)
+    if report.get("skipped_images"):
+        console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)
+    if out is not None:
+        console.print(f"wrote {out} (model.safetensors, config.json, report.json)", highlight=False)

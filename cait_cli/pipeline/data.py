@@ -1,0 +1,226 @@
+"""Images for calibration, fine-tuning and evaluation.
+
+A data source is an ImageFolder root with train/ and val/, a single ImageFolder
+(class subfolders), a flat folder of unlabelled images (label -1), or a dataset
+name timm's `create_dataset` knows. Unreadable images are skipped and counted.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from timm.data import create_transform
+from timm.data import resolve_data_config as timm_data_config
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import CaitError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def resolve_data_config(model: torch.nn.Module) -> Dict[str, Any]:
+    """Input size, interpolation, crop and mean/std the model was trained with."""
+    return timm_data_config({}, model=model)
+
+
+def eval_transform(data_cfg: Dict[str, Any]) -> Callable:
+    return create_transform(**data_cfg, is_training=False)
+
+
+def train_transform(data_cfg: Dict[str, Any]) -> Callable:
+    """Light augmentation: random resized crop (scale 0.6-1) and horizontal flip."""
+    return create_transform(data_cfg["input_size"], is_training=True, scale=(0.6, 1.0), hflip=0.5,
+                            color_jitter=None, auto_augment=None, re_prob=0.0,
+                            interpolation=data_cfg["interpolation"], mean=data_cfg["mean"], std=data_cfg["std"])
+
+
+class ImageFiles(Dataset):
+    """(image, label) pairs from files; an unreadable file gives None (skipped by the collate)."""
+
+    def __init__(self, items: Sequence[Tuple[str, int]], transform: Callable,
+                 classes: Optional[List[str]] = None) -> None:
+        self.items, self.transform, self.classes = list(items), transform, classes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, label = self.items[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB")), label
+        except (OSError, ValueError, SyntaxError):
+            return None
+
+
+class TimmDataset(Dataset):
+    """A timm dataset with labels as ints (any failure to decode gives None)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            image, label = self.dataset[index]
+        except (OSError, ValueError):
+            return None
+        return self.transform(image.convert("RGB")), int(label) if label is not None else -1
+
+
+def collate_skipping(samples: Sequence) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; report how many were dropped."""
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([s[0] for s in kept])
+    labels = torch.tensor([s[1] for s in kept], dtype=torch.long)
+    return images, labels, skipped
+
+
+class Batches:
+    """Iterate (images, labels) over a DataLoader of collate_skipping; count skipped images."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.skipped = loader, 0
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, skipped in self.loader:
+            self.skipped += skipped
+            if len(images):
+                yield images, labels
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Optional[Batches]
+    classes: Optional[List[str]]
+    labelled: bool
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_dir(path: Path) -> List[os.DirEntry]:
+    try:
+        return sorted(os.scandir(path), key=lambda e: e.name)
+    except PermissionError:
+        raise CaitError(f"cannot read {path}: permission denied") from None
+    except OSError as err:
+        raise CaitError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _class_folder_items(root: Path) -> Tuple[List[Tuple[str, int]], List[str]]:
+    classes = [e.name for e in _list_dir(root) if e.is_dir() and not e.name.startswith(".")]
+    items = []
+    for label, name in enumerate(classes):
+        for dirpath, _, files in os.walk(root / name):
+            items += [(os.path.join(dirpath, f), label) for f in sorted(files) if _is_image(f)]
+    return items, classes
+
+
+def scan_folder(root: Path) -> Tuple[List[Tuple[str, int]], Optional[List[str]]]:
+    """Items of a folder: class subfolders (labelled) or loose images (label -1)."""
+    entries = _list_dir(root)
+    loose = [(e.path, -1) for e in entries if e.is_file() and _is_image(e.name)]
+    if loose:
+        return loose, None
+    items, classes = _class_folder_items(root)
+    if not items:
+        raise CaitError(f"no images found in {root} (expected class subfolders or image files: "
+                        f"{', '.join(IMAGE_EXTENSIONS)})")
+    return items, classes
+
+
+def _timm_dataset(name: str, split: str) -> Dataset:
+    from timm.data import create_dataset
+
+    root = os.environ.get("CAIT_DATA", os.path.expanduser("~/.cache/cait/data"))
+    try:
+        return create_dataset(name, root=root, split=split, download=False)
+    except Exception as err:  # timm raises many kinds; one line for the user
+        raise CaitError(f"{name!r} is neither a folder nor a dataset timm can open ({str(err).splitlines()[0]})") \
+            from None
+
+
+def dataset_from(source: str, transform: Callable, split: str = "train") -> Dataset:
+    """A dataset from a folder path or a timm dataset name."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CaitError(f"{path} is not a folder of images")
+        items, classes = scan_folder(path)
+        return ImageFiles(items, transform, classes)
+    if "/" in source and not source.startswith(("torch/", "hfds/", "tfds/", "wds/", "hfids/")):
+        raise CaitError(f"data folder {path} does not exist")
+    return TimmDataset(_timm_dataset(source, split), transform)
+
+
+def split_roots(source: str) -> Tuple[str, Optional[str]]:
+    """(train, val) sources: ROOT/train and ROOT/val when both exist, else (ROOT, None)."""
+    path = Path(source).expanduser()
+    if (path / "train").is_dir():
+        return str(path / "train"), (str(path / "val") if (path / "val").is_dir() else None)
+    return source, None
+
+
+def loader(dataset: Dataset, batch_size: int, workers: int) -> Batches:
+    return Batches(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                              collate_fn=collate_skipping, persistent_workers=False))
+
+
+def open_data(source: str, data_cfg: Dict[str, Any], *, val_source: Optional[str] = None, batch_size: int,
+              workers: int = 0, seed: int = 0, train_augment: bool = False,
+              max_val: Optional[int] = None) -> DataBundle:
+    """Training images (a Dataset; batches are drawn by step) and held-out images (if any)."""
+    train_root, val_root = split_roots(source)
+    train = dataset_from(train_root, train_transform(data_cfg) if train_augment else eval_transform(data_cfg))
+    val_root = val_source or val_root
+    val = None
+    if val_root is not None:
+        val_set = dataset_from(val_root, eval_transform(data_cfg), split="validation")
+        _check_same_classes(train, val_set, val_root)
+        if max_val is not None and len(val_set) > max_val:
+            val_set = _subset(val_set, max_val, seed)
+        val = loader(val_set, batch_size, workers)
+    classes = getattr(train, "classes", None)
+    return DataBundle(train, val, classes, labelled=classes is not None)
+
+
+def _check_same_classes(train: Dataset, val: Dataset, val_root: str) -> None:
+    a, b = getattr(train, "classes", None), getattr(val, "classes", None)
+    if a is not None and b is not None and list(a) != list(b):
+        raise CaitError(f"the classes of {val_root} differ from the training classes")
+
+
+def _subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
+    subset = torch.utils.data.Subset(dataset, sorted(order.tolist()))
+    subset.classes = getattr(dataset, "classes", None)
+    return subset
+
+
+def eval_loader(source: str, data_cfg: Dict[str, Any], batch_size: int, workers: int = 0
+                ) -> Tuple[Batches, Optional[List[str]]]:
+    """Held-out images for `cait eval`: ROOT/val if there is one, else ROOT itself."""
+    path = Path(source).expanduser()
+    root = str(path / "val") if (path / "val").is_dir() else source
+    dataset = dataset_from(root, eval_transform(data_cfg), split="validation")
+    return loader(dataset, batch_size, workers), getattr(dataset, "classes", None)

@@ -1,0 +1,179 @@
+"""Trustworthy numbers: throughput measured interleaved, accuracy and agreement.
+
+One implementation serves `cait eval` and the report of `cait compress`.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..errors import CaitError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto: cuda if available, else cpu. CaitError for a bad or unavailable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CaitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CaitError(f"device {name!r} asked for, but no CUDA GPU is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise CaitError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
+@dataclass
+class SpeedConfig:
+    batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
+    warmup: int = 2
+    repeats: int = 7
+    iters_per_repeat: int = 2
+    amp: bool = False  # bfloat16 autocast, GPU only
+
+    def batch_for(self, device: torch.device) -> int:
+        return self.batch_size or (256 if device.type == "cuda" else 64)
+
+
+@dataclass
+class SpeedResult:
+    name: str
+    throughput: float  # images/s, median over repeats
+    throughput_min: float
+    throughput_max: float
+    per_repeat: List[float] = field(default_factory=list)
+    batch_size: int = 0
+    device: str = ""
+    precision: str = "fp32"
+    threads: int = 0
+    peak_memory_mb: Optional[float] = None  # CUDA only: max allocated during this model's runs
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int, int], cfg: SpeedConfig,
+                       device: torch.device) -> Dict[str, SpeedResult]:
+    """Images/s of every model, timed round-robin so machine noise hits all of them alike."""
+    batch = cfg.batch_for(device)
+    amp = cfg.amp and device.type == "cuda"
+    images = torch.randn(batch, *input_size, device=device)
+    for model in models.values():
+        model.eval()
+    times: Dict[str, List[float]] = {name: [] for name in models}
+    peaks: Dict[str, float] = {}
+
+    def run(model: nn.Module) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            for _ in range(cfg.iters_per_repeat):
+                model(images)
+        _sync(device)
+        return time.perf_counter() - start
+
+    for name, model in models.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(cfg.warmup):
+            run(model)
+        if device.type == "cuda":
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    for _ in range(cfg.repeats):
+        for name, model in models.items():
+            times[name].append(run(model))
+    return {name: _speed_result(name, t, batch * cfg.iters_per_repeat, batch, device, amp, peaks.get(name))
+            for name, t in times.items()}
+
+
+def _speed_result(name: str, seconds: List[float], images: int, batch: int, device: torch.device,
+                  amp: bool, peak: Optional[float]) -> SpeedResult:
+    rates = [images / s for s in seconds]
+    return SpeedResult(name, statistics.median(rates), min(rates), max(rates), rates, batch,
+                       device_name(device), "bf16" if amp else "fp32", torch.get_num_threads(), peak)
+
+
+def paired_speedup(results: Dict[str, SpeedResult], num: str, den: str) -> Tuple[float, float, float]:
+    """Median, min and max of the per-repeat ratios num/den (paired: same moment, same noise)."""
+    ratios = [a / b for a, b in zip(results[num].per_repeat, results[den].per_repeat)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+@dataclass
+class AccuracyResult:
+    n: int
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+    agreement: Optional[float] = None  # top-1 equal to the baseline's
+    skipped: int = 0
+
+
+def logits_of(output) -> torch.Tensor:
+    """Distilled DeiTs may return (cls, dist) logits; average them as timm does at inference."""
+    if isinstance(output, (tuple, list)):
+        return sum(output) / len(output)
+    return output
+
+
+@torch.inference_mode()
+def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *,
+                     baseline: Optional[nn.Module] = None, amp: bool = False,
+                     max_batches: Optional[int] = None) -> AccuracyResult:
+    """Top-1/top-5 on labelled images (label -1: unlabelled) and agreement with a baseline."""
+    model.eval()
+    if baseline is not None:
+        baseline.eval()
+    n = labelled = correct1 = correct5 = agree = 0
+    autocast = amp and device.type == "cuda"
+    for i, (images, labels) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = logits_of(model(images)).float()
+            reference = logits_of(baseline(images)).float() if baseline is not None else None
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        known = labels >= 0
+        labelled += int(known.sum())
+        correct1 += int((top[:, 0] == labels)[known].sum())
+        correct5 += int((top == labels.unsqueeze(1)).any(dim=1)[known].sum())
+        if reference is not None:
+            agree += int((top[:, 0] == reference.argmax(-1)).sum())
+        n += images.shape[0]
+        num_classes = logits.shape[-1]
+    if n == 0:
+        raise CaitError("no images to evaluate")
+    return AccuracyResult(
+        n=n,
+        top1=correct1 / labelled if labelled else None,
+        top5=correct5 / labelled if labelled and num_classes >= 5 else None,
+        agreement=agree / n if baseline is not None else None,
+        skipped=int(getattr(loader, "skipped", 0)),
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,142 @@
+"""One training loop for CDCP calibration and ATME-aware fine-tuning.
+
+The student learns from the original model (KL divergence on logits, temperature
+1) plus cross-entropy where labels exist (label -1 means unlabelled). Batches are
+indexed by step, so a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import CaitError
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 1e-4
+    score_lr: float = 2e-2  # CDCP scores move faster than weights
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    amp: bool = False
+    ce_weight: float = 1.0
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature 1, plus CE on labelled images."""
+    kl = F.kl_div(student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
+                  log_target=True, reduction="batchmean")
+    labelled = labels >= 0
+    if ce_weight > 0 and labelled.any():
+        kl = kl + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
+    return kl
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    scores, decay, no_decay = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".scores"):
+            scores.append(param)
+        elif param.ndim <= 1 or name.endswith(".alpha") or "pos_embed" in name or "token" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
+    if scores:
+        groups.append({"params": scores, "weight_decay": 0.0, "lr": cfg.score_lr})
+    return torch.optim.AdamW(groups)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepBatches:
+    """Batch of step s: a slice of the permutation of epoch s // steps_per_epoch, seeded."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int,
+                 collate: Callable[[Sequence], object]) -> None:
+        if len(dataset) == 0:
+            raise CaitError("the training data holds no images")
+        self.dataset, self.seed, self.collate = dataset, seed, collate
+        self.skipped = 0
+        self.batch_size = min(batch_size, len(dataset))
+        self.per_epoch = max(1, len(dataset) // self.batch_size)
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, slot = divmod(step, self.per_epoch)
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
+        return order[slot * self.batch_size:(slot + 1) * self.batch_size]
+
+    def batch(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(self.seed * 1_000_003 + step)  # augmentations and dropout of this step
+        images, labels, skipped = self.collate([self.dataset[i] for i in self.indices(step).tolist()])
+        self.skipped += skipped
+        if len(images) == 0:
+            raise CaitError(f"every image of training batch {step} was unreadable")
+        return images, labels
+
+    def iterate(self, start: int, stop: int) -> Iterator:
+        for step in range(start, stop):
+            yield step, self.batch(step)
+
+
+def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int) -> float:
+    for group, base in zip(optimizer.param_groups, _base_lrs(optimizer)):
+        group["lr"] = base * lr_factor(step, cfg)
+    device_type = images.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        loss = distill_loss(student(images), teacher_logits, labels, cfg.ce_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _base_lrs(optimizer: torch.optim.Optimizer) -> list:
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+    return [group["base_lr"] for group in optimizer.param_groups]
+
+
+def first_logits(output) -> torch.Tensor:
+    """Distilled DeiTs return (cls, dist) logits in training mode; average them as timm does."""
+    if isinstance(output, (tuple, list)):
+        return sum(output) / len(output)
+    return output
+
+
+class LogitsOnly(nn.Module):
+    """Wrap a model so training-mode tuples become one logits tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return first_logits(self.model(x))
+
+
+def optional_labels(labels: Optional[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+    if labels is None:
+        return torch.full((batch,), -1, dtype=torch.long, device=device)
+    return labels.to(device)
