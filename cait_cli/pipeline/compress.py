@@ -56,6 +56,7 @@ class CompressConfig:
     checkpoint_every: int = 50
     max_val_images: Optional[int] = 5000
     tolerance: float = 0.03  # a measured speedup this far below the target still counts as reached
+    replan: bool = True  # measure the slimmed model and re-plan if it misses the target
     latency_cache: Optional[Path] = None
 
 
@@ -245,19 +246,20 @@ def _train(job: Job, student: nn.Module, tcfg: TrainConfig, phase: str, before_s
                      {**job.meta, "phase": phase, "step": step})
 
     job.progress.start(phase, tcfg.steps, start)
-    step = start
+    done = start  # steps whose update is in the weights
     try:
         for step, (images, labels) in job.batches.iterate(start, tcfg.steps):
             if before_step is not None:
                 before_step(step)
             loss = train_step(wrapped, job.base, images.to(job.device), labels.to(job.device), optimizer, tcfg, step)
-            job.progress.advance(step + 1, loss=loss)
-            if (step + 1) % job.cfg.checkpoint_every == 0 and step + 1 < tcfg.steps:
-                checkpoint(step + 1)
+            done = step + 1
+            if done % job.cfg.checkpoint_every == 0 and done < tcfg.steps:
+                checkpoint(done)
+            job.progress.advance(done, loss=loss)
     except KeyboardInterrupt:
-        checkpoint(step)
+        checkpoint(done)
         job.progress.stop()
-        raise Interrupted(f"interrupted during {phase} at step {step}/{tcfg.steps}; the last checkpoint is in "
+        raise Interrupted(f"interrupted during {phase} after step {done}/{tcfg.steps}; the checkpoint is in "
                           f"{job.run.path}; continue with the same command plus --resume") from None
     job.progress.stop()
     checkpoint(tcfg.steps)
@@ -290,7 +292,7 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
         set_budget(student, plan.keep)
         return plan
     target = job.cfg.target_speedup
-    for _ in range(4):
+    for _ in range(4 if job.cfg.replan else 0):
         set_budget(student, plan.keep)
         measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch)
         job.progress.message(f"slimmed: measured {measured:.2f}x against the {target:g}x target")
