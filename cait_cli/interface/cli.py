@@ -97,10 +97,30 @@ def _default_out(model: str) -> str:
 
 
 @app.command(name="eval")
-def eval_() -> None:
-    """Measure accuracy and speed of a model (not yet available)."""
-    err_console().print("cait eval: not yet available")
-    raise typer.Exit(2)
+def eval_(
+    model: str = typer.Argument(..., help="a compressed checkpoint directory, a Hub id, or any model cait loads"),
+    data: Optional[str] = typer.Option(None, help="ImageFolder (its val/ if present) or timm dataset name"),
+    baseline: Optional[str] = typer.Option(None, help="model to compare against (speed ratio, agreement)"),
+    batch_size: Optional[int] = typer.Option(None, help="batch size (default 64 on CPU, 256 on GPU)"),
+    device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
+    workers: int = typer.Option(4, help="data loading processes"),
+    repeats: int = typer.Option(7, help="timed repeats (median and min-max reported)"),
+    weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
+) -> None:
+    """Measure accuracy and speed of a model, interleaved with a baseline when given."""
+    from ..pipeline.evaluate import EvalConfig, evaluate
+    from .progress import RichProgress
+    from .report import print_eval_report
+
+    console = Console()
+    cfg = EvalConfig(model=model, data=data, baseline=baseline, batch_size=batch_size, device=device, amp=amp,
+                     workers=workers, repeats=repeats, weights=weights)
+    report = run_or_exit(lambda: evaluate(cfg, RichProgress(console)), err_console())
+    print_eval_report(console, report)
+    if json_out is not None:
+        run_or_exit(lambda: write_json_atomic(json_out, report), err_console())
 
 
 @app.command()

@@ -24,10 +24,11 @@ def _change(new: Optional[float], old: Optional[float], fmt: str, scale: float =
     return f"{(new - old) * scale:+{fmt}}{suffix}"
 
 
-def comparison_table(report: Dict[str, Any], title: str = "original vs compressed") -> Table:
-    base, comp = report.get("baseline", {}), report.get("compressed", {})
+def comparison_table(base: Dict[str, Any], comp: Dict[str, Any], title: str = "original vs compressed",
+                     labels: tuple = ("original", "compressed")) -> Table:
+    """Two measured sides (params, macs, throughput, top1, top5, agreement) and the change."""
     table = Table(title=title)
-    for column in ("", "original", "compressed", "change"):
+    for column in ("", *labels, "change"):
         table.add_column(column, justify="right" if column else "left")
     rows = [
         ("params (M)", "params", lambda v: _num(v and v / 1e6, ".2f"), lambda n, o: _ratio(n, o)),
@@ -62,9 +63,45 @@ def summary_line(report: Dict[str, Any]) -> str:
 
 
 def print_compress_report(console: Console, report: Dict[str, Any], out: Optional[Path]) -> None:
-    console.print(comparison_table(report))
+    console.print(comparison_table(report.get("baseline", {}), report.get("compressed", {})))
     console.print(summary_line(report), highlight=False)
     if report.get("skipped_images"):
         console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)
     if out is not None:
         console.print(f"wrote {out} (model.safetensors, config.json, report.json)", highlight=False)
+
+
+def single_table(side: Dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [("params (M)", _num(side.get("params") and side["params"] / 1e6, ".2f")),
+            ("GMACs", _num(side.get("macs") and side["macs"] / 1e9, ".2f")),
+            ("throughput (img/s)", _speed_cell(side)),
+            ("top-1", _pct(side.get("top1"))), ("top-5", _pct(side.get("top5"))),
+            ("peak GPU memory (MB)", _num(side.get("peak_memory_mb"), ".0f"))]
+    for label, value in rows:
+        if value != DASH:
+            table.add_row(label, value)
+    return table
+
+
+def _speed_cell(side: Dict[str, Any]) -> str:
+    if side.get("throughput") is None:
+        return DASH
+    return f"{side['throughput']:.1f} ({side['throughput_min']:.1f}-{side['throughput_max']:.1f})"
+
+
+def print_eval_report(console: Console, report: Dict[str, Any]) -> None:
+    results = report["results"]
+    if "baseline" in results:
+        console.print(comparison_table(results["baseline"], results["model"], title=f"{report['model']} vs "
+                                       f"{report['baseline']}", labels=("baseline", "model")))
+        low, high = report["speedup_range"]
+        console.print(f"speedup {report['speedup']:.2f}x (repeats {low:.2f}-{high:.2f}x)", highlight=False)
+    else:
+        console.print(single_table(results["model"], report["model"]))
+    console.print(f"{report['device']}, batch {report['batch_size']}, {report['precision']}, "
+                  f"{report['threads']} threads; throughput is the median of repeats (min-max)", highlight=False)
+    if report.get("skipped_images"):
+        console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)

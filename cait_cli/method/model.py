@@ -8,7 +8,7 @@ their attention, and may carry CDCP channel gates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import CaitError
-from .atme import Axis, MergeStep, TokenMerge, grid_after, unmerge
+from .atme import MergeStep, TokenMerge, grid_after, unmerge
 from .block import CaitAttention, CaitBlock, CaitMlp
 from .tokens import TokenState
 

@@ -23,6 +23,7 @@ from ..method.cdcp import attach_gates, detach_gates, set_uniform_keep
 from ..method.atme import TokenMerge
 from ..method.model import patch_vit
 from ..method.tokens import TokenState
+from .measure import device_name, synchronize
 from ..method.slim import slim_block
 
 KEEPS = (0.25, 0.5, 0.75, 1.0)
@@ -66,18 +67,13 @@ def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     """Fastest wall time of fn() in milliseconds: the least disturbed by other processes."""
     times = []
     for i in range(warmup + repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
     return min(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype) -> str:
@@ -85,19 +81,8 @@ def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.d
     shape = (block.attn.qkv.in_features, block.attn.num_heads, block.attn.qkv.out_features,
              block.mlp.fc1.out_features, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
              len(model.blocks), model.num_classes)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    raw = f"{name}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|{shape}"
+    raw = f"{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|{shape}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 def default_cache_dir() -> Path:

@@ -69,7 +69,7 @@ class SpeedResult:
     peak_memory_mb: Optional[float] = None  # CUDA only: max allocated during this model's runs
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -87,12 +87,12 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
     peaks: Dict[str, float] = {}
 
     def run(model: nn.Module) -> float:
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             for _ in range(cfg.iters_per_repeat):
                 model(images)
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - start
 
     for name, model in models.items():

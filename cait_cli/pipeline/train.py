@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import CaitError
+from .measure import logits_of
 
 
 @dataclass
@@ -118,13 +119,6 @@ def _base_lrs(optimizer: torch.optim.Optimizer) -> list:
     return [group["base_lr"] for group in optimizer.param_groups]
 
 
-def first_logits(output) -> torch.Tensor:
-    """Distilled DeiTs return (cls, dist) logits in training mode; average them as timm does."""
-    if isinstance(output, (tuple, list)):
-        return sum(output) / len(output)
-    return output
-
-
 class LogitsOnly(nn.Module):
     """Wrap a model so training-mode tuples become one logits tensor."""
 
@@ -133,10 +127,4 @@ class LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return first_logits(self.model(x))
-
-
-def optional_labels(labels: Optional[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
-    if labels is None:
-        return torch.full((batch,), -1, dtype=torch.long, device=device)
-    return labels.to(device)
+        return logits_of(self.model(x))

@@ -1,0 +1,56 @@
+"""Does `cait compress` hit the speedup it is asked for? Measured, on this device.
+
+For each target S this runs the compress pipeline on DeiT-Small's architecture with
+random weights and zero training steps (speed does not depend on the weights),
+exactly as `cait compress deit_small --weights random --target-speedup S
+--calib-steps 0 --finetune-steps 0` does, and prints target vs measured speedup
+(the measurement of the exported model against the original, interleaved).
+
+    python benchmarks/compress_speed.py --out benchmarks/results/compress_speed_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cait_cli.pipeline.compress import CompressConfig, compress
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="deit_small")
+    parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9, 2.5])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bench-batch-size", type=int, default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    lines = [f"command: python {' '.join(sys.argv)}", "",
+             "| model | target | plan (merge blocks; kept channel MACs) | predicted | measured (repeat range) "
+             "| reached | device | batch |", "|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in args.targets:
+            cfg = CompressConfig(model=args.model, target_speedup=target, out=Path(tmp) / f"{target}.cait",
+                                 weights="random", calib_steps=0, finetune_steps=0, device=args.device,
+                                 bench_batch_size=args.bench_batch_size)
+            report = compress(cfg).report
+            plan = report["plan"]
+            merges = ",".join(str(b) for b, _ in plan["schedule"]) or "none"
+            low, high = report["measured_speedup_range"]
+            lines.append(f"| {args.model} | {target:g}x | {merges}; {plan['keep']:.0%} | "
+                         f"{report['predicted_speedup']:.2f}x | {report['measured_speedup']:.2f}x "
+                         f"({low:.2f}-{high:.2f}) | {'yes' if report['measured_speedup'] >= target else 'NO'} "
+                         f"| {report['device']} ({report['threads']} threads) | {report['batch_size']} |")
+            print(lines[-1], flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + f"\n\ntorch {torch.__version__}\n")
+
+
+if __name__ == "__main__":
+    main()

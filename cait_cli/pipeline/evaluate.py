@@ -1,0 +1,85 @@
+"""`cait eval`: accuracy and speed of a model, optionally against a baseline.
+
+The same measuring code as `cait compress`'s report (measure.py): throughput
+interleaved with the baseline in one run, accuracy with the model's own
+preprocessing, agreement of top-1 predictions with the baseline's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+
+from ..errors import CaitError
+from ..method.cost import model_macs
+from ..models.loading import load_model
+from .data import eval_loader, resolve_data_config
+from .measure import SpeedConfig, count_params, measure_accuracy, measure_throughput, paired_speedup, resolve_device
+from .progress import Progress, Silent
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    data: Optional[str] = None
+    baseline: Optional[str] = None
+    batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast on GPU
+    workers: int = 4
+    repeats: int = 7
+    warmup: int = 2
+    weights: str = "pretrained"
+    max_batches: Optional[int] = None
+
+
+def _macs(model: nn.Module) -> Optional[int]:
+    try:
+        return model_macs(model)
+    except (AttributeError, TypeError):
+        return None
+
+
+def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any]:
+    """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
+    progress = progress or Silent()
+    device = resolve_device(cfg.device)
+    models = {"model": load_model(cfg.model, cfg.weights, require_vit=False).model.to(device).eval()}
+    if cfg.baseline:
+        models["baseline"] = load_model(cfg.baseline, cfg.weights, require_vit=False).model.to(device).eval()
+    data_cfg = resolve_data_config(models["model"])
+    _check_inputs(models, data_cfg)
+    amp = cfg.amp and device.type == "cuda"
+    report: Dict[str, Any] = {"model": cfg.model, "baseline": cfg.baseline, "data": cfg.data,
+                              "input_size": list(data_cfg["input_size"])}
+    sides = {name: {"params": count_params(m), "macs": _macs(m)} for name, m in models.items()}
+    if cfg.data:
+        progress.message(f"accuracy on {cfg.data}")
+        loader, _ = eval_loader(cfg.data, data_cfg, cfg.batch_size or 64, cfg.workers)
+        for name, model in models.items():
+            reference = models.get("baseline") if name == "model" else None
+            acc = measure_accuracy(model, loader, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
+            sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
+        report["skipped_images"] = loader.skipped
+    progress.message(f"throughput on {device}, interleaved")
+    speed_cfg = SpeedConfig(batch_size=cfg.batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp)
+    speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
+    for name, result in speed.items():
+        sides[name].update(throughput=result.throughput, throughput_min=result.throughput_min,
+                           throughput_max=result.throughput_max, peak_memory_mb=result.peak_memory_mb)
+    first = speed["model"]
+    report.update(device=first.device, batch_size=first.batch_size, precision=first.precision,
+                  threads=first.threads, results=sides)
+    if "baseline" in speed:
+        ratio, low, high = paired_speedup(speed, "model", "baseline")
+        report.update(speedup=ratio, speedup_range=[low, high])
+    return report
+
+
+def _check_inputs(models: Dict[str, nn.Module], data_cfg: Dict[str, Any]) -> None:
+    if "baseline" in models:
+        other = resolve_data_config(models["baseline"])["input_size"]
+        if tuple(other) != tuple(data_cfg["input_size"]):
+            raise CaitError(f"the baseline takes {tuple(other)} inputs, the model {tuple(data_cfg['input_size'])}; "
+                            "compare models with the same input size")
