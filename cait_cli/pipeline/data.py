@@ -23,8 +23,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 
 
 def resolve_data_config(model: torch.nn.Module) -> Dict[str, Any]:
-    """Input size, interpolation, crop and mean/std the model was trained with."""
-    return timm_data_config({}, model=model)
+    """Input size, interpolation, crop and mean/std the model was trained with.
+
+    The input size is the one the model is built for: timm's pretrained config keeps the
+    default of the architecture even when the model was created with another img_size.
+    """
+    cfg = timm_data_config({}, model=model)
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "img_size", None):
+        cfg["input_size"] = (embed.proj.in_channels, *embed.img_size)
+    return cfg
 
 
 def eval_transform(data_cfg: Dict[str, Any]) -> Callable:

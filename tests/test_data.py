@@ -1,0 +1,124 @@
+"""Data: the IDX reader, folders of images, corrupt files, clear errors."""
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cait_cli.errors import CaitError
+from cait_cli.pipeline.data import eval_loader, open_data, resolve_data_config, scan_folder
+from cait_cli.pipeline.idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from cait_cli.pipeline.train import StepBatches
+from cait_cli.pipeline.data import collate_skipping
+
+from support import make_image_folder, tiny_vit
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def data_cfg():
+    return resolve_data_config(tiny_vit())
+
+
+def test_idx_round_trip_plain_and_gzip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a.idx").write_bytes(idx_bytes(array))
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    assert np.array_equal(read_idx(tmp_path / "a.idx"), array)
+    assert np.array_equal(read_idx(tmp_path / "a.idx.gz"), array)
+
+
+def test_idx_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(CaitError, match="bad magic"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(idx_bytes(np.zeros((4, 4)))[:-3])
+    with pytest.raises(CaitError, match="truncated"):
+        read_idx(tmp_path / "short")
+    with pytest.raises(CaitError, match="cannot read"):
+        read_idx(tmp_path / "missing.gz")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_files():
+    images, labels = load_fashion_mnist(FASHION, "test")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert sorted(np.unique(labels).tolist()) == list(range(10))
+
+
+def test_committed_subset_is_stratified():
+    for split, count in (("train", 150), ("val", 50)):
+        folders = sorted(p.name for p in (EXAMPLES / split).iterdir())
+        assert folders == sorted(FASHION_MNIST_CLASSES)
+        assert all(len(list((EXAMPLES / split / name).glob("*.png"))) == count for name in folders)
+
+
+def test_image_folder_with_train_and_val(tmp_path, data_cfg):
+    make_image_folder(tmp_path, classes=3, per_class=4)
+    bundle = open_data(str(tmp_path), data_cfg, batch_size=5, workers=0)
+    assert bundle.labelled and bundle.classes == ["class_0", "class_1", "class_2"]
+    assert len(bundle.train) == 12
+    images, labels = next(iter(bundle.val))
+    assert images.shape == (5, 3, 32, 32) and labels.tolist()[:4] == [0, 0, 0, 0]
+
+
+def test_flat_folder_is_unlabelled(tmp_path, data_cfg):
+    make_image_folder(tmp_path, classes=1, per_class=3, splits=("x",))
+    flat = tmp_path / "x" / "class_0"
+    bundle = open_data(str(flat), data_cfg, batch_size=2, workers=0)
+    assert not bundle.labelled and bundle.val is None
+    assert bundle.train[0][1] == -1
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, data_cfg):
+    make_image_folder(tmp_path, classes=2, per_class=3)
+    (tmp_path / "val" / "class_0" / "zz_broken.png").write_bytes(os.urandom(64))
+    loader, _ = eval_loader(str(tmp_path), data_cfg, batch_size=4)
+    seen = sum(len(labels) for _, labels in loader)
+    assert seen == 6 and loader.skipped == 1
+
+
+def test_step_batches_are_seeded_and_resumable(tmp_path, data_cfg):
+    make_image_folder(tmp_path, classes=2, per_class=5)
+    dataset = open_data(str(tmp_path), data_cfg, batch_size=4).train
+    a = StepBatches(dataset, 4, seed=3, collate=collate_skipping)
+    b = StepBatches(dataset, 4, seed=3, collate=collate_skipping)
+    c = StepBatches(dataset, 4, seed=4, collate=collate_skipping)
+    assert torch.equal(a.indices(7), b.indices(7)) and not torch.equal(a.indices(0), c.indices(0))
+    assert torch.equal(a.batch(5)[0], b.batch(5)[0])
+    epoch = torch.cat([a.indices(s) for s in range(a.per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch)  # no image twice within an epoch
+
+
+def test_data_errors_are_one_line(tmp_path, data_cfg):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    cases = [(tmp_path / "missing", "does not exist"), (tmp_path / "empty", "no images found"),
+             (tmp_path / "file.txt", "not a folder")]
+    for source, message in cases:
+        with pytest.raises(CaitError, match=message):
+            open_data(str(source), data_cfg, batch_size=2)
+    make_image_folder(tmp_path / "mismatch", classes=2, per_class=2)
+    os.rename(tmp_path / "mismatch" / "val" / "class_1", tmp_path / "mismatch" / "val" / "other")
+    with pytest.raises(CaitError, match="differ from the training classes"):
+        open_data(str(tmp_path / "mismatch"), data_cfg, batch_size=2)
+
+
+def test_unreadable_folder(tmp_path, monkeypatch):
+    import cait_cli.pipeline.data as data
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data.os, "scandir", denied)
+    with pytest.raises(CaitError, match="permission denied"):
+        scan_folder(tmp_path)
