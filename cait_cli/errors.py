@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, no traceback."""
+from __future__ import annotations
 
 
 class CaitError(Exception):
@@ -13,3 +14,13 @@ class Interrupted(CaitError):
     """The user stopped a run (Ctrl-C); the message says how to resume."""
 
     exit_code = 130
+
+
+def is_network_error(err: BaseException | None) -> bool:
+    """Whether `err`, or an exception it came from, is a connection failure or a time-out."""
+    while err is not None:
+        name = type(err).__name__
+        if isinstance(err, (ConnectionError, TimeoutError)) or "Connect" in name or "Timeout" in name:
+            return True
+        err = err.__cause__ or err.__context__
+    return False

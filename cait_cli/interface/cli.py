@@ -124,10 +124,30 @@ def eval_(
 
 
 @app.command()
-def push() -> None:
-    """Upload a compressed checkpoint to the Hugging Face Hub (not yet available)."""
-    err_console().print("cait push: not yet available")
-    raise typer.Exit(2)
+def push(
+    directory: Path = typer.Argument(..., help="a checkpoint directory written by cait compress"),
+    repo_id: str = typer.Argument(..., help="Hub repository, ORG/NAME (created if missing)"),
+    private: bool = typer.Option(False, "--private", help="create the repository as private"),
+    revision: Optional[str] = typer.Option(None, help="branch to push to (created if missing)"),
+    token: Optional[str] = typer.Option(None, help="Hub token (default: HF_TOKEN or the stored login)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write what would be uploaded, upload nothing"),
+    dry_run_out: Optional[Path] = typer.Option(None, help="where --dry-run writes (default DIR.push-preview)"),
+    message: Optional[str] = typer.Option(None, help="commit message"),
+) -> None:
+    """Upload a compressed checkpoint with a generated model card to the Hugging Face Hub."""
+    from .hub import push as run_push
+
+    console = Console()
+    result = run_or_exit(lambda: run_push(directory, repo_id, private=private, revision=revision, token=token,
+                                          dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message),
+                         err_console())
+    verb = "would upload" if result.dry_run else "uploaded"
+    console.print(f"{verb} to {result.repo_id}" + (f" ({result.revision})" if result.revision else "") + ":",
+                  highlight=False)
+    for name in result.files:
+        console.print(f"  {name}", highlight=False)
+    where = "preview written to" if result.dry_run else "commit:"
+    console.print(f"{where} {result.url}", highlight=False)
 
 
 def main() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal
 
 import timm
 import torch.nn as nn
 from timm.models._input import get_model_args
 
-from ..errors import CaitError
+from ..errors import CaitError, is_network_error
 from ..method.model import check_vit, is_cait
 from .checkpoint import CONFIG_NAME, is_cait_config, load_checkpoint
 
@@ -113,19 +113,10 @@ def _explain_load_error(name: str, source: str, err: Exception, pretrained: bool
             "or --weights random for a speed study")
     if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
         return f"cannot load {name!r}: {source} was not found (or needs access); {hint}"
-    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "EntryNotFoundError") or _is_network(err):
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "EntryNotFoundError") or is_network_error(err):
         return (f"cannot load {name!r}: tried {source}, which is not in the Hugging Face cache, and the "
                 f"Hub cannot be reached (offline); {hint}")
     if isinstance(err, RuntimeError) and "Unknown model" in str(err):
         return f"unknown model {name!r}: {source} is not a timm architecture"
     first = str(err).strip().splitlines()[0] if str(err).strip() else kind
     return f"cannot load {name!r} from {source}: {first}"
-
-
-def _is_network(err: BaseException) -> bool:
-    seen: Optional[BaseException] = err
-    while seen is not None:
-        if isinstance(seen, (ConnectionError, TimeoutError)) or "Connect" in type(seen).__name__:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False

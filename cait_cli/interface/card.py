@@ -1,0 +1,109 @@
+"""The model card (README.md) that `cait push` uploads beside a compressed checkpoint."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional
+
+TAGS = ["image-classification", "timm", "cait", "vision-transformer", "token-merging", "pruning"]
+
+
+def _fmt(value: Optional[float], spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    return "—" if value is None else f"{value * scale:{spec}}{suffix}"
+
+
+def _hub_id(name: Optional[str]) -> Optional[str]:
+    """`name` if it looks like a Hub repository id (ORG/NAME, optional hf-hub: prefix)."""
+    if not name:
+        return None
+    name = name.removeprefix("hf-hub:")
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else None
+
+
+def front_matter(config: Dict[str, Any]) -> str:
+    cait = config.get("cait", {})
+    lines = ["---", "library_name: timm", "pipeline_tag: image-classification"]
+    license_ = config.get("pretrained_cfg", {}).get("license") or cait.get("license")
+    if license_:
+        lines.append(f"license: {license_}")
+    base = _hub_id(cait.get("base_model"))
+    if base:
+        lines.append(f"base_model: {base}")
+    lines.append("tags:")
+    lines += [f"- {tag}" for tag in TAGS]
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def results_table(report: Optional[Dict[str, Any]]) -> str:
+    if not report:
+        return "No `report.json` was found beside the checkpoint, so no measurements are shown."
+    base, comp = report.get("baseline", {}), report.get("compressed", {})
+    rows = [
+        ("params (M)", "params", ".2f", 1e-6, ""), ("GMACs", "macs", ".2f", 1e-9, ""),
+        ("throughput (img/s)", "throughput", ".1f", 1.0, ""), ("top-1", "top1", ".2f", 100.0, "%"),
+        ("top-5", "top5", ".2f", 100.0, "%"), ("agreement with original", "agreement", ".2f", 100.0, "%"),
+    ]
+    lines = ["| | original | compressed |", "|---|---|---|"]
+    for label, key, spec, scale, suffix in rows:
+        lines.append(f"| {label} | {_fmt(base.get(key), spec, scale, suffix)} | "
+                     f"{_fmt(comp.get(key), spec, scale, suffix)} |")
+    lines.append("")
+    lines.append(f"Target speedup {_fmt(report.get('target_speedup'), 'g', 1.0, 'x')}, measured "
+                 f"{_fmt(report.get('measured_speedup'), '.2f', 1.0, 'x')} on {report.get('device', '—')} "
+                 f"(batch {report.get('batch_size', '—')}, {report.get('precision', 'fp32')}): throughput of this "
+                 "model over the original's, measured interleaved in one run.")
+    return "\n".join(lines)
+
+
+def architecture(config: Dict[str, Any]) -> str:
+    args = config.get("model_args", {})
+    merges = ", ".join(f"after block {b} ({'columns' if a == 'w' else 'rows'})"
+                       for b, a in args.get("merge_schedule", [])) or "none"
+    widths: List[List[int]] = args.get("widths", [])
+    width_text = "; ".join(f"{i}: {qk}/{v}/{mlp}" for i, (qk, v, mlp) in enumerate(widths))
+    return (f"- base architecture: `{args.get('base_architecture', '?')}`\n"
+            f"- token merges (ATME): {merges}\n"
+            f"- kept widths per block (q/k per head, v per head, MLP hidden): {width_text}")
+
+
+def model_card(config: Dict[str, Any], report: Optional[Dict[str, Any]], repo_id: str) -> str:
+    base = config.get("cait", {}).get("base_model", "the original model")
+    return f"""{front_matter(config)}
+
+# {repo_id.split('/')[-1]}
+
+A compressed version of `{base}`, made with [cait](https://pypi.org/project/cait-cli/):
+asymmetric token merging (ATME) of neighbouring patch tokens, which keeps the tokens on a
+regular grid, and consistent dynamic channel pruning (CDCP), which removes the same channels in
+every attention head, then slices the weights into smaller layers.
+
+## Speed and accuracy
+
+{results_table(report)}
+
+## Architecture
+
+{architecture(config)}
+
+## How it was made
+
+`cait compress` planned a merge schedule and channel budget from latencies measured on the
+device, learned the channel scores with distillation from the original model, slimmed the
+weights and fine-tuned the result. The plan and all measurements are in `report.json`.
+
+## How to use
+
+```bash
+pip install cait-cli
+```
+
+```python
+import cait_cli  # registers the cait_vit architecture with timm
+import timm
+
+model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
+# or: model = cait_cli.load("hf-hub:{repo_id}")
+features = model.forward_grid(images)  # (B, C, H', W') patch features on the merged grid
+dense = model.unmerge(features)        # back to the full token grid, for dense heads
+```
+"""
