@@ -83,3 +83,15 @@ def test_impossible_targets_are_refused_with_the_maximum(make_vit):
     best = max_speedup(model, table)
     with pytest.raises(CaitError, match=r"beyond .*about [0-9.]+x at most"):
         make_plan(model, table, PlanConfig(target=best * 2))
+
+
+def test_ablation_methods_use_one_part_only(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    atme = make_plan(model, table, PlanConfig.for_method("atme", 1.3))
+    assert atme.keep == 1.0 and atme.schedule and atme.predicted_speedup >= 1.3 * 1.03 - 1e-6
+    cdcp = make_plan(model, table, PlanConfig.for_method("cdcp", 1.3))
+    assert cdcp.schedule == [] and cdcp.keep < 1.0
+    assert cdcp.predicted_speedup == pytest.approx(1.3 * 1.03, rel=1e-3)
+    with pytest.raises(CaitError, match="--method"):
+        PlanConfig.for_method("tome", 1.3)

@@ -36,29 +36,38 @@ class CaitAttention(nn.Module):
         self.gate_qk: Optional[ChannelGate] = None
         self.gate_v: Optional[ChannelGate] = None
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
-                need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x: (B, N, C); bias: (1, 1, 1, N) log-size or None.
-
-        Returns the output (B, N, C) and, if asked, the class-token attention each
-        token received, averaged over heads: (B, N).
-        """
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, N, C) -> gated q, k (B, h, N, qk_dim) and v (B, h, N, v_dim)."""
         B, N, _ = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).split([h * self.qk_dim, h * self.qk_dim, h * self.v_dim], dim=-1)
-        q = q.view(B, N, h, self.qk_dim).transpose(1, 2)  # (B, h, N, qk_dim)
+        q = q.view(B, N, h, self.qk_dim).transpose(1, 2)
         k = k.view(B, N, h, self.qk_dim).transpose(1, 2)
-        v = v.view(B, N, h, self.v_dim).transpose(1, 2)  # (B, h, N, v_dim)
+        v = v.view(B, N, h, self.v_dim).transpose(1, 2)
         if self.gate_qk is not None:  # one mask for all heads, for q and k alike
             mask = self.gate_qk()
             q, k = q * mask, k * mask
         if self.gate_v is not None:
             v = v * self.gate_v()
+        return q, k, v
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention output projected back to the residual width: (B, N, C)."""
+        B, h, N, _ = v.shape
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
-        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, h * self.v_dim)))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, h * self.v_dim)))
 
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
+                need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (B, N, C); bias: (1 or B, 1, 1, N) log-size or None.
+
+        Returns the output (B, N, C) and, if asked, the class-token attention each
+        token received, averaged over heads: (B, N).
+        """
+        q, k, v = self.project(x)
+        out = self.attend(q, k, v, bias)
         importance = None
         if need_importance:  # (B, h, 1, N) -> (B, N); only the class-token row is computed
             logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)

@@ -18,8 +18,9 @@ class TokenState:
 
     x:      (B, P + H*W, C) prefix tokens first, then patch tokens in row-major grid order
     size:   (1, P + H*W, 1) patches each token stands for, or None while all are 1.
-            Sizes depend only on the merge schedule, never on the image, so one row
-            broadcasts over the batch.
+            Under ATME sizes depend only on the merge schedule, never on the image, so
+            one row broadcasts over the batch; image-dependent merging (the ToMe
+            baseline) gives (B, N, 1).
     grid:   (H, W) of the patch tokens
     num_prefix: P, the class/distillation/register tokens that never merge
     """
@@ -30,10 +31,10 @@ class TokenState:
     num_prefix: int
 
     def log_size(self) -> Optional[torch.Tensor]:
-        """Additive attention bias (1, 1, 1, N) for proportional attention, or None."""
+        """Additive attention bias (1 or B, 1, 1, N) for proportional attention, or None."""
         if self.size is None:
             return None
-        return self.size.log().view(1, 1, 1, -1).to(self.x.dtype)
+        return self.size.log().transpose(1, 2).unsqueeze(1).to(self.x.dtype)
 
     def sizes(self) -> torch.Tensor:
         """Sizes as a tensor (1, N, 1), ones when nothing has merged yet."""

@@ -63,6 +63,10 @@ class CompressConfig:
     tolerance: float = 0.03  # a measured speedup this far below the target still counts as reached
     replan: bool = True  # measure the slimmed model and re-plan if it misses the target
     latency_cache: Optional[Path] = None
+    method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
+
+    def plan_config(self, target: float, **kwargs) -> PlanConfig:
+        return PlanConfig.for_method(self.method, target, **kwargs)
 
 
 @dataclass
@@ -106,6 +110,7 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--calib-steps and --finetune-steps must be 0 or more")
     if cfg.batch_size < 1:
         raise CaitError("--batch-size must be at least 1")
+    cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan_only:
         return
     if cfg.out.exists() and not (cfg.overwrite or cfg.resume):
@@ -166,7 +171,7 @@ def _resumed_plan(job: Job) -> Optional[Plan]:
 def _plan(job: Job) -> Plan:
     use_score = job.batches is not None and job.cfg.weights == "pretrained"
     score = _kl_score(job.base, job.batches, job.device) if use_score else None
-    return make_plan(job.base, job.table, PlanConfig(job.cfg.target_speedup), score)
+    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), score)
 
 
 def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
@@ -202,7 +207,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights")
+                "weights", "method")
 
 
 def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig) -> None:
@@ -305,7 +310,7 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
             break
         goal = plan.predicted_speedup * target * REPLAN_MARGIN / measured
         try:
-            new_plan = make_plan(job.base, job.table, PlanConfig(target=goal, margin=1.0))
+            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0))
         except CaitError:
             break  # nothing faster to try; the report says what was reached
         plan = new_plan

@@ -19,6 +19,7 @@ from ..method.model import tokens_per_block
 from .latency import LatencyTable
 
 ScoreFn = Callable[[List[MergeStep], float], float]
+METHODS = ("cait", "atme", "cdcp")
 
 
 @dataclass
@@ -27,6 +28,15 @@ class PlanConfig:
     margin: float = 1.03  # plan this much above the target: the measurement must still clear it
     min_keep: float = 0.25  # never keep fewer channels than this fraction
     max_scored: int = 10  # candidates whose quality score is computed
+    merge: bool = True  # may use ATME (False: CDCP alone, an ablation)
+    prune: bool = True  # may use CDCP (False: ATME alone, an ablation)
+
+    @classmethod
+    def for_method(cls, method: str, target: float, **kwargs) -> "PlanConfig":
+        """Config for "cait" (both parts), "atme" or "cdcp" (one part alone)."""
+        if method not in METHODS:
+            raise CaitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        return cls(target, merge=method != "cdcp", prune=method != "atme", **kwargs)
 
 
 @dataclass
@@ -101,16 +111,17 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     if cfg.target < 1.0:
         raise CaitError(f"--target-speedup must be at least 1.0, got {cfg.target}")
     speed = SpeedModel(model, table)
-    schedules = candidate_schedules(speed.depth, speed.grid)
+    schedules = candidate_schedules(speed.depth, speed.grid) if cfg.merge else [[]]
+    min_keep = cfg.min_keep if cfg.prune else 1.0
     goal = cfg.target * cfg.margin
     feasible = []
     for schedule in schedules:
-        keep = speed.solve_keep(schedule, goal, cfg.min_keep)
+        keep = speed.solve_keep(schedule, goal, min_keep)
         if keep is not None:
             overshoot = speed.speedup(schedule, keep) / goal - 1
             feasible.append((round(overshoot, 2), -round(keep, 3), schedule))
     if not feasible:
-        best = max(speed.speedup(s, cfg.min_keep) for s in schedules)
+        best = max(speed.speedup(s, min_keep) for s in schedules)
         raise CaitError(f"a {cfg.target:g}x speedup is beyond what this model can reach on this device "
                         f"(about {best / cfg.margin:.2f}x at most)")
     # compress no more than needed, then prune as few channels as possible
