@@ -1,0 +1,235 @@
+"""CAIT against its peers at equal measured speedup, on real images (Fashion-MNIST).
+
+    python examples/make_fashion_subset.py --out /tmp/fashion_full --train-per-class 6000 --val-per-class 1000
+    python benchmarks/proof.py --reference examples/reference --data /tmp/fashion_full \
+        --out benchmarks/results/proof_cpu
+
+For every target speedup S, each method is set to the smallest compression whose
+measured speedup over the reference clears S (by 2%), gets the same training
+budget (steps x batch, distillation from the reference plus cross-entropy) and is
+then measured with all the others side by side in one interleaved run:
+
+- cait:  `cait compress` end to end (ATME + CDCP; calibration + fine-tuning = budget)
+- atme:  `cait compress --method atme` (token merging alone)
+- cdcp:  `cait compress --method cdcp` (channel pruning alone)
+- tome:  ToMe bipartite soft matching, r tokens per block (off the shelf, and fine-tuned)
+- torch-pruning: uniform L2-magnitude channel pruning with the torch-pruning package, fine-tuned
+
+Writes OUT.md (table and command), OUT.json and OUT.png (top-1 against measured speedup).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.peers.channel_pruning import prune_channels  # noqa: E402
+from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
+from cait_cli.errors import CaitError  # noqa: E402
+from cait_cli.method.cost import model_macs  # noqa: E402
+from cait_cli.models.loading import load_model  # noqa: E402
+from cait_cli.pipeline.compress import CompressConfig, compress  # noqa: E402
+from cait_cli.pipeline.data import collate_skipping, dataset_from, eval_loader, eval_transform  # noqa: E402
+from cait_cli.pipeline.data import resolve_data_config, split_roots  # noqa: E402
+from cait_cli.pipeline.measure import (SpeedConfig, count_params, device_name, measure_accuracy,  # noqa: E402
+                                       measure_throughput, paired_speedup)
+from cait_cli.pipeline.report import quick_speedup  # noqa: E402
+from cait_cli.pipeline.train import LogitsOnly, StepBatches, TrainConfig, make_optimizer, train_step  # noqa: E402
+
+CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
+
+
+@dataclass
+class Row:
+    method: str
+    target: float
+    setting: str  # what the method was set to (plan, r, ratio)
+    trained: bool
+    keeps_grid: bool  # are the output patch tokens still a 2-D grid (dense transfer)?
+    params: int = 0
+    macs: int = 0
+    measured_speedup: Optional[float] = None
+    speedup_range: List[float] = field(default_factory=list)
+    top1: Optional[float] = None
+    agreement: Optional[float] = None
+    note: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Bench:
+    """What every method works with: the reference, data, budget and device."""
+
+    reference: nn.Module
+    reference_path: str
+    data: str
+    batches: StepBatches
+    steps: int
+    batch_size: int
+    lr: float
+    bench_batch: int
+    device: torch.device
+    work: Path
+    seed: int
+    log: Callable[[str], None] = print
+
+    @property
+    def input_size(self) -> tuple:
+        return (3, *self.reference.patch_embed.img_size)
+
+    def quick(self, model: nn.Module) -> float:
+        return quick_speedup(self.reference, model, self.device, self.bench_batch)
+
+
+def finetune(bench: Bench, student: nn.Module) -> nn.Module:
+    """The shared budget: bench.steps of distillation + CE, as `cait compress` fine-tunes."""
+    cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10))
+    optimizer = make_optimizer(student, cfg)
+    wrapped = LogitsOnly(student).train()
+    for step, (images, labels) in bench.batches.iterate(0, bench.steps):
+        train_step(wrapped, bench.reference, images.to(bench.device), labels.to(bench.device), optimizer, cfg, step)
+    return student.eval()
+
+
+def ours(bench: Bench, method: str, target: float) -> tuple[Row, Optional[nn.Module]]:
+    """`cait compress` (or one of its ablations) end to end, with the shared budget."""
+    calib = bench.steps // 4 if method != "atme" else 0
+    out = bench.work / f"{method}_{target:g}"
+    cfg = CompressConfig(model=bench.reference_path, target_speedup=target, out=out, data=bench.data,
+                         calib_steps=calib, finetune_steps=bench.steps - calib, batch_size=bench.batch_size,
+                         bench_batch_size=bench.bench_batch, lr=bench.lr, device=str(bench.device), workers=0,
+                         seed=bench.seed, overwrite=True, method=method, max_val_images=500,
+                         latency_cache=bench.work / "latency")
+    try:
+        result = compress(cfg)
+    except CaitError as err:
+        return Row(method, target, "-", True, True, note=str(err)), None
+    model = load_model(str(out)).model.to(bench.device).eval()
+    plan = result.plan
+    merges = "+".join(str(s.block) for s in plan.schedule) or "none"
+    setting = f"merge after {merges}, keep {plan.keep:.0%}"
+    return Row(method, target, setting, True, True, count_params(model), model_macs(model)), model
+
+
+def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
+    """ToMe with the smallest r (tokens merged per block) that reaches the target."""
+    r = 0
+    while True:
+        r += 1
+        model = apply_tome(copy.deepcopy(bench.reference), r).eval()
+        if bench.quick(model) >= target * CLEAR:
+            break
+        if r > bench.reference.patch_embed.num_patches // len(bench.reference.blocks):
+            return [(Row("tome", target, "-", False, False, note=f"no r reaches {target:g}x"), None)]
+    macs, params = tome_macs(model, r), count_params(model)
+    rows = [(Row("tome (off the shelf)", target, f"r={r}", False, False, params, macs), model)]
+    tuned = finetune(bench, copy.deepcopy(model))
+    rows.append((Row("tome", target, f"r={r}", True, False, params, macs), tuned))
+    return rows
+
+
+def torch_pruning(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
+    """torch-pruning at the smallest uniform ratio (to 1%) that reaches the target."""
+    low, high = 0.0, 0.9
+    if bench.quick(prune_channels(bench.reference, high, bench.input_size)) < target * CLEAR:
+        return [(Row("torch-pruning", target, "-", True, True, note=f"ratio {high} stays under {target:g}x"), None)]
+    while high - low > 0.01:
+        mid = (low + high) / 2
+        fast = bench.quick(prune_channels(bench.reference, mid, bench.input_size)) >= target * CLEAR
+        low, high = (low, mid) if fast else (mid, high)
+    model = prune_channels(bench.reference, high, bench.input_size)
+    row = Row("torch-pruning", target, f"ratio {high:.2f}", True, True, count_params(model), model_macs(model))
+    return [(row, finetune(bench, model))]
+
+
+def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], test) -> None:
+    """Speed of every model against the reference, interleaved in one run; top-1 on the test set."""
+    named = {"reference": bench.reference, **{f"row{i}": m for i, m in models.items()}}
+    speed = measure_throughput(named, bench.input_size, SpeedConfig(bench.bench_batch, warmup=2, repeats=11),
+                               bench.device)
+    for i, model in models.items():
+        ratio, low, high = paired_speedup(speed, f"row{i}", "reference")
+        rows[i].measured_speedup, rows[i].speedup_range = ratio, [low, high]
+        acc = measure_accuracy(model, test, bench.device, baseline=bench.reference)
+        rows[i].top1, rows[i].agreement = acc.top1, acc.agreement
+        bench.log(f"  {rows[i].method} @ {rows[i].target:g}x: {ratio:.2f}x, top-1 {acc.top1:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default="examples/reference")
+    parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (the test split)")
+    parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 1.9, 2.5])
+    parser.add_argument("--methods", nargs="+", default=["cait", "atme", "cdcp", "tome", "torch-pruning"])
+    parser.add_argument("--steps", type=int, default=300, help="training budget of every trained method")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bench-batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-proof"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
+    args = parser.parse_args()
+    started = time.time()
+    torch.manual_seed(args.seed)
+    device = torch.device("cpu")
+    reference = load_model(args.reference).model.to(device).eval()
+    data_cfg = resolve_data_config(reference)
+    train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg))
+    test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
+    test = [batch for batch in test_loader]  # decoded once, reused for every model
+    bench = Bench(reference, args.reference, args.data, StepBatches(train, args.batch_size, args.seed, collate_skipping),
+                  args.steps, args.batch_size, args.lr, args.bench_batch_size, device, args.work, args.seed)
+    reference_acc = measure_accuracy(reference, test, device)
+    print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
+
+    rows: List[Row] = []
+    models: Dict[int, nn.Module] = {}
+    for target in args.speedups:
+        for method in args.methods:
+            began = time.time()
+            if method in ("cait", "atme", "cdcp"):
+                produced = [ours(bench, method, target)]
+            elif method == "tome":
+                produced = tome(bench, target)
+            else:
+                produced = torch_pruning(bench, target)
+            for row, model in produced:
+                row.seconds = time.time() - began
+                if model is not None:
+                    models[len(rows)] = model
+                rows.append(row)
+                print(f"{row.method} @ {target:g}x: {row.setting} {row.note}".rstrip(), flush=True)
+    print("measuring every model against the reference, interleaved", flush=True)
+    measure_all(bench, rows, models, test)
+    write_results(args, rows, reference, reference_acc.top1, time.time() - started)
+
+
+def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Module, reference_top1: float,
+                  seconds: float) -> None:
+    from benchmarks.proof_report import plot, table
+
+    meta = {"command": "python " + " ".join(sys.argv), "device": device_name(torch.device("cpu")),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "reference": args.reference, "reference_top1": reference_top1, "reference_params": count_params(reference),
+            "reference_macs": model_macs(reference), "steps": args.steps, "batch_size": args.batch_size,
+            "bench_batch_size": args.bench_batch_size, "lr": args.lr, "seconds": round(seconds)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    args.out.with_suffix(".md").write_text(table(meta, [asdict(r) for r in rows]))
+    plot(meta, [asdict(r) for r in rows], args.out.with_suffix(".png"))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The proof's table (Markdown) and plot (PNG), from the rows benchmarks/proof.py measured.
+
+    python benchmarks/proof_report.py benchmarks/results/proof_cpu.json   # re-render
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+MARKERS = {"cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x", "torch-pruning": "D"}
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    ref = meta["reference_top1"]
+    lines = [
+        "# CAIT against its peers at equal measured speedup (Fashion-MNIST test set)", "",
+        f"Command: `{meta['command']}`", "",
+        f"Device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}; throughput at batch "
+        f"{meta['bench_batch_size']}, fp32, every model interleaved with the reference in one run "
+        f"(median of paired ratios). Training budget of every trained method: {meta['steps']} steps of batch "
+        f"{meta['batch_size']}, lr {meta['lr']:g}, distillation from the reference plus cross-entropy. "
+        f"Total time {meta['seconds'] / 60:.0f} min.", "",
+        f"Reference `{meta['reference']}`: top-1 {_pct(ref)}%, {meta['reference_params'] / 1e6:.3f}M params, "
+        f"{meta['reference_macs'] / 1e6:.1f}M MACs.", "",
+        "| target | method | setting | measured speedup | top-1 (%) | Δ top-1 (pt) | agreement (%) | params (M) "
+        "| MMACs | 2-D grid out |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["measured_speedup"] is None:
+            lines.append(f"| {r['target']:g}x | {r['method']} | not reached: {r['note']} | — | — | — | — | — | — | "
+                         f"{'yes' if r['keeps_grid'] else 'no'} |")
+            continue
+        delta = "—" if r["top1"] is None else f"{100 * (r['top1'] - ref):+.2f}"
+        lines.append(
+            f"| {r['target']:g}x | {r['method']} | {r['setting']} | {r['measured_speedup']:.2f}x "
+            f"({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}) | {_pct(r['top1'])} | {delta} | "
+            f"{_pct(r['agreement'])} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | "
+            f"{'yes' if r['keeps_grid'] else 'no'} |")
+    lines += ["", "2-D grid out: whether the patch tokens after the last block still form a regular grid that a "
+              "dense head (segmentation, detection) can take: ATME halves grid axes, channel pruning keeps every "
+              "token, ToMe merges image-dependent pairs anywhere in the image.", ""]
+    return "\n".join(lines)
+
+
+def plot(meta: Dict[str, Any], rows: List[Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for method, marker in MARKERS.items():
+        points = sorted((r["measured_speedup"], 100 * r["top1"]) for r in rows
+                        if r["method"] == method and r["measured_speedup"] is not None and r["top1"] is not None)
+        if points:
+            ax.plot(*zip(*points), marker=marker, label=method, linestyle="--" if "shelf" in method else "-")
+    ax.axhline(100 * meta["reference_top1"], color="grey", linewidth=1, label="reference")
+    ax.set_xlabel("measured speedup over the reference (CPU, batch %d)" % meta["bench_batch_size"])
+    ax.set_ylabel("top-1 on the test set (%)")
+    ax.set_title("Fashion-MNIST: accuracy against measured speedup")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    path = Path(sys.argv[1])
+    data = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(table(data["meta"], data["rows"]))
+    plot(data["meta"], data["rows"], path.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
