@@ -185,7 +185,7 @@ def main() -> None:
     device = torch.device("cpu")
     reference = load_model(args.reference).model.to(device).eval()
     data_cfg = resolve_data_config(reference)
-    train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg))
+    train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
     test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
     test = [batch for batch in test_loader]  # decoded once, reused for every model
     bench = Bench(reference, args.reference, args.data, StepBatches(train, args.batch_size, args.seed, collate_skipping),

@@ -122,3 +122,21 @@ def test_unreadable_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(data.os, "scandir", denied)
     with pytest.raises(CaitError, match="permission denied"):
         scan_folder(tmp_path)
+
+
+def test_class_folders_follow_the_models_label_names(tmp_path):
+    """Folder names sort alphabetically; a model trained with other indices must still score."""
+    model = tiny_vit(num_classes=3)
+    model.pretrained_cfg = {**model.pretrained_cfg, "label_names": ["zebra", "ant", "moth"]}
+    cfg = resolve_data_config(model)
+    assert cfg["label_names"] == ["zebra", "ant", "moth"]
+    root = tmp_path / "data"
+    make_image_folder(tmp_path / "made", classes=3, per_class=1, splits=("all",))
+    for i, name in enumerate(("ant", "moth", "zebra")):
+        root.mkdir(exist_ok=True)
+        (tmp_path / "made" / "all" / f"class_{i}").rename(root / name)
+    bundle = open_data(str(root), cfg, batch_size=4)
+    assert bundle.classes == ["zebra", "ant", "moth"]
+    assert {Path(p).parent.name: label for p, label in bundle.train.items} == {"zebra": 0, "ant": 1, "moth": 2}
+    other = open_data(str(root), resolve_data_config(tiny_vit(num_classes=3)), batch_size=4)
+    assert other.classes == ["ant", "moth", "zebra"]  # no label names: folder order, as ImageFolder

@@ -32,11 +32,14 @@ def resolve_data_config(model: torch.nn.Module) -> Dict[str, Any]:
     embed = getattr(model, "patch_embed", None)
     if embed is not None and getattr(embed, "img_size", None):
         cfg["input_size"] = (embed.proj.in_channels, *embed.img_size)
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if names and len(names) == getattr(model, "num_classes", None):
+        cfg["label_names"] = list(names)
     return cfg
 
 
 def eval_transform(data_cfg: Dict[str, Any]) -> Callable:
-    return create_transform(**data_cfg, is_training=False)
+    return create_transform(**{k: v for k, v in data_cfg.items() if k != "label_names"}, is_training=False)
 
 
 def train_transform(data_cfg: Dict[str, Any]) -> Callable:
@@ -135,8 +138,13 @@ def _list_dir(path: Path) -> List[os.DirEntry]:
         raise CaitError(f"cannot read {path}: {err.strerror or err}") from None
 
 
-def _class_folder_items(root: Path) -> Tuple[List[Tuple[str, int]], List[str]]:
+def _class_folder_items(root: Path, label_names: Optional[Sequence[str]] = None
+                        ) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """Items of class subfolders. Labels follow the model's label names when the folders are
+    exactly those names (a model's class order is rarely alphabetical), else folder order."""
     classes = [e.name for e in _list_dir(root) if e.is_dir() and not e.name.startswith(".")]
+    if label_names and sorted(classes) == sorted(label_names):
+        classes = list(label_names)
     items = []
     for label, name in enumerate(classes):
         for dirpath, _, files in os.walk(root / name):
@@ -144,13 +152,14 @@ def _class_folder_items(root: Path) -> Tuple[List[Tuple[str, int]], List[str]]:
     return items, classes
 
 
-def scan_folder(root: Path) -> Tuple[List[Tuple[str, int]], Optional[List[str]]]:
+def scan_folder(root: Path, label_names: Optional[Sequence[str]] = None
+                ) -> Tuple[List[Tuple[str, int]], Optional[List[str]]]:
     """Items of a folder: class subfolders (labelled) or loose images (label -1)."""
     entries = _list_dir(root)
     loose = [(e.path, -1) for e in entries if e.is_file() and _is_image(e.name)]
     if loose:
         return loose, None
-    items, classes = _class_folder_items(root)
+    items, classes = _class_folder_items(root, label_names)
     if not items:
         raise CaitError(f"no images found in {root} (expected class subfolders or image files: "
                         f"{', '.join(IMAGE_EXTENSIONS)})")
@@ -168,13 +177,14 @@ def _timm_dataset(name: str, split: str) -> Dataset:
             from None
 
 
-def dataset_from(source: str, transform: Callable, split: str = "train") -> Dataset:
+def dataset_from(source: str, transform: Callable, split: str = "train",
+                 label_names: Optional[Sequence[str]] = None) -> Dataset:
     """A dataset from a folder path or a timm dataset name."""
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CaitError(f"{path} is not a folder of images")
-        items, classes = scan_folder(path)
+        items, classes = scan_folder(path, label_names)
         return ImageFiles(items, transform, classes)
     if "/" in source and not source.startswith(("torch/", "hfds/", "tfds/", "wds/", "hfids/")):
         raise CaitError(f"data folder {path} does not exist")
@@ -199,11 +209,13 @@ def open_data(source: str, data_cfg: Dict[str, Any], *, val_source: Optional[str
               max_val: Optional[int] = None) -> DataBundle:
     """Training images (a Dataset; batches are drawn by step) and held-out images (if any)."""
     train_root, val_root = split_roots(source)
-    train = dataset_from(train_root, train_transform(data_cfg) if train_augment else eval_transform(data_cfg))
+    names = data_cfg.get("label_names")
+    train = dataset_from(train_root, train_transform(data_cfg) if train_augment else eval_transform(data_cfg),
+                         label_names=names)
     val_root = val_source or val_root
     val = None
     if val_root is not None:
-        val_set = dataset_from(val_root, eval_transform(data_cfg), split="validation")
+        val_set = dataset_from(val_root, eval_transform(data_cfg), split="validation", label_names=names)
         _check_same_classes(train, val_set, val_root)
         if max_val is not None and len(val_set) > max_val:
             val_set = _subset(val_set, max_val, seed)
@@ -230,5 +242,5 @@ def eval_loader(source: str, data_cfg: Dict[str, Any], batch_size: int, workers:
     """Held-out images for `cait eval`: ROOT/val if there is one, else ROOT itself."""
     path = Path(source).expanduser()
     root = str(path / "val") if (path / "val").is_dir() else source
-    dataset = dataset_from(root, eval_transform(data_cfg), split="validation")
+    dataset = dataset_from(root, eval_transform(data_cfg), split="validation", label_names=data_cfg.get("label_names"))
     return loader(dataset, batch_size, workers), getattr(dataset, "classes", None)
