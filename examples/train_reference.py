@@ -1,0 +1,140 @@
+"""Train the reference ViT on Fashion-MNIST (the real images of examples/fashion_mnist).
+
+DeiT-Tiny-shaped by default (embed 192, 3 heads, 12 blocks, class token) on images
+resized to 56x56 with 4x4 patches: a 14x14 token grid, the grid of DeiT at 224/16,
+so ATME schedules carry over. Writes a timm-style model directory (config.json +
+fp16 model.safetensors) that `cait compress` loads as a local path.
+
+    # DeiT-Tiny shape, on a GPU
+    python examples/train_reference.py --out examples/reference --epochs 30
+    # smaller, for a CPU
+    python examples/train_reference.py --out examples/reference --embed-dim 96 --depth 6 --epochs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from cait_cli.atomic import atomic_directory
+from cait_cli.pipeline.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
+
+
+def to_inputs(images: torch.Tensor, size: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> normalised float (B, 3, size, size), as the PNG pipeline sees them."""
+    x = images.float().div(255).unsqueeze(1)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if augment:
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x[flip] = x[flip].flip(-1)
+        pad = size // 14
+        x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        x = x[:, :, dy:dy + size, dx:dx + size]
+    return ((x - MEAN) / STD).expand(-1, 3, -1, -1)
+
+
+def build(args: argparse.Namespace) -> torch.nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **model_args(args))
+
+
+def model_args(args: argparse.Namespace) -> dict:
+    return dict(img_size=args.img_size, patch_size=args.patch_size, embed_dim=args.embed_dim, depth=args.depth,
+                num_heads=args.heads, num_classes=10, drop_path_rate=args.drop_path)
+
+
+@torch.inference_mode()
+def accuracy(model, images, labels, size, batch=500) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        logits = model(to_inputs(images[i:i + batch], size, False, None))
+        correct += int((logits.argmax(-1) == labels[i:i + batch]).sum())
+    return correct / len(images)
+
+
+def save(model, args, test_acc: float, out: Path) -> None:
+    saved_args = {k: v for k, v in model_args(args).items() if k not in ("num_classes", "drop_path_rate")}
+    config = {
+        "architecture": "vit_tiny_patch16_224", "num_classes": 10, "label_names": list(FASHION_MNIST_CLASSES),
+        "pretrained_cfg": {"input_size": [3, args.img_size, args.img_size], "interpolation": "bilinear",
+                           "crop_pct": 1.0, "crop_mode": "center", "mean": [MEAN] * 3, "std": [STD] * 3,
+                           "num_classes": 10, "license": "mit"},
+        "model_args": saved_args,
+        "training": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "epochs": args.epochs,
+                     "batch_size": args.batch_size, "lr": args.lr, "test_top1": test_acc, "seed": args.seed},
+    }
+    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    with atomic_directory(out, overwrite=True) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--out", type=Path, default=Path("examples/reference"))
+    parser.add_argument("--img-size", type=int, default=56)
+    parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--embed-dim", type=int, default=192)
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--drop-path", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    train_x, train_y = (torch.from_numpy(np.array(a)) for a in load_fashion_mnist(args.root, "train"))
+    test_x, test_y = (torch.from_numpy(np.array(a)) for a in load_fashion_mnist(args.root, "test"))
+    model = build(args).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(train_x) // args.batch_size
+    total = steps_per_epoch * args.epochs
+    warmup = min(500, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total))))
+    generator = torch.Generator().manual_seed(args.seed)
+    amp = device.type == "cuda"
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {total} steps on {device}", flush=True)
+    start = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        for step in range(steps_per_epoch):
+            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+            x = to_inputs(train_x[idx], args.img_size, True, generator).to(device)
+            y = train_y[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            if step % 100 == 0:
+                print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} "
+                      f"{time.time() - start:.0f}s", flush=True)
+        test_acc = accuracy(model, test_x.to(device), test_y.to(device), args.img_size)
+        print(f"epoch {epoch}: test top-1 {test_acc:.4f}", flush=True)
+    save(model.cpu(), args, test_acc, args.out)
+    print(f"wrote {args.out}: test top-1 {test_acc:.4f} after {args.epochs} epochs, {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
