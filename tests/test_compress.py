@@ -83,16 +83,30 @@ def weights(path):
 
 @pytest.mark.parametrize("phase,step", [("calibrate", 6), ("finetune", 5)])
 def test_resume_after_interruption_ends_with_the_same_result(assets, tmp_path, phase, step):
-    straight = compress(config(assets, tmp_path / "a.cait", replan=False))
+    opts = dict(replan=False, method="cdcp")  # CDCP alone: the plan prunes, so there is a calibration
+    straight = compress(config(assets, tmp_path / "a.cait", **opts))
+    assert straight.plan.keep < 1.0
     out = tmp_path / "b.cait"
     with pytest.raises(Interrupted, match="--resume"):
-        compress(config(assets, out, replan=False), StopAt(phase, step))
+        compress(config(assets, out, **opts), StopAt(phase, step))
     assert not out.exists() and (tmp_path / ".b.cait.cait-run" / "state.pt").is_file()
-    resumed = compress(config(assets, out, replan=False, resume=True))
+    resumed = compress(config(assets, out, resume=True, **opts))
     assert resumed.plan.to_dict() == straight.plan.to_dict()
     a, b = weights(tmp_path / "a.cait"), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / ".b.cait.cait-run").exists()
+
+
+def test_a_plan_that_prunes_nothing_spends_the_calibration_steps_on_fine_tuning(assets, tmp_path):
+    phases = []
+
+    class Recorder(Silent):
+        def start(self, phase, total, done=0):
+            phases.append((phase, total))
+
+    result = compress(config(assets, tmp_path / "o", method="atme", calib_steps=3, finetune_steps=2, replan=False),
+                      Recorder())
+    assert result.plan.keep == 1.0 and phases == [("finetune", 5)]
 
 
 def test_same_seed_gives_the_same_model(assets, tmp_path):

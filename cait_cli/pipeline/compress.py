@@ -131,7 +131,9 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
     job.progress.message(describe_plan(plan))
     if cfg.plan_only:
         return CompressResult(plan)
-    job.meta = {"config": _jsonable_config(cfg), "plan": plan.to_dict()}
+    # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
+    job.meta = {"config": _jsonable_config(cfg), "plan": plan.to_dict(),
+                "calibrate": job.meta.get("calibrate", plan.keep < 1.0)}
 
     student = _calibrated_student(job, plan)
     plan = _fit_to_target(job, student, plan)
@@ -169,9 +171,14 @@ def _resumed_plan(job: Job) -> Optional[Plan]:
 
 
 def _plan(job: Job) -> Plan:
-    use_score = job.batches is not None and job.cfg.weights == "pretrained"
-    score = _kl_score(job.base, job.batches, job.device) if use_score else None
-    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), score)
+    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), _plan_score(job))
+
+
+def _plan_score(job: Job):
+    """How plans are ranked: KL on a batch when there are data and real weights, else no score."""
+    if job.batches is None or job.cfg.weights != "pretrained":
+        return None
+    return _kl_score(job.base, job.batches, job.device)
 
 
 def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
@@ -282,7 +289,7 @@ def _calibrated_student(job: Job, plan: Plan) -> nn.Module:
     if job.state.get("phase") == "finetune":  # calibration finished before the interruption
         student.load_state_dict(job.state["gated"])
         return student
-    if job.cfg.calib_steps == 0 or job.batches is None:
+    if job.cfg.calib_steps == 0 or job.batches is None or not job.meta["calibrate"]:
         return student  # weight-norm scores decide
     steps = job.cfg.calib_steps
     _train(job, student, job.train_config(steps, 20), "calibrate",
@@ -302,6 +309,7 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
         set_budget(student, plan.keep)
         return plan
     target = job.cfg.target_speedup
+    score = _plan_score(job) if job.cfg.replan else None
     for _ in range(4 if job.cfg.replan else 0):
         set_budget(student, plan.keep)
         measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch)
@@ -310,7 +318,7 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
             break
         goal = plan.predicted_speedup * target * REPLAN_MARGIN / measured
         try:
-            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0))
+            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0), score)
         except CaitError:
             break  # nothing faster to try; the report says what was reached
         plan = new_plan
@@ -321,7 +329,11 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
 
 
 def _finetune(job: Job, slim_model: nn.Module, gated: Dict[str, Any]) -> nn.Module:
-    if job.cfg.finetune_steps == 0 or job.batches is None:
+    steps = job.cfg.finetune_steps + (0 if job.meta["calibrate"] else job.cfg.calib_steps)
+    if steps == 0 or job.batches is None:
         return slim_model
-    _train(job, slim_model, job.train_config(job.cfg.finetune_steps, 50), "finetune", extra_state=gated)
+    if not job.meta["calibrate"] and job.cfg.calib_steps:
+        job.progress.message(f"the plan prunes no channels: fine-tuning takes calibration's {job.cfg.calib_steps} "
+                             f"steps too ({steps} in all)")
+    _train(job, slim_model, job.train_config(steps, 50), "finetune", extra_state=gated)
     return slim_model
