@@ -14,6 +14,8 @@ then measured with all the others side by side in one interleaved run:
 - cdcp:  `cait compress --method cdcp` (channel pruning alone)
 - tome:  ToMe bipartite soft matching, r tokens per block (off the shelf, and fine-tuned)
 - torch-pruning: uniform L2-magnitude channel pruning with the torch-pruning package, fine-tuned
+- a control: the reference itself given the same training budget, uncompressed (does a
+  row gain from its compression or from the extra training?)
 
 Writes OUT.md (table and command), OUT.json and OUT.png (top-1 against measured speedup).
 """
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.peers.channel_pruning import prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
+from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
 from cait_cli.errors import CaitError  # noqa: E402
 from cait_cli.method.cost import model_macs  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
@@ -102,6 +105,13 @@ def finetune(bench: Bench, student: nn.Module) -> nn.Module:
     return student.eval()
 
 
+def control(bench: Bench) -> tuple[Row, nn.Module]:
+    """The uncompressed reference with the same training budget as every trained method."""
+    model = finetune(bench, copy.deepcopy(bench.reference))
+    row = Row(CONTROL, 1.0, "no compression", True, True, count_params(model), model_macs(model))
+    return row, model
+
+
 def ours(bench: Bench, method: str, target: float) -> tuple[Row, Optional[nn.Module]]:
     """`cait compress` (or one of its ablations) end to end, with the shared budget."""
     calib = bench.steps // 4 if method != "atme" else 0
@@ -119,6 +129,9 @@ def ours(bench: Bench, method: str, target: float) -> tuple[Row, Optional[nn.Mod
     plan = result.plan
     merges = "+".join(str(s.block) for s in plan.schedule) or "none"
     setting = f"merge after {merges}, keep {plan.keep:.0%}"
+    early = result.report.get("compressed", {}).get("top1")
+    if early is not None:
+        bench.log(f"  ({method} @ {target:g}x: top-1 {early:.4f} on compress's 500 held-out images)")
     return Row(method, target, setting, True, True, count_params(model), model_macs(model)), model
 
 
@@ -130,7 +143,7 @@ def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
         model = apply_tome(copy.deepcopy(bench.reference), r).eval()
         if bench.quick(model) >= target * CLEAR:
             break
-        if r > bench.reference.patch_embed.num_patches // len(bench.reference.blocks):
+        if r >= bench.reference.patch_embed.num_patches // 2:  # merging more is capped anyway
             return [(Row("tome", target, "-", False, False, note=f"no r reaches {target:g}x"), None)]
     macs, params = tome_macs(model, r), count_params(model)
     rows = [(Row("tome (off the shelf)", target, f"r={r}", False, False, params, macs), model)]
@@ -177,6 +190,7 @@ def main() -> None:
     parser.add_argument("--bench-batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-control", action="store_true", help="skip the uncompressed, equally trained control")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cait-proof"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
@@ -195,6 +209,11 @@ def main() -> None:
 
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
+    if not args.no_control:
+        row, model = control(bench)
+        models[0] = model
+        rows.append(row)
+        print(f"{row.method}: trained", flush=True)
     for target in args.speedups:
         for method in args.methods:
             began = time.time()
@@ -217,8 +236,6 @@ def main() -> None:
 
 def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Module, reference_top1: float,
                   seconds: float) -> None:
-    from benchmarks.proof_report import plot, table
-
     meta = {"command": "python " + " ".join(sys.argv), "device": device_name(torch.device("cpu")),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "reference": args.reference, "reference_top1": reference_top1, "reference_params": count_params(reference),

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-MARKERS = {"cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x", "torch-pruning": "D"}
+CONTROL = "reference, same training"  # the uncompressed reference given every method's training budget
+MARKERS = {CONTROL: "*", "cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x", "torch-pruning": "D"}
 
 
 def _pct(value) -> str:
