@@ -16,6 +16,12 @@ class Interrupted(CaitError):
     exit_code = 130
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def is_network_error(err: BaseException | None) -> bool:
     """Whether `err`, or an exception it came from, is a connection failure or a time-out."""
     while err is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..atomic import atomic_directory
-from ..errors import CaitError, is_network_error
+from ..errors import CaitError, first_line, is_network_error
 from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .card import model_card
 
@@ -93,18 +93,13 @@ def explain_hub_error(err: Exception, repo_id: str, endpoint: str) -> str:
     if status == 404:
         return f"{repo_id} or its revision was not found on the Hub (404)"
     if status is not None:
-        return f"the Hub answered {status} for {repo_id}: {_server_message(err)}"
+        return f"the Hub answered {status} for {repo_id}: {first_line(err)}"
     if is_network_error(err):
         return f"cannot reach the Hub at {endpoint}: check the connection, or HF_ENDPOINT"
-    return f"upload of {repo_id} failed: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+    return f"upload of {repo_id} failed: {first_line(err)}"
 
 
 def _status(err: BaseException) -> Optional[int]:
     response = getattr(err, "response", None)
     code = getattr(response, "status_code", None)
     return int(code) if isinstance(code, int) else None
-
-
-def _server_message(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..atomic import atomic_directory
-from ..errors import CaitError
+from ..errors import CaitError, first_line
 from ..method.cdcp import gates_of
 from ..method.model import is_cait
 from .spec import ARCHITECTURE, CaitSpec, build
@@ -106,8 +106,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CaitError(f"{path / WEIGHTS_NAME} does not match its config.json: {first}") from None
+        raise CaitError(f"{path / WEIGHTS_NAME} does not match its config.json: {first_line(err)}") from None
     model.pretrained_cfg = {**model.pretrained_cfg, **config.get("pretrained_cfg", {}), "file": str(path)}
     model.cait_config = config
     return model.eval()

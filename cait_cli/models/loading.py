@@ -10,7 +10,7 @@ import timm
 import torch.nn as nn
 from timm.models._input import get_model_args
 
-from ..errors import CaitError, is_network_error
+from ..errors import CaitError, first_line, is_network_error
 from ..method.model import check_vit, is_cait
 from .checkpoint import CONFIG_NAME, is_cait_config, load_checkpoint
 
@@ -118,5 +118,4 @@ def _explain_load_error(name: str, source: str, err: Exception, pretrained: bool
                 f"Hub cannot be reached (offline); {hint}")
     if isinstance(err, RuntimeError) and "Unknown model" in str(err):
         return f"unknown model {name!r}: {source} is not a timm architecture"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else kind
-    return f"cannot load {name!r} from {source}: {first}"
+    return f"cannot load {name!r} from {source}: {first_line(err)}"

@@ -17,7 +17,7 @@ from timm.data import create_transform
 from timm.data import resolve_data_config as timm_data_config
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CaitError
+from ..errors import CaitError, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -173,8 +173,7 @@ def _timm_dataset(name: str, split: str) -> Dataset:
     try:
         return create_dataset(name, root=root, split=split, download=False)
     except Exception as err:  # timm raises many kinds; one line for the user
-        raise CaitError(f"{name!r} is neither a folder nor a dataset timm can open ({str(err).splitlines()[0]})") \
-            from None
+        raise CaitError(f"{name!r} is neither a folder nor a dataset timm can open ({first_line(err)})") from None
 
 
 def dataset_from(source: str, transform: Callable, split: str = "train",
