@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ from ..models.spec import CaitSpec
 from .calibrate import apply_budget, gated_student
 from .latency import calibrate_latency
 from .measure import resolve_device
-from .plan import Plan, PlanConfig, make_plan
+from .plan import Plan, PlanConfig, ScoreFn, make_plan
 from .progress import Progress, Silent
 from .report import build_report, measure_models, quick_speedup, report_json
 from .state import RunDir
@@ -86,6 +87,7 @@ class Job:
     run: RunDir
     state: Dict[str, Any] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
+    score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
 
     def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))
@@ -159,8 +161,9 @@ def _start(cfg: CompressConfig, progress: Progress) -> Job:
     table = calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache)
     run = RunDir.beside(cfg.out)
     state, meta = run.load() if cfg.resume else ({}, {})
+    score = _kl_score(base, batches, device) if batches is not None and cfg.weights == "pretrained" else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
-               cfg.amp and device.type == "cuda", table, run, state, meta)
+               cfg.amp and device.type == "cuda", table, run, state, meta, score)
 
 
 def _resumed_plan(job: Job) -> Optional[Plan]:
@@ -171,14 +174,7 @@ def _resumed_plan(job: Job) -> Optional[Plan]:
 
 
 def _plan(job: Job) -> Plan:
-    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), _plan_score(job))
-
-
-def _plan_score(job: Job):
-    """How plans are ranked: KL on a batch when there are data and real weights, else no score."""
-    if job.batches is None or job.cfg.weights != "pretrained":
-        return None
-    return _kl_score(job.base, job.batches, job.device)
+    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), job.score)
 
 
 def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
@@ -230,15 +226,20 @@ def _base_model_id(loaded: LoadedModel) -> str:
     return hub_id or loaded.source
 
 
-def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device):
-    """Score of a plan: KL of its untrained compressed model from the original on one batch."""
-    images, _ = batches.batch(0)
-    images = images.to(device)
-    with torch.inference_mode():
-        teacher = base(images)
-    unlabelled = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
+def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device) -> ScoreFn:
+    """Score of a plan: KL of its untrained compressed model from the original on one batch.
+
+    The batch and the original's logits are computed at the first call, then reused.
+    """
+    @functools.cache
+    def reference() -> Tuple[torch.Tensor, torch.Tensor]:
+        images = batches.batch(0)[0].to(device)
+        with torch.inference_mode():
+            return images, base(images)
 
     def score(schedule, keep: float) -> float:
+        images, teacher = reference()
+        unlabelled = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
         variant = compressed_variant(base, schedule, keep)
         with torch.inference_mode():
             return float(distill_loss(variant(images), teacher, unlabelled, 0.0))
@@ -309,7 +310,6 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
         set_budget(student, plan.keep)
         return plan
     target = job.cfg.target_speedup
-    score = _plan_score(job) if job.cfg.replan else None
     for _ in range(4 if job.cfg.replan else 0):
         set_budget(student, plan.keep)
         measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch)
@@ -318,7 +318,7 @@ def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
             break
         goal = plan.predicted_speedup * target * REPLAN_MARGIN / measured
         try:
-            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0), score)
+            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0), job.score)
         except CaitError:
             break  # nothing faster to try; the report says what was reached
         plan = new_plan
