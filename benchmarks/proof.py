@@ -202,8 +202,9 @@ def main() -> None:
     train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
     test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
     test = [batch for batch in test_loader]  # decoded once, reused for every model
-    bench = Bench(reference, args.reference, args.data, StepBatches(train, args.batch_size, args.seed, collate_skipping),
-                  args.steps, args.batch_size, args.lr, args.bench_batch_size, device, args.work, args.seed)
+    batches = StepBatches(train, args.batch_size, args.seed, collate_skipping)
+    bench = Bench(reference, args.reference, args.data, batches, args.steps, args.batch_size, args.lr,
+                  args.bench_batch_size, device, args.work, args.seed)
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
 

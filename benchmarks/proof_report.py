@@ -11,7 +11,8 @@ from typing import Any, Dict, List
 
 FLOOR_PT = 12  # the plot shows top-1 down to this many points under the reference
 CONTROL = "reference, same training"  # the uncompressed reference given every method's training budget
-MARKERS = {CONTROL: "*", "cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x", "torch-pruning": "D"}
+MARKERS = {CONTROL: "*", "cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x",
+           "torch-pruning": "D"}
 
 
 def _pct(value) -> str:

@@ -120,9 +120,8 @@ def test_a_plan_that_prunes_nothing_spends_the_calibration_steps_on_fine_tuning(
         def start(self, phase, total, done=0):
             phases.append((phase, total))
 
-    result = compress(config(assets, tmp_path / "o", method="atme", target_speedup=1.05, calib_steps=3, finetune_steps=2,
-                             replan=False),
-                      Recorder())
+    opts = dict(method="atme", target_speedup=1.05, calib_steps=3, finetune_steps=2, replan=False)
+    result = compress(config(assets, tmp_path / "o", **opts), Recorder())
     assert result.plan.keep == 1.0 and phases == [("finetune", 5)]
 
 
