@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cait_cli.errors import run_script
 from cait_cli.pipeline.compress import CompressConfig, compress
 
 
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

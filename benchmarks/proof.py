@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.peers.channel_pruning import prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
 from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
-from cait_cli.errors import CaitError  # noqa: E402
+from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.method.cost import model_macs  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.compress import CompressConfig, compress  # noqa: E402
@@ -250,4 +250,4 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cost import model_macs
 from cait_cli.method.variants import compressed_variant
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

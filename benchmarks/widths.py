@@ -19,6 +19,7 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
+from cait_cli.errors import run_script
 from cait_cli.method.cdcp import gates_of, gated_macs, full_gated_macs, set_budget
 from cait_cli.method.slim import slim
 from cait_cli.models.loading import load_model
@@ -82,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

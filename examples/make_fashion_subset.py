@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from cait_cli.atomic import atomic_directory
-from cait_cli.pipeline.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+from cait_cli.errors import run_script
+from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist
 
 
 def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -32,7 +33,7 @@ def write_split(folder: Path, images: np.ndarray, labels: np.ndarray, indices: n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--root", type=Path, default=DEBIAN_FASHION_MNIST)
     parser.add_argument("--out", type=Path, default=Path("examples/fashion_mnist"))
     parser.add_argument("--train-per-class", type=int, default=150)
     parser.add_argument("--val-per-class", type=int, default=50)
@@ -63,4 +64,4 @@ Made with:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from cait_cli.atomic import atomic_directory
-from cait_cli.pipeline.idx import FASHION_MNIST_CLASSES, load_fashion_mnist
+from cait_cli.errors import run_script
+from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist
 
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 
@@ -82,7 +83,7 @@ def save(model, args, test_acc: float, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--root", type=Path, default=DEBIAN_FASHION_MNIST)
     parser.add_argument("--out", type=Path, default=Path("examples/reference"))
     parser.add_argument("--img-size", type=int, default=56)
     parser.add_argument("--patch-size", type=int, default=4)
@@ -137,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,6 +1,8 @@
 """Data: the IDX reader, folders of images, corrupt files, clear errors."""
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +11,13 @@ import torch
 
 from cait_cli.errors import CaitError
 from cait_cli.pipeline.data import eval_loader, open_data, resolve_data_config, scan_folder
-from cait_cli.pipeline.idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 from cait_cli.pipeline.train import StepBatches
 from cait_cli.pipeline.data import collate_skipping
 
 from support import make_image_folder, tiny_vit
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION = DEBIAN_FASHION_MNIST
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
 
 
@@ -140,3 +142,12 @@ def test_class_folders_follow_the_models_label_names(tmp_path):
     assert {Path(p).parent.name: label for p, label in bundle.train.items} == {"zebra": 0, "ant": 1, "moth": 2}
     other = open_data(str(root), resolve_data_config(tiny_vit(num_classes=3)), batch_size=4)
     assert other.classes == ["ant", "moth", "zebra"]  # no label names: folder order, as ImageFolder
+
+
+def test_subset_script_refuses_a_missing_dataset_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "examples" / "make_fashion_subset.py"
+    done = subprocess.run([sys.executable, str(script), "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot read") and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
