@@ -53,7 +53,7 @@ def test_compress_end_to_end_reaches_the_measured_target(assets, tmp_path):
 
 def test_a_missed_measurement_re_plans_for_proportionally_more(assets, tmp_path, monkeypatch):
     measured = iter([1.0, 99.0])  # the first slimmed model misses 1.1x, the re-planned one clears it
-    monkeypatch.setattr("cait_cli.pipeline.compress.quick_speedup", lambda *args: next(measured))
+    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", lambda *args: next(measured))
     messages = []
 
     class Recorder(Silent):

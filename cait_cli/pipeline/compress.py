@@ -16,27 +16,21 @@ import torch.nn as nn
 
 from ..errors import CaitError, Interrupted
 from ..method.atme import MergeStep
-from ..method.cdcp import set_budget
-from ..method.model import patch_vit
 from ..method.slim import slim
 from ..method.variants import compressed_variant
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
 from .calibrate import apply_budget, gated_student
+from .landing import fit_to_target
 from .latency import calibrate_latency
 from .measure import resolve_device
-from .plan import Plan, PlanConfig, ScoreFn, make_plan
+from .plan import Plan, PlanConfig, ScoreFn, describe_plan, make_plan
 from .progress import Progress, Silent
-from .report import build_report, measure_models, quick_speedup, report_json
+from .report import build_report, measure_models, report_json
 from .state import RunDir
 from .train import LogitsOnly, StepBatches, TrainConfig, distill_loss, make_optimizer, train_step
 from .data import collate_skipping, open_data, resolve_data_config
-
-
-# A quick measurement must clear the target by this much, so that the final (longer)
-# measurement, taken minutes later on a noisy machine, still does.
-REPLAN_MARGIN = 1.02
 
 
 @dataclass
@@ -138,7 +132,7 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
                 "calibrate": job.meta.get("calibrate", plan.keep < 1.0)}
 
     student = _calibrated_student(job, plan)
-    plan = _fit_to_target(job, student, plan)
+    plan = fit_to_target(job, student, plan)
     job.meta["plan"] = plan.to_dict()
     gated = {"gated": student.state_dict(), "keep": plan.keep}
     slim_model = _finetune(job, slim(copy.deepcopy(student)), gated)
@@ -191,13 +185,6 @@ def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
                     extra_files={"report.json": report_json(report)}, overwrite=cfg.overwrite or cfg.resume)
     job.run.remove()
     return CompressResult(plan, cfg.out, report)
-
-
-def describe_plan(plan: Plan) -> str:
-    merges = ", ".join(f"after block {s.block} ({s.axis})" for s in plan.schedule) or "none"
-    tokens = " ".join(str(n_out) for _, n_out in plan.tokens)
-    return (f"plan: merges {merges}; tokens per block {tokens}; keep {plan.keep:.0%} of the gated "
-            f"channel MACs; predicted speedup {plan.predicted_speedup:.2f}x")
 
 
 def plan_from_dict(data: Dict[str, Any]) -> Plan:
@@ -296,36 +283,6 @@ def _calibrated_student(job: Job, plan: Plan) -> nn.Module:
     _train(job, student, job.train_config(steps, 20), "calibrate",
            before_step=lambda step: apply_budget(student, step, steps, plan.keep))
     return student
-
-
-def _fit_to_target(job: Job, student: nn.Module, plan: Plan) -> Plan:
-    """The plan whose slimmed model measures at least the target speedup.
-
-    If the measured speedup misses, the planner is asked for proportionally more and
-    the gated student takes the new merge schedule and budget (its learned scores
-    still decide which channels go). Leaves the student's gates at the plan's budget.
-    """
-    if "keep" in job.state:  # resumed during fine-tuning: the widths are already decided
-        plan.keep = job.state["keep"]
-        set_budget(student, plan.keep)
-        return plan
-    target = job.cfg.target_speedup
-    for _ in range(4 if job.cfg.replan else 0):
-        set_budget(student, plan.keep)
-        measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch)
-        job.progress.message(f"slimmed: measured {measured:.2f}x against the {target:g}x target")
-        if measured >= target * REPLAN_MARGIN:
-            break
-        goal = plan.predicted_speedup * target * REPLAN_MARGIN / measured
-        try:
-            new_plan = make_plan(job.base, job.table, job.cfg.plan_config(goal, margin=1.0), job.score)
-        except CaitError:
-            break  # nothing faster to try; the report says what was reached
-        plan = new_plan
-        patch_vit(student, plan.schedule)
-        job.progress.message("re-planned: " + describe_plan(plan))
-    set_budget(student, plan.keep)
-    return plan
 
 
 def _finetune(job: Job, slim_model: nn.Module, gated: Dict[str, Any]) -> nn.Module:

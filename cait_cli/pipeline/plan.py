@@ -137,3 +137,10 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
 def max_speedup(model: nn.Module, table: LatencyTable, min_keep: float = 0.25) -> float:
     speed = SpeedModel(model, table)
     return max(speed.speedup(s, min_keep) for s in candidate_schedules(speed.depth, speed.grid))
+
+
+def describe_plan(plan: Plan) -> str:
+    merges = ", ".join(f"after block {s.block} ({s.axis})" for s in plan.schedule) or "none"
+    tokens = " ".join(str(n_out) for _, n_out in plan.tokens)
+    return (f"plan: merges {merges}; tokens per block {tokens}; keep {plan.keep:.0%} of the gated "
+            f"channel MACs; predicted speedup {plan.predicted_speedup:.2f}x")
