@@ -83,3 +83,19 @@ def save_tiny_timm_dir(path: Path, model: torch.nn.Module, args: dict) -> Path:
               "model_args": {k: v for k, v in args.items() if k != "num_classes"}}
     write_json(path / "config.json", config)
     return path
+
+
+def synthetic_table(model: torch.nn.Module) -> "LatencyTable":
+    """Latency proportional to tokens x kept width share, so predictions can be checked by hand.
+
+    For tiny_vit's shape (8x8 grid, one class token, head width 16): per block half,
+    tokens x width / full width milliseconds per image.
+    """
+    from cait_cli.pipeline.latency import LatencyTable
+
+    tokens = [1 + 64 // 2 ** k for k in range(6, -1, -1)]
+    head, hidden = 16, model.blocks[0].mlp.fc1.out_features
+    attn_widths, mlp_widths = [2, 4, 8, 12, 16], [hidden // 8, hidden // 4, hidden // 2, hidden]
+    attn = [[n * w / head for w in attn_widths] for n in tokens]
+    mlp = [[n * w / hidden for w in mlp_widths] for n in tokens]
+    return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), 0.0, 0.0)

@@ -75,6 +75,21 @@ def test_global_budget_is_met_and_follows_scores():
     assert allocate_keep(scores, [1.0, 1.0], budget=0.0, min_fraction=0.25) == [1, 1]
 
 
+def test_budgets_are_spent_in_groups_of_the_channel_multiple():
+    scores = [torch.arange(32.0, 0, -1), torch.ones(20)]  # the second gate is no multiple of 8
+    keeps = allocate_keep(scores, channel_costs=[1.0, 1.0], budget=30.0, min_fraction=0.125, multiple=8)
+    assert keeps[0] % 8 == 0 and keeps[1] in (8, 16, 20) and sum(keeps) <= 30
+    assert allocate_keep(scores, [1.0, 1.0], budget=1e9, multiple=8) == [32, 20]  # full width is allowed
+    assert allocate_keep(scores, [1.0, 1.0], budget=0.0, multiple=8) == [8, 8]  # at least one group
+
+
+def test_uniform_keep_rounds_to_the_gate_multiple(make_vit):
+    model = patch_vit(make_vit())
+    gates = attach_gates(model, multiple=8)  # head width 16, MLP 192
+    set_uniform_keep(model, 0.3)
+    assert gates["blocks.0.qk"].keep == 8 and gates["blocks.0.mlp"].keep == 56
+
+
 def test_set_budget_spends_the_fraction_of_gated_macs(make_vit):
     model = patch_vit(make_vit(), alternating_schedule([1], (8, 8)))
     gates = attach_gates(model)

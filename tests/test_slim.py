@@ -11,14 +11,30 @@ from cait_cli.method.model import block_widths, patch_vit
 from cait_cli.method.slim import slim
 
 
-def gated(model, keep=0.5, blocks=(1, 2)):
+def gated(model, keep=0.5, blocks=(1, 2), multiple=1):
     patch_vit(model, alternating_schedule(blocks, tuple(model.patch_embed.grid_size)))
-    attach_gates(model)
+    attach_gates(model, multiple)
     with torch.no_grad():  # scramble scores so kept channels are not a prefix
         for gate in gates_of(model).values():
             gate.scores.copy_(torch.rand_like(gate.scores))
     set_budget(model, keep)
     return model
+
+
+def test_widths_in_a_channel_multiple_slim_exactly(make_vit):
+    model = gated(make_vit(embed_dim=96, num_heads=3), keep=0.45, multiple=8)  # head width 32, MLP 384
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        slim_model = slim(copy.deepcopy(model))
+        out = slim_model(x)
+    assert (out - reference).abs().max() < 1e-4
+    widths = block_widths(slim_model)
+    assert all(w.qk % 8 == 0 and w.v % 8 == 0 and w.mlp % 8 == 0 for w in widths)
+    assert any(w.qk < 32 for w in widths) and any(w.mlp < 384 for w in widths)  # something was pruned
+    for block, w in zip(slim_model.blocks, widths):  # the exported Linear layers have those widths
+        heads = block.attn.num_heads
+        assert block.attn.qkv.out_features == heads * (2 * w.qk + w.v) and block.mlp.fc1.out_features == w.mlp
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224",

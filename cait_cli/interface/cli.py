@@ -66,6 +66,8 @@ def compress(
     replan: bool = typer.Option(True, "--replan/--no-replan", help="measure the slimmed model and re-plan "
                                 "until it reaches the target (off: keep the first plan, e.g. for reproducibility)"),
     method: str = typer.Option("cait", help="cait (ATME + CDCP); atme or cdcp alone, for ablations"),
+    channel_multiple: int = typer.Option(8, help="kept widths (per head, MLP hidden) are multiples of this; "
+                                         "1 keeps any width"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""
@@ -79,7 +81,7 @@ def compress(
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
         bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, seed=seed,
         resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
-        method=method,
+        method=method, channel_multiple=channel_multiple,
     )
     result = run_or_exit(lambda: run_compress(cfg, RichProgress(console)), err_console())
     if plan_only:

@@ -6,40 +6,56 @@ columns of the output projection, `mlp.gate` the MLP hidden units.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .cost import block_shapes, channel_costs
-from .gates import ChannelGate, allocate_keep, normalised
+from .cost import BlockShape, block_shapes, channel_costs
+from .gates import ChannelGate, allowed_counts, normalised, rank_groups, spend_budget
 
 
-def weight_norm_scores(block: nn.Module) -> Dict[str, torch.Tensor]:
-    """Importance of each channel from the weights that produce and consume it."""
+@dataclass
+class BlockScores:
+    """Channel scores of one block: q/k and v (per head), MLP hidden units."""
+
+    qk: torch.Tensor
+    v: torch.Tensor
+    mlp: torch.Tensor
+
+
+def weight_norm_scores(block: nn.Module) -> BlockScores:
+    """Importance of each channel from the weights that produce and consume it.
+
+    Works on a CAIT block and on timm's own Block (whose heads have one width).
+    """
     attn, mlp = block.attn, block.mlp
     h = attn.num_heads
-    q, k, v = attn.qkv.weight.detach().split([h * attn.qk_dim, h * attn.qk_dim, h * attn.v_dim])
-    q_norm = q.view(h, attn.qk_dim, -1).norm(dim=-1)  # (h, qk_dim)
-    k_norm = k.view(h, attn.qk_dim, -1).norm(dim=-1)
-    v_norm = v.view(h, attn.v_dim, -1).norm(dim=-1)  # (h, v_dim)
-    proj_norm = attn.proj.weight.detach().view(-1, h, attn.v_dim).norm(dim=0)  # (h, v_dim)
+    qk_dim = getattr(attn, "qk_dim", None) or attn.head_dim
+    v_dim = getattr(attn, "v_dim", None) or attn.head_dim
+    q, k, v = attn.qkv.weight.detach().split([h * qk_dim, h * qk_dim, h * v_dim])
+    q_norm = q.view(h, qk_dim, -1).norm(dim=-1)  # (h, qk_dim)
+    k_norm = k.view(h, qk_dim, -1).norm(dim=-1)
+    v_norm = v.view(h, v_dim, -1).norm(dim=-1)  # (h, v_dim)
+    proj_norm = attn.proj.weight.detach().view(-1, h, v_dim).norm(dim=0)  # (h, v_dim)
     fc1_norm = mlp.fc1.weight.detach().norm(dim=1)  # (mlp_dim,)
     fc2_norm = mlp.fc2.weight.detach().norm(dim=0)
-    return {
-        "qk": normalised((q_norm * k_norm).sum(dim=0)),
-        "v": normalised((v_norm * proj_norm).sum(dim=0)),
-        "mlp": normalised(fc1_norm * fc2_norm),
-    }
+    return BlockScores(qk=normalised((q_norm * k_norm).sum(dim=0)), v=normalised((v_norm * proj_norm).sum(dim=0)),
+                       mlp=normalised(fc1_norm * fc2_norm))
 
 
-def attach_gates(model: nn.Module) -> Dict[str, ChannelGate]:
-    """Give every block of a CAIT model full-width gates scored by weight norms."""
+def attach_gates(model: nn.Module, multiple: int = 1) -> Dict[str, ChannelGate]:
+    """Give every block of a CAIT model full-width gates scored by weight norms.
+
+    multiple: kept widths (per head for q/k and v, MLP hidden units) are multiples of this.
+    """
     for block in model.blocks:
         scores = weight_norm_scores(block)
-        block.attn.gate_qk = ChannelGate(block.attn.qk_dim, scores["qk"]).to(block.attn.qkv.weight.device)
-        block.attn.gate_v = ChannelGate(block.attn.v_dim, scores["v"]).to(block.attn.qkv.weight.device)
-        block.mlp.gate = ChannelGate(block.mlp.fc1.out_features, scores["mlp"]).to(block.mlp.fc1.weight.device)
+        device = block.attn.qkv.weight.device
+        block.attn.gate_qk = ChannelGate(block.attn.qk_dim, scores.qk, multiple).to(device)
+        block.attn.gate_v = ChannelGate(block.attn.v_dim, scores.v, multiple).to(device)
+        block.mlp.gate = ChannelGate(block.mlp.fc1.out_features, scores.mlp, multiple).to(device)
     return gates_of(model)
 
 
@@ -81,32 +97,55 @@ def full_gated_macs(model: nn.Module) -> float:
 def set_budget(model: nn.Module, keep_fraction: float) -> List[int]:
     """Keep the channels (across all blocks) that fit `keep_fraction` of the gated MACs.
 
-    A block's query/key and value gates keep the same number of channels: with equal
-    head widths attention runs on the fused (flash) kernels, and with unequal ones it
-    falls back to a path that was measured 20-30% slower on the CPU. They compete as
-    one unit whose score at rank r is the sum of both gates' r-th best scores.
+    Widths come out as multiples of the gates' `multiple`; see `WidthAllocator`.
     """
     gates = list(gates_of(model).values())
     if not gates:
         raise ValueError("model has no CDCP gates; call attach_gates first")
-    costs = gate_costs(model)
-    units, unit_costs = [], []
-    for i in range(0, len(gates), 3):  # qk, v, mlp of one block
-        qk, v, mlp = gates[i:i + 3]
-        paired = normalised(qk.scores.detach()).sort(descending=True).values
-        paired = paired + normalised(v.scores.detach()).sort(descending=True).values
-        units += [paired, mlp.scores.detach()]
-        unit_costs += [costs[i] + costs[i + 1], costs[i + 2]]
-    keeps = allocate_keep(units, unit_costs, keep_fraction * full_gated_macs(model))
-    for i in range(0, len(gates), 3):
-        attn_keep, mlp_keep = keeps[2 * (i // 3)], keeps[2 * (i // 3) + 1]
-        gates[i].set_keep(attn_keep)
-        gates[i + 1].set_keep(attn_keep)
-        gates[i + 2].set_keep(mlp_keep)
+    per_block = list(zip(*[iter(gates)] * 3))  # (qk, v, mlp) of each block
+    scores = [BlockScores(qk.scores, v.scores, mlp.scores) for qk, v, mlp in per_block]
+    widths = WidthAllocator(scores, gates[0].multiple).widths(block_shapes(model), keep_fraction)
+    for (attn_keep, mlp_keep), (qk, v, mlp) in zip(widths, per_block):
+        qk.set_keep(attn_keep)
+        v.set_keep(attn_keep)
+        mlp.set_keep(mlp_keep)
     return [g.keep for g in gates]
 
 
+class WidthAllocator:
+    """Kept (attention width per head, MLP hidden width) of every block for a MAC budget.
+
+    A block's query/key and value gates keep the same number of channels: with equal
+    head widths attention runs on the fused (flash) kernels, and with unequal ones it
+    falls back to a path that was measured 20-30% slower on the CPU. They compete as
+    one unit whose score at rank r is the sum of both gates' r-th best scores. The
+    ranking depends on the scores alone, so it is made once and reused for any budget
+    and merge schedule (the planner asks for thousands).
+    """
+
+    def __init__(self, scores: Sequence[BlockScores], multiple: int = 1) -> None:
+        units = []
+        for block in scores:
+            paired = normalised(block.qk.detach()).sort(descending=True).values
+            units += [paired + normalised(block.v.detach()).sort(descending=True).values, block.mlp.detach()]
+        self.ranked = rank_groups(units, multiple=multiple)
+
+    def widths(self, shapes: Sequence[BlockShape], keep_fraction: float) -> List[Tuple[int, int]]:
+        """shapes: per block at full width, with the token counts of the merge schedule
+        (a channel costs what its tokens cost)."""
+        if keep_fraction >= 1.0:
+            return [(shape.qk, shape.mlp) for shape in shapes]
+        costs, full = [], 0.0
+        for shape in shapes:
+            qk_cost, v_cost, mlp_cost = channel_costs(shape)
+            costs += [qk_cost + v_cost, mlp_cost]
+            full += shape.qk * qk_cost + shape.v * v_cost + shape.mlp * mlp_cost
+        keeps = spend_budget(self.ranked, costs, keep_fraction * full)
+        return list(zip(keeps[0::2], keeps[1::2]))
+
+
 def set_uniform_keep(model: nn.Module, fraction: float) -> None:
-    """Keep the same fraction of channels in every gate (at least 1)."""
+    """Keep about the same fraction of channels in every gate (a multiple of its `multiple`)."""
     for gate in gates_of(model).values():
-        gate.set_keep(max(1, round(fraction * gate.channels)))
+        counts = allowed_counts(gate.channels, gate.multiple)
+        gate.set_keep(min(counts, key=lambda c: abs(c - fraction * gate.channels)))

@@ -7,19 +7,22 @@ from typing import Sequence
 import torch.nn as nn
 
 from .atme import MergeStep
-from .cdcp import attach_gates, set_uniform_keep
+from .cdcp import attach_gates, set_budget
 from .model import patch_vit
 from .slim import slim
 
 
-def compressed_variant(model: nn.Module, schedule: Sequence[MergeStep] = (), keep: float = 1.0) -> nn.Module:
-    """A slimmed copy of `model`: merges at `schedule`, `keep` of the channels in every gate.
+def compressed_variant(model: nn.Module, schedule: Sequence[MergeStep] = (), keep: float = 1.0,
+                       multiple: int = 1) -> nn.Module:
+    """A slimmed copy of `model`: merges at `schedule`, `keep` of the gated channel MACs.
 
-    Channels are chosen by weight-norm importance; the original model is untouched.
+    Channels are chosen by weight-norm importance under the global budget (what CDCP
+    calibration starts from), in widths that are multiples of `multiple`; the original
+    model is untouched.
     """
     variant = patch_vit(copy.deepcopy(model), schedule)
     if keep < 1.0:
-        attach_gates(variant)
-        set_uniform_keep(variant, keep)
+        attach_gates(variant, multiple)
+        set_budget(variant, keep)
         slim(variant)
     return variant.eval()

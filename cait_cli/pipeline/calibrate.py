@@ -17,10 +17,10 @@ from ..method.cdcp import attach_gates, set_budget
 from ..method.model import patch_vit
 
 
-def gated_student(base: nn.Module, schedule: Sequence[MergeStep]) -> nn.Module:
-    """A copy of the original with the plan's merges and full-width CDCP gates."""
+def gated_student(base: nn.Module, schedule: Sequence[MergeStep], multiple: int = 1) -> nn.Module:
+    """A copy of the original with the plan's merges and full-width CDCP gates (widths in `multiple`)."""
     student = patch_vit(copy.deepcopy(base), schedule)
-    attach_gates(student)
+    attach_gates(student, multiple)
     return student
 
 

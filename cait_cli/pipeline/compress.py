@@ -59,9 +59,10 @@ class CompressConfig:
     replan: bool = True  # measure the slimmed model and re-plan if it misses the target
     latency_cache: Optional[Path] = None
     method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
+    channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
-        return PlanConfig.for_method(self.method, target, **kwargs)
+        return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, **kwargs)
 
 
 @dataclass
@@ -106,6 +107,8 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--calib-steps and --finetune-steps must be 0 or more")
     if cfg.batch_size < 1:
         raise CaitError("--batch-size must be at least 1")
+    if cfg.channel_multiple < 1:
+        raise CaitError(f"--channel-multiple must be at least 1, got {cfg.channel_multiple}")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan_only:
         return
@@ -129,7 +132,7 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
         return CompressResult(plan)
     # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
     job.meta = {"config": _jsonable_config(cfg), "plan": plan.to_dict(),
-                "calibrate": job.meta.get("calibrate", plan.keep < 1.0)}
+                "calibrate": job.meta.get("calibrate", plan.keep < 1.0), "attempts": job.meta.get("attempts", [])}
 
     student = _calibrated_student(job, plan)
     plan = fit_to_target(job, student, plan)
@@ -152,10 +155,11 @@ def _start(cfg: CompressConfig, progress: Progress) -> Job:
     batches = StepBatches(bundle.train, cfg.batch_size, cfg.seed, collate_skipping) if bundle else None
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
     progress.message(f"timing blocks on {device} (batch {bench_batch}) to calibrate the planner")
-    table = calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache)
+    table = calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple)
     run = RunDir.beside(cfg.out)
     state, meta = run.load() if cfg.resume else ({}, {})
-    score = _kl_score(base, batches, device) if batches is not None and cfg.weights == "pretrained" else None
+    scored = batches is not None and cfg.weights == "pretrained"
+    score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
                cfg.amp and device.type == "cuda", table, run, state, meta, score)
 
@@ -178,6 +182,7 @@ def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
     measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp)
     report = build_report(cfg.target_speedup, plan, measured, tolerance=cfg.tolerance)
     report["skipped_images"] += job.batches.skipped if job.batches else 0
+    report["attempts"] = job.meta.get("attempts", [])
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,
               "measured_speedup": report["measured_speedup"], "plan": plan.to_dict()}
@@ -197,7 +202,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method")
+                "weights", "method", "channel_multiple")
 
 
 def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig) -> None:
@@ -213,7 +218,7 @@ def _base_model_id(loaded: LoadedModel) -> str:
     return hub_id or loaded.source
 
 
-def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device) -> ScoreFn:
+def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device, multiple: int) -> ScoreFn:
     """Score of a plan: KL of its untrained compressed model from the original on one batch.
 
     The batch and the original's logits are computed at the first call, then reused.
@@ -227,7 +232,7 @@ def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device) -> Sc
     def score(schedule, keep: float) -> float:
         images, teacher = reference()
         unlabelled = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
-        variant = compressed_variant(base, schedule, keep)
+        variant = compressed_variant(base, schedule, keep, multiple)
         with torch.inference_mode():
             return float(distill_loss(variant(images), teacher, unlabelled, 0.0))
 
@@ -273,7 +278,7 @@ def _train(job: Job, student: nn.Module, tcfg: TrainConfig, phase: str, before_s
 
 def _calibrated_student(job: Job, plan: Plan) -> nn.Module:
     """The gated, merging student with its CDCP scores learned (or restored)."""
-    student = gated_student(job.base, plan.schedule).to(job.device)
+    student = gated_student(job.base, plan.schedule, job.cfg.channel_multiple).to(job.device)
     if job.state.get("phase") == "finetune":  # calibration finished before the interruption
         student.load_state_dict(job.state["gated"])
         return student

@@ -1,15 +1,24 @@
 """A latency model of one ViT on the device at hand, calibrated by measurement.
 
-FLOPs predict speed badly on small shapes, so the planner times the two halves
-of a block (attention, MLP) at a few token counts and kept-channel fractions and
-interpolates between them. Tables are cached per device, threads, batch size,
-precision and block shape, so a second run plans without measuring.
+FLOPs predict speed badly on small shapes, so the planner times the two halves of
+a block (attention, MLP) at the token counts merge schedules produce and at kept
+widths in the channel multiple the slimmed model will have, and interpolates
+between them. The whole (patched, uncompressed) model is timed too: what the sums
+of block halves miss of it (residual adds, layer scales, the token state) is
+fitted as a per-token cost. Tables are cached per device, threads, batch size,
+precision, channel multiple and block shape, so a second run plans without
+measuring.
+
+Cost stays in proportion to the model: at long token sequences the timing batch
+shrinks so that every timed call handles at most `batch x 197` token rows (the
+size of a 224-pixel ViT batch), and times are kept per image.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -19,33 +28,41 @@ from typing import Callable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..method.cdcp import attach_gates, detach_gates, set_uniform_keep
-from ..method.atme import TokenMerge
+from ..method.atme import TokenMerge, alternating_schedule, grid_after
+from ..method.cdcp import attach_gates, detach_gates
+from ..method.gates import allowed_counts
 from ..method.model import patch_vit
+from ..method.slim import slim_block
 from ..method.tokens import TokenState
 from .measure import device_name, synchronize
-from ..method.slim import slim_block
 
-KEEPS = (0.25, 0.5, 0.75, 1.0)
+TABLE_VERSION = 2
+MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
+ATTN_POINTS = 8  # kept head widths timed (at most)
+MLP_POINTS = 6  # kept MLP widths timed
+ROW_TOKENS = 197  # a timed call handles at most batch x ROW_TOKENS token rows
+MIN_KEEP = 0.125  # narrowest width timed, as a share of the full width (CDCP keeps at least this)
 
 
 @dataclass
 class LatencyTable:
-    """Milliseconds per batch of the attention and MLP halves of one block."""
+    """Milliseconds per image of one block's attention and MLP halves, measured."""
 
     key: str
-    tokens: List[int]  # ascending
-    keeps: List[float]  # ascending
-    attn_ms: List[List[float]]  # [token index][keep index]
-    mlp_ms: List[List[float]]
+    tokens: List[int]  # ascending: the token counts of successive merge steps
+    attn_widths: List[int]  # ascending: kept q/k (= v) channels per head
+    mlp_widths: List[int]  # ascending: kept MLP hidden units
+    attn_ms: List[List[float]]  # [token index][attn width index]
+    mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
+    token_ms: float  # per token per block, what block halves timed alone miss (may be < 0)
 
-    def attn(self, tokens: int, keep: float) -> float:
-        return _interp2(self.tokens, self.keeps, self.attn_ms, tokens, keep)
+    def attn(self, tokens: int, width: int) -> float:
+        return _interp2(self.tokens, self.attn_widths, self.attn_ms, tokens, width)
 
-    def mlp(self, tokens: int, keep: float) -> float:
-        return _interp2(self.tokens, self.keeps, self.mlp_ms, tokens, keep)
+    def mlp(self, tokens: int, width: int) -> float:
+        return _interp2(self.tokens, self.mlp_widths, self.mlp_ms, tokens, width)
 
     def merge(self, tokens: int) -> float:
         return max(0.0, _interp1(self.tokens, self.merge_ms, tokens))
@@ -53,6 +70,8 @@ class LatencyTable:
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     """Piecewise-linear, extrapolating linearly beyond the ends."""
+    if len(xs) == 1:
+        return ys[0]
     i = max(1, min(len(xs) - 1, next((j for j, v in enumerate(xs) if v >= x), len(xs) - 1)))
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
@@ -76,12 +95,13 @@ def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     return min(times)
 
 
-def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype) -> str:
+def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int) -> str:
     block = model.blocks[0]
     shape = (block.attn.qkv.in_features, block.attn.num_heads, block.attn.qkv.out_features,
              block.mlp.fc1.out_features, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
              len(model.blocks), model.num_classes)
-    raw = f"{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|{shape}"
+    raw = (f"v{TABLE_VERSION}|{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|"
+           f"{multiple}|{shape}")
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -91,16 +111,19 @@ def default_cache_dir() -> Path:
 
 
 def calibrate_latency(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype = torch.float32,
-                      cache_dir: Optional[Path] = None, repeats: int = 5) -> LatencyTable:
-    """Measure (or read from the cache) the latency table of `model`'s block shape."""
-    key = table_key(model, device, batch, dtype)
+                      cache_dir: Optional[Path] = None, repeats: int = 5, multiple: int = 1) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of `model`'s block shape.
+
+    multiple: the channel multiple of the widths CDCP will keep; widths are timed in it.
+    """
+    key = table_key(model, device, batch, dtype, multiple)
     cache_file = (cache_dir or default_cache_dir()) / f"{key}.json"
     if cache_file.is_file():
         try:
             return LatencyTable(**json.loads(cache_file.read_text()))
         except (ValueError, TypeError):
-            pass  # a corrupt cache entry is measured again
-    table = _measure_table(model, device, batch, dtype, key, repeats)
+            pass  # a corrupt or outdated cache entry is measured again
+    table = _measure_table(model, device, batch, dtype, key, repeats, multiple)
     _write_cache(cache_file, table)
     return table
 
@@ -115,37 +138,66 @@ def _write_cache(path: Path, table: LatencyTable) -> None:
         pass  # caching is an optimisation
 
 
-def _token_grid(model: nn.Module) -> List[int]:
-    h, w = model.patch_embed.grid_size
-    prefix = model.num_prefix_tokens
-    counts = {prefix + max(1, (h * w) // (2 ** k)) for k in range(0, 7)}
+def token_chain(model: nn.Module, steps: int = MAX_MERGE_STEPS) -> List[int]:
+    """Token counts (prefix + patches) after 0, 1, ... `steps` alternating merge steps."""
+    grid = tuple(model.patch_embed.grid_size)
+    axes = [s.axis for s in alternating_schedule(range(steps), grid)]
+    counts = {model.num_prefix_tokens + math.prod(grid_after(grid, axes[:k])) for k in range(steps + 1)}
     return sorted(counts)
+
+
+def width_points(full: int, multiple: int, points: int) -> List[int]:
+    """At most `points` kept widths from the narrowest CDCP keeps to `full`, in the multiple."""
+    counts = [c for c in allowed_counts(full, multiple) if c >= math.ceil(MIN_KEEP * full)] or [full]
+    if len(counts) <= points:
+        return counts
+    picks = {counts[round(i * (len(counts) - 1) / (points - 1))] for i in range(points)}
+    return sorted(picks)
+
+
+def timing_batch(batch: int, tokens: int) -> int:
+    """Images per timed call: `batch`, fewer for long sequences (at most batch x ROW_TOKENS rows)."""
+    return max(1, min(batch, math.ceil(batch * ROW_TOKENS / tokens)))
 
 
 @torch.inference_mode()
 def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
-                   key: str, repeats: int) -> LatencyTable:
+                   key: str, repeats: int, multiple: int) -> LatencyTable:
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block = probe.blocks[0]
-    dim = block.attn.qkv.in_features
-    tokens = _token_grid(model)
+    dim, full_tokens = block.attn.qkv.in_features, token_chain(model)[-1]
+    tokens = token_chain(model)
+    attn_widths = width_points(block.attn.qk_dim, multiple, ATTN_POINTS)
+    mlp_widths = width_points(block.mlp.fc1.out_features, multiple, MLP_POINTS)
+    attn_blocks = [_sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths]
+    mlp_blocks = [_sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths]
     attn_ms, mlp_ms, merge_ms = [], [], []
     for n in tokens:
-        x = torch.randn(batch, n, dim, device=device, dtype=dtype)
-        attn_row, mlp_row = [], []
-        for keep in KEEPS:
-            sliced = _sliced_block(block, keep)
-            attn_row.append(best_ms(lambda: sliced.attn(sliced.norm1(x), None, False), device, repeats=repeats))
-            mlp_row.append(best_ms(lambda: sliced.mlp(sliced.norm2(x)), device, repeats=repeats))
-        attn_ms.append(_running_max(attn_row))
-        mlp_ms.append(_running_max(mlp_row))
-        merge_ms.append(_merge_ms(block, x, probe.num_prefix_tokens, device, repeats))
-    fixed = _fixed_ms(probe, device, dtype, batch, repeats)
-    return LatencyTable(key, tokens, list(KEEPS), _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
-                        _running_max(merge_ms), fixed)
+        images = timing_batch(batch, n)
+        x = torch.randn(images, n, dim, device=device, dtype=dtype)
+        bias = _size_bias(n, device, dtype) if n < full_tokens else None  # merged tokens carry sizes
+        attn_ms.append(_running_max([
+            best_ms(lambda: b.attn(b.norm1(x), bias, False), device, repeats=repeats) / images for b in attn_blocks]))
+        mlp_ms.append(_running_max([
+            best_ms(lambda: b.mlp(b.norm2(x)), device, repeats=repeats) / images for b in mlp_blocks]))
+        merge_ms.append(_merge_ms(block, x, bias, probe.num_prefix_tokens, device, repeats) / images)
+    fixed = _fixed_ms(probe, device, dtype, timing_batch(batch, full_tokens), repeats)
+    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
+                         _running_max(merge_ms), fixed, 0.0)
+    whole = _whole_model_ms(model, device, dtype, timing_batch(batch, full_tokens), repeats)
+    halves = len(model.blocks) * (table.attn(full_tokens, attn_widths[-1]) + table.mlp(full_tokens, mlp_widths[-1]))
+    missed = min(max(whole - fixed - halves, -0.25 * halves), 0.5 * halves)  # a disturbed timing stays bounded
+    table.token_ms = missed / (len(model.blocks) * full_tokens)
+    return table
 
 
-def _merge_ms(block: nn.Module, x: torch.Tensor, prefix: int, device: torch.device, repeats: int) -> float:
+def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A proportional-attention bias (1, 1, 1, N) like the one merged tokens carry."""
+    return torch.full((1, 1, 1, tokens), math.log(2.0), device=device, dtype=dtype)
+
+
+def _merge_ms(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], prefix: int,
+              device: torch.device, repeats: int) -> float:
     """Extra time of a block that merges: class-token attention row plus one merge step."""
     patches = x.shape[1] - prefix
     if patches < 2:
@@ -153,8 +205,8 @@ def _merge_ms(block: nn.Module, x: torch.Tensor, prefix: int, device: torch.devi
     state = TokenState(x=x, size=None, grid=(1, patches), num_prefix=prefix)
     merge = TokenMerge(["w"]).to(device, x.dtype)
     importance = torch.rand(x.shape[0], patches, device=device, dtype=x.dtype)
-    plain = best_ms(lambda: block.attn(x, None, False), device, repeats=repeats)
-    merging = best_ms(lambda: (block.attn(x, None, True), merge(state, importance)), device, repeats=repeats)
+    plain = best_ms(lambda: block.attn(x, bias, False), device, repeats=repeats)
+    merging = best_ms(lambda: (block.attn(x, bias, True), merge(state, importance)), device, repeats=repeats)
     return max(0.0, merging - plain)
 
 
@@ -184,25 +236,32 @@ def _one_block_vit(model: nn.Module, device: torch.device, dtype: torch.dtype) -
     return probe.to(device, dtype).eval()
 
 
-def _sliced_block(block: nn.Module, keep: float) -> nn.Module:
+def _sliced_block(block: nn.Module, attn_width: int, mlp_width: int) -> nn.Module:
+    """A copy of a CAIT block slimmed to `attn_width` channels per head and `mlp_width` hidden units."""
     sliced = copy.deepcopy(block)
-    if keep >= 1.0:
-        return sliced
     holder = nn.Module()
     holder.blocks = nn.ModuleList([sliced])
-    attach_gates(holder)
-    set_uniform_keep(holder, keep)
+    gates = list(attach_gates(holder).values())
+    for gate, keep in zip(gates, (attn_width, attn_width, mlp_width)):
+        gate.set_keep(keep)
     slim_block(sliced)
     detach_gates(holder)
     return sliced
 
 
 def _fixed_ms(probe: nn.Module, device: torch.device, dtype: torch.dtype, batch: int, repeats: int) -> float:
-    """Time of the model without its blocks: patch embedding, norms, head."""
+    """Time per image of the model without its blocks: patch embedding, norms, head."""
     images = torch.randn(batch, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
     blocks = probe.blocks
     probe.blocks = nn.Sequential()
     try:
-        return best_ms(lambda: probe(images), device, repeats=repeats)
+        return best_ms(lambda: probe(images), device, repeats=repeats) / batch
     finally:
         probe.blocks = blocks
+
+
+def _whole_model_ms(model: nn.Module, device: torch.device, dtype: torch.dtype, batch: int, repeats: int) -> float:
+    """Time per image of the CAIT-patched model (no merges, full width)."""
+    images = torch.randn(batch, 3, *model.patch_embed.img_size, device=device, dtype=dtype)
+    patched = patch_vit(copy.deepcopy(model).to(device, dtype).eval())
+    return best_ms(lambda: patched(images), device, warmup=1, repeats=max(2, repeats - 2)) / batch

@@ -1,10 +1,14 @@
-"""The planner: an ATME schedule and a CDCP budget that reach a target speedup.
+"""The planner: an ATME schedule and a CDCP budget that land on a target speedup.
 
 Speed is predicted from a latency table measured on this device (latency.py),
-not from FLOPs. Among the plans predicted to reach the target, the planner keeps
-those that prune the fewest channels and, when it can see data, picks the one
-whose untrained compressed model stays closest to the original (a score the
-caller supplies, e.g. KL divergence on a calibration batch).
+not from FLOPs, for the widths CDCP would keep: the budget is shared out across
+blocks as calibration starts it (weight-norm scores, widths in the channel
+multiple), and each block half is looked up at its own width and token count.
+Plans aim a little above the target and must stay under a ceiling: a plan that
+overshoots pays in accuracy for speed nobody asked for. Among the plans predicted
+to land, the planner keeps those that prune the fewest channels and, when it can
+see data, picks the one whose untrained compressed model stays closest to the
+original (a score the caller supplies, e.g. KL divergence on a calibration batch).
 """
 from __future__ import annotations
 
@@ -14,22 +18,29 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from ..errors import CaitError
-from ..method.atme import MergeStep, alternating_schedule
+from ..method.atme import MergeStep, alternating_schedule, grid_after
+from ..method.cdcp import WidthAllocator, weight_norm_scores
+from ..method.cost import BlockShape
 from ..method.model import tokens_per_block
 from .latency import LatencyTable
 
 ScoreFn = Callable[[List[MergeStep], float], float]
+Widths = List[Tuple[int, int]]  # per block: kept attention width per head, kept MLP hidden units
 METHODS = ("cait", "atme", "cdcp")
+# The band a measured speedup must land in, as factors of the target.
+BAND = (0.97, 1.08)
 
 
 @dataclass
 class PlanConfig:
     target: float
-    margin: float = 1.03  # plan this much above the target: the measurement must still clear it
+    margin: float = 1.02  # aim this much above the target, inside the band
+    ceiling: float = BAND[1]  # plans predicted above target x ceiling overshoot
     min_keep: float = 0.25  # never keep fewer channels than this fraction
     max_scored: int = 10  # candidates whose quality score is computed
     merge: bool = True  # may use ATME (False: CDCP alone, an ablation)
     prune: bool = True  # may use CDCP (False: ATME alone, an ablation)
+    multiple: int = 1  # kept widths are multiples of this
 
     @classmethod
     def for_method(cls, method: str, target: float, **kwargs) -> "PlanConfig":
@@ -71,24 +82,48 @@ def candidate_schedules(depth: int, grid: Tuple[int, int]) -> List[List[MergeSte
 
 
 def _final_grid(grid: Tuple[int, int], schedule: Sequence[MergeStep]) -> Tuple[int, int]:
-    from ..method.atme import grid_after
     return grid_after(grid, [s.axis for s in schedule])
 
 
 class SpeedModel:
     """Predicted latency of a model under a plan, from a measured table."""
 
-    def __init__(self, model: nn.Module, table: LatencyTable) -> None:
+    def __init__(self, model: nn.Module, table: LatencyTable, multiple: int = 1) -> None:
         self.grid = tuple(model.patch_embed.grid_size)
         self.prefix, self.depth = model.num_prefix_tokens, len(model.blocks)
         self.table = table
+        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        self.dim, self.heads = attn.qkv.in_features, attn.num_heads
+        self.head_dim = attn.qkv.out_features // (3 * attn.num_heads)
+        self.hidden = mlp.fc1.out_features
+        self.allocator = WidthAllocator([weight_norm_scores(b) for b in model.blocks], multiple)
         self.baseline_ms = self.latency([], 1.0)
 
-    def latency(self, schedule: Sequence[MergeStep], keep: float) -> float:
+    def shapes(self, schedule: Sequence[MergeStep]) -> List[BlockShape]:
+        """Full-width block shapes with the token counts of `schedule`."""
+        return [BlockShape(n_in, n_out, self.dim, self.heads, self.head_dim, self.head_dim, self.hidden)
+                for n_in, n_out in tokens_per_block(self.grid, self.prefix, self.depth, schedule)]
+
+    def widths(self, schedule: Sequence[MergeStep], keep: float) -> Widths:
+        """The widths CDCP's budget `keep` starts from (weight-norm scores)."""
+        if keep >= 1.0:
+            return [(self.head_dim, self.hidden)] * self.depth
+        return self.allocator.widths(self.shapes(schedule), keep)
+
+    def latency_of(self, schedule: Sequence[MergeStep], widths: Widths) -> float:
+        """Milliseconds per image of the model slimmed to `widths`, merging at `schedule`."""
         counts = tokens_per_block(self.grid, self.prefix, self.depth, schedule)
-        blocks = sum(self.table.attn(n_in, keep) + self.table.mlp(n_out, keep) for n_in, n_out in counts)
-        merges = sum(self.table.merge(counts[step.block][0]) for step in schedule)
-        return self.table.fixed_ms + blocks + merges
+        t = self.table
+        blocks = sum(t.attn(n_in, attn) + t.mlp(n_out, mlp) + t.token_ms * (n_in + n_out) / 2
+                     for (n_in, n_out), (attn, mlp) in zip(counts, widths))
+        merges = sum(t.merge(counts[step.block][0]) for step in schedule)
+        return t.fixed_ms + blocks + merges
+
+    def latency(self, schedule: Sequence[MergeStep], keep: float) -> float:
+        return self.latency_of(schedule, self.widths(schedule, keep))
+
+    def speedup_of(self, schedule: Sequence[MergeStep], widths: Widths) -> float:
+        return self.baseline_ms / self.latency_of(schedule, widths)
 
     def speedup(self, schedule: Sequence[MergeStep], keep: float) -> float:
         return self.baseline_ms / self.latency(schedule, keep)
@@ -100,17 +135,18 @@ class SpeedModel:
         if self.speedup(schedule, min_keep) < goal:
             return None
         low, high = min_keep, 1.0
-        for _ in range(30):
+        for _ in range(16):
             mid = (low + high) / 2
             low, high = (mid, high) if self.speedup(schedule, mid) >= goal else (low, mid)
         return low
 
 
-def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Optional[ScoreFn] = None) -> Plan:
-    """The best plan predicted to reach cfg.target (times the margin)."""
+def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Optional[ScoreFn] = None,
+              speed: Optional[SpeedModel] = None) -> Plan:
+    """The best plan predicted to land between cfg.target x margin and cfg.target x ceiling."""
     if cfg.target < 1.0:
         raise CaitError(f"--target-speedup must be at least 1.0, got {cfg.target}")
-    speed = SpeedModel(model, table)
+    speed = speed or SpeedModel(model, table, cfg.multiple)
     schedules = candidate_schedules(speed.depth, speed.grid) if cfg.merge else [[]]
     min_keep = cfg.min_keep if cfg.prune else 1.0
     goal = cfg.target * cfg.margin
@@ -118,24 +154,27 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     for schedule in schedules:
         keep = speed.solve_keep(schedule, goal, min_keep)
         if keep is not None:
-            overshoot = speed.speedup(schedule, keep) / goal - 1
-            feasible.append((round(overshoot, 2), -round(keep, 3), schedule))
+            predicted = speed.speedup(schedule, keep)
+            feasible.append((predicted, keep, schedule))
     if not feasible:
         best = max(speed.speedup(s, min_keep) for s in schedules)
         raise CaitError(f"a {cfg.target:g}x speedup is beyond what this model can reach on this device "
-                        f"(about {best / cfg.margin:.2f}x at most)")
-    # compress no more than needed, then prune as few channels as possible
-    feasible.sort(key=lambda c: (c[0], c[1], len(c[2])))
-    shortlist = [(-neg_keep, s) for _, neg_keep, s in feasible[: cfg.max_scored]]
-    scored = [(score(list(s), k) if score else 0.0, k, s) for k, s in shortlist]
-    best_score, keep, schedule = min(scored, key=lambda c: c[0])
-    return Plan(list(schedule), keep, speed.speedup(schedule, keep),
-                tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
+                        f"(about {best:.2f}x at most)")
+    # a plan that overshoots is never preferred over one that lands
+    landing = [c for c in feasible if c[0] <= cfg.target * cfg.ceiling]
+    if not landing:
+        landing = [min(feasible, key=lambda c: c[0])]
+    # then prune as few channels as possible, merge as little as possible
+    landing.sort(key=lambda c: (-round(c[1], 3), len(c[2]), c[0]))
+    shortlist = landing[: cfg.max_scored]
+    scored = [(score(list(s), k) if score else 0.0, p, k, s) for p, k, s in shortlist]
+    best_score, predicted, keep, schedule = min(scored, key=lambda c: c[0])
+    return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
                 best_score if score else None)
 
 
-def max_speedup(model: nn.Module, table: LatencyTable, min_keep: float = 0.25) -> float:
-    speed = SpeedModel(model, table)
+def max_speedup(model: nn.Module, table: LatencyTable, min_keep: float = 0.25, multiple: int = 1) -> float:
+    speed = SpeedModel(model, table, multiple)
     return max(speed.speedup(s, min_keep) for s in candidate_schedules(speed.depth, speed.grid))
 
 

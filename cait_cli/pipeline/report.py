@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..method.cost import model_macs
 from .measure import (AccuracyResult, SpeedConfig, count_params, measure_accuracy, measure_throughput,
                       paired_speedup)
-from .plan import Plan
+from .plan import BAND, Plan
 
 
 def _input_size(model: nn.Module) -> tuple:
@@ -61,6 +61,8 @@ def build_report(target: float, plan: Plan, measured: Dict[str, Any], tolerance:
         "measured_speedup_range": [low, high],
         "predicted_speedup": plan.predicted_speedup,
         "reached": ratio >= target * (1 - tolerance),
+        "landed": BAND[0] * target <= ratio <= BAND[1] * target,
+        "band": [BAND[0] * target, BAND[1] * target],
         "device": first.device,
         "batch_size": first.batch_size,
         "precision": first.precision,
