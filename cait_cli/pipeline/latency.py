@@ -23,7 +23,8 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+import statistics
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -82,17 +83,28 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
     return max(0.0, _interp1(xs, column, x))
 
 
-def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Fastest wall time of fn() in milliseconds: the least disturbed by other processes."""
-    times = []
-    for i in range(warmup + repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return min(times)
+def interleaved_ms(calls: Dict[str, Callable[[], object]], device: torch.device, rounds: int,
+                   warmup: int = 1, inner: int = 3) -> Dict[str, List[float]]:
+    """Wall time (ms) of every call in each of `rounds` rounds.
+
+    A round runs each call `inner` times in a row and keeps the fastest (warm, as the
+    call runs inside a model). A shared machine's speed drifts over seconds; calls
+    timed in the same round see the same drift, so ratios between them (per round,
+    then the median) are steady.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in calls}
+    for round_index in range(warmup + rounds):
+        for name, call in calls.items():
+            fastest = math.inf
+            for _ in range(inner):
+                synchronize(device)
+                start = time.perf_counter()
+                call()
+                synchronize(device)
+                fastest = min(fastest, time.perf_counter() - start)
+            if round_index >= warmup:
+                times[name].append(fastest * 1e3)
+    return times
 
 
 def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int) -> str:
@@ -165,30 +177,64 @@ def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: to
                    key: str, repeats: int, multiple: int) -> LatencyTable:
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block = probe.blocks[0]
-    dim, full_tokens = block.attn.qkv.in_features, token_chain(model)[-1]
     tokens = token_chain(model)
     attn_widths = width_points(block.attn.qk_dim, multiple, ATTN_POINTS)
     mlp_widths = width_points(block.mlp.fc1.out_features, multiple, MLP_POINTS)
-    attn_blocks = [_sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths]
-    mlp_blocks = [_sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths]
-    attn_ms, mlp_ms, merge_ms = [], [], []
+    calls = _table_calls(model, probe, tokens, attn_widths, mlp_widths, batch, device, dtype)
+    ms = _per_image_ms(calls, device, repeats)
+    attn_ms = [[ms["attn", n, w] for w in attn_widths] for n in tokens]
+    mlp_ms = [[ms["mlp", n, w] for w in mlp_widths] for n in tokens]
+    merge_ms = [max(0.0, ms["merging", n, 0] - ms["plain", n, 0]) for n in tokens]
+    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows([_running_max(r) for r in attn_ms]),
+                         _monotone_rows([_running_max(r) for r in mlp_ms]), _running_max(merge_ms), ms["fixed"], 0.0)
+    full = tokens[-1]
+    halves = len(model.blocks) * (table.attn(full, attn_widths[-1]) + table.mlp(full, mlp_widths[-1]))
+    missed = min(max(ms["whole"] - table.fixed_ms - halves, -0.25 * halves), 0.5 * halves)  # bounded
+    table.token_ms = missed / (len(model.blocks) * full)
+    return table
+
+
+Call = Tuple[Callable[[], object], int]  # a call and the images it processes
+
+
+def _table_calls(model: nn.Module, probe: nn.Module, tokens: List[int], attn_widths: List[int],
+                 mlp_widths: List[int], batch: int, device: torch.device, dtype: torch.dtype) -> Dict[object, Call]:
+    """Every call the table times, keyed ("attn", tokens, width), ("mlp", ...), "fixed", "whole"."""
+    block, dim, prefix = probe.blocks[0], probe.blocks[0].attn.qkv.in_features, probe.num_prefix_tokens
+    attn_blocks = {w: _sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths}
+    mlp_blocks = {w: _sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths}
+    calls: Dict[object, Call] = {}
     for n in tokens:
         images = timing_batch(batch, n)
         x = torch.randn(images, n, dim, device=device, dtype=dtype)
-        bias = _size_bias(n, device, dtype) if n < full_tokens else None  # merged tokens carry sizes
-        attn_ms.append(_running_max([
-            best_ms(lambda: b.attn(b.norm1(x), bias, False), device, repeats=repeats) / images for b in attn_blocks]))
-        mlp_ms.append(_running_max([
-            best_ms(lambda: b.mlp(b.norm2(x)), device, repeats=repeats) / images for b in mlp_blocks]))
-        merge_ms.append(_merge_ms(block, x, bias, probe.num_prefix_tokens, device, repeats) / images)
-    fixed = _fixed_ms(probe, device, dtype, timing_batch(batch, full_tokens), repeats)
-    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
-                         _running_max(merge_ms), fixed, 0.0)
-    whole = _whole_model_ms(model, device, dtype, timing_batch(batch, full_tokens), repeats)
-    halves = len(model.blocks) * (table.attn(full_tokens, attn_widths[-1]) + table.mlp(full_tokens, mlp_widths[-1]))
-    missed = min(max(whole - fixed - halves, -0.25 * halves), 0.5 * halves)  # a disturbed timing stays bounded
-    table.token_ms = missed / (len(model.blocks) * full_tokens)
-    return table
+        bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
+        for w, b in attn_blocks.items():
+            calls["attn", n, w] = (lambda b=b, x=x, bias=bias: b.attn(b.norm1(x), bias, False), images)
+        for w, b in mlp_blocks.items():
+            calls["mlp", n, w] = (lambda b=b, x=x: b.mlp(b.norm2(x)), images)
+        plain, merging = _merge_calls(block, x, bias, prefix, device)
+        calls["plain", n, 0], calls["merging", n, 0] = (plain, images), (merging, images)
+    images = timing_batch(batch, tokens[-1])
+    pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
+    headless = copy.deepcopy(probe)  # patch embedding, norms and head, without the block
+    headless.blocks = nn.Sequential()
+    whole = patch_vit(copy.deepcopy(model).to(device, dtype).eval())
+    calls["fixed"] = (lambda: headless(pixels), images)
+    calls["whole"] = (lambda: whole(pixels), images)
+    return calls
+
+
+def _per_image_ms(calls: Dict[object, Call], device: torch.device, rounds: int) -> Dict[object, float]:
+    """Milliseconds per image of every call: its per-round ratio to the whole model, median,
+    times the whole model's median (drift cancels in the ratios)."""
+    times = interleaved_ms({key: call for key, (call, _) in calls.items()}, device, rounds)
+    whole_images = calls["whole"][1]
+    whole = statistics.median(times["whole"]) / whole_images
+    out = {}
+    for key, (_, images) in calls.items():
+        ratios = [t / images / (w / whole_images) for t, w in zip(times[key], times["whole"])]
+        out[key] = statistics.median(ratios) * whole
+    return out
 
 
 def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -196,18 +242,18 @@ def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.T
     return torch.full((1, 1, 1, tokens), math.log(2.0), device=device, dtype=dtype)
 
 
-def _merge_ms(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], prefix: int,
-              device: torch.device, repeats: int) -> float:
-    """Extra time of a block that merges: class-token attention row plus one merge step."""
+def _merge_calls(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], prefix: int,
+                 device: torch.device) -> Tuple[Callable[[], object], Callable[[], object]]:
+    """A block's attention as is, and as a merging block runs it: with the class-attention row
+    it needs and one merge step (their difference is the merge's cost)."""
+    plain = lambda: block.attn(x, bias, False)  # noqa: E731
     patches = x.shape[1] - prefix
     if patches < 2:
-        return 0.0
+        return plain, plain  # nothing left to merge
     state = TokenState(x=x, size=None, grid=(1, patches), num_prefix=prefix)
     merge = TokenMerge(["w"]).to(device, x.dtype)
     importance = torch.rand(x.shape[0], patches, device=device, dtype=x.dtype)
-    plain = best_ms(lambda: block.attn(x, bias, False), device, repeats=repeats)
-    merging = best_ms(lambda: (block.attn(x, bias, True), merge(state, importance)), device, repeats=repeats)
-    return max(0.0, merging - plain)
+    return plain, lambda: (block.attn(x, bias, True), merge(state, importance))
 
 
 def _running_max(values: List[float]) -> List[float]:
@@ -247,21 +293,3 @@ def _sliced_block(block: nn.Module, attn_width: int, mlp_width: int) -> nn.Modul
     slim_block(sliced)
     detach_gates(holder)
     return sliced
-
-
-def _fixed_ms(probe: nn.Module, device: torch.device, dtype: torch.dtype, batch: int, repeats: int) -> float:
-    """Time per image of the model without its blocks: patch embedding, norms, head."""
-    images = torch.randn(batch, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
-    blocks = probe.blocks
-    probe.blocks = nn.Sequential()
-    try:
-        return best_ms(lambda: probe(images), device, repeats=repeats) / batch
-    finally:
-        probe.blocks = blocks
-
-
-def _whole_model_ms(model: nn.Module, device: torch.device, dtype: torch.dtype, batch: int, repeats: int) -> float:
-    """Time per image of the CAIT-patched model (no merges, full width)."""
-    images = torch.randn(batch, 3, *model.patch_embed.img_size, device=device, dtype=dtype)
-    patched = patch_vit(copy.deepcopy(model).to(device, dtype).eval())
-    return best_ms(lambda: patched(images), device, warmup=1, repeats=max(2, repeats - 2)) / batch

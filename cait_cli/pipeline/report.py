@@ -19,8 +19,12 @@ def _input_size(model: nn.Module) -> tuple:
 
 
 def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, batch: int) -> float:
-    """A short interleaved measurement (for re-planning), median of paired ratios."""
-    cfg = SpeedConfig(batch_size=batch, warmup=1, repeats=5, iters_per_repeat=1)
+    """A short interleaved measurement (for landing), median of paired ratios.
+
+    Nine pairs: a shared CPU's single timings scatter by +-20%, and landing needs the
+    median to within a few percent.
+    """
+    cfg = SpeedConfig(batch_size=batch, warmup=1, repeats=9, iters_per_repeat=2)
     results = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device)
     return paired_speedup(results, "compressed", "original")[0]
 
@@ -28,7 +32,7 @@ def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, 
 def measure_models(base: nn.Module, compressed: nn.Module, val, device: torch.device, batch: int,
                    amp: bool) -> Dict[str, Any]:
     """Speed (interleaved), params, MACs and, with held-out images, accuracy of both models."""
-    cfg = SpeedConfig(batch_size=batch, amp=amp)
+    cfg = SpeedConfig(batch_size=batch, amp=amp, repeats=11)
     speed = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device)
     out: Dict[str, Any] = {"speed": speed, "speedup": paired_speedup(speed, "compressed", "original")}
     for name, model in (("original", base), ("compressed", compressed)):
