@@ -183,3 +183,11 @@ print(len(out), max(float((a - b).abs().max()) for a, b in zip(out, y)))
     count, err = result.stdout.split()
     assert count == "2" and float(err) < 1e-5
     assert json.loads((path / "config.json").read_text())["architecture"] == "cait_vit"
+
+
+def test_img_size_at_creation_resamples_as_running_at_that_size(tmp_path):
+    model, path = slim_checkpoint(tmp_path)
+    resized = timm.create_model(f"local-dir:{path}", pretrained=True, img_size=48).eval()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert (resized(x) - model(x)).abs().max() < 1e-5

@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 import torch.nn as nn
 from timm.models import build_model_with_cfg, register_model
 from timm.models._registry import generate_default_cfgs
+from timm.models.vision_transformer import checkpoint_filter_fn  # resamples pos_embed for img_size=...
 
 from .spec import ARCHITECTURE, CaitSpec, build
 
@@ -40,4 +41,5 @@ def cait_vit(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     features come from forward_intermediates, on the full patch grid.
     """
     feature_cfg = {"out_indices": kwargs.pop("out_indices", 3), "feature_cls": "getter"}
-    return build_model_with_cfg(_build, ARCHITECTURE, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return build_model_with_cfg(_build, ARCHITECTURE, pretrained, feature_cfg=feature_cfg,
+                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
