@@ -52,3 +52,24 @@ def test_torch_pruning_peer_slims_every_block(make_vit):
     assert pruned.blocks[0].mlp.fc1.out_features == model.blocks[0].mlp.fc1.out_features // 2
     assert model_macs(pruned) < 0.5 * model_macs(model)
     assert all(b.attn.qkv.out_features == 3 * b.attn.num_heads * b.attn.head_dim for b in pruned.blocks)
+
+
+def test_tome_merges_traced_back_to_the_grid(make_vit):
+    from benchmarks.peers.tome import traced_intermediates
+
+    model = make_vit()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.forward_intermediates(images, indices=[1, 3], norm=True, intermediates_only=True)
+        same = traced_intermediates(apply_tome(copy.deepcopy(model), 0), images, [1, 3])
+        assert all((a - b).abs().max() < 1e-5 for a, b in zip(plain, same))
+        tome = apply_tome(copy.deepcopy(model), 6).eval()
+        maps = traced_intermediates(tome, images, [3])
+        state = tome.forward_tokens(images)
+    tokens = tome.norm(state.x)[:, 1:]  # (B, N, C)
+    cells = maps[0].flatten(2).transpose(1, 2)  # (B, 64, C)
+    assert maps[0].shape == (2, model.embed_dim, 8, 8)
+    for b in range(2):  # every cell holds one token's features, each token on as many cells as its size
+        match = (cells[b, :, None] - tokens[b, None]).abs().amax(-1) < 1e-6  # (64, N)
+        assert match.sum(1).eq(1).all()
+        assert torch.equal(match.sum(0).float(), state.size[b, 1:, 0])

@@ -12,13 +12,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import Mlp, PatchDropout
+from timm.layers import Format, Mlp, PatchDropout, PatchEmbed
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import CaitError
 from .atme import MergeStep, TokenMerge, grid_after, unmerge
 from .block import CaitAttention, CaitBlock, CaitMlp
+from .dense import DenseMixin
 from .tokens import TokenState
 
 
@@ -31,17 +32,21 @@ class BlockWidths:
     mlp: int
 
 
-class CaitMixin:
-    """Methods a patched VisionTransformer gains; see `patch_vit`."""
+class CaitMixin(DenseMixin):
+    """Methods a patched VisionTransformer gains; see `patch_vit` (dense API: see DenseMixin)."""
 
     cait_schedule: List[MergeStep]
 
-    def forward_tokens(self, x: torch.Tensor) -> TokenState:
-        """Images (B, 3, H, W) -> TokenState after the last block (before the final norm)."""
+    def embed(self, x: torch.Tensor) -> TokenState:
+        """Images (B, 3, H, W) -> TokenState before the first block, on the images' own patch grid."""
         x = self.patch_embed(x)  # (B, N, C), or (B, H, W, C) with dynamic image size
         grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(self.patch_embed.grid_size)
-        x = self.norm_pre(self.patch_drop(self._pos_embed(x)))
-        return self.blocks(TokenState(x=x, size=None, grid=grid, num_prefix=self.num_prefix_tokens))
+        x = self.norm_pre(self.patch_drop(self._pos_embed(x)))  # pos-embed resampled to the grid
+        return TokenState(x=x, size=None, grid=grid, num_prefix=self.num_prefix_tokens)
+
+    def forward_tokens(self, x: torch.Tensor) -> TokenState:
+        """Images (B, 3, H, W) -> TokenState after the last block (before the final norm)."""
+        return self.blocks(self.embed(x))
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
@@ -57,12 +62,17 @@ class CaitMixin:
         return patches.transpose(1, 2).reshape(patches.shape[0], -1, h, w)
 
     def unmerge(self, features: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        """(B, C, H', W') -> (B, C, H, W): each merged token copied back to its cells."""
+        """(B, C, H', W') -> (B, C, H, W): each merged token copied back to its cells.
+
+        grid: the images' full patch grid (H, W); default the size the model was built for
+        (use `patch_grid(images.shape[-2:])` for images of another size).
+        """
         grid = tuple(grid or self.patch_embed.grid_size)
         return unmerge(features, grid, [step.axis for step in self.cait_schedule])
 
-    def forward_intermediates(self, *args, **kwargs):
-        raise NotImplementedError("use forward_grid() and unmerge() on a CAIT model")
+    def patch_grid(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Full patch grid (H, W) of images of size img_size (height, width)."""
+        return tuple(self.patch_embed.dynamic_feat_size(tuple(img_size)))
 
 
 def cait_class(base: type) -> type:
@@ -133,7 +143,24 @@ def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = ()) -> V
         block.merge = TokenMerge(axes) if axes else None
     model.__class__ = cait_class(type(model))
     model.cait_schedule = schedule
+    _accept_any_image_size(model)
     return model
+
+
+def _accept_any_image_size(model: VisionTransformer) -> None:
+    """Switch a timm ViT to what its `dynamic_img_size=True` builds: any image size whose sides are
+    multiples of the patch size, position embeddings resampled to the grid that arrives.
+
+    At the size the model was built for, timm's resampling returns the embeddings unchanged,
+    so outputs there are identical. The merge schedule applies to whatever grid arrives.
+    """
+    embed = model.patch_embed
+    if not isinstance(embed, PatchEmbed):  # another embedding keeps its own rules
+        return
+    model.dynamic_img_size = True
+    embed.strict_img_size = False
+    embed.flatten = False
+    embed.output_fmt = Format.NHWC
 
 
 def _check_schedule(schedule: Sequence[MergeStep], depth: int, grid: Tuple[int, int]) -> None:

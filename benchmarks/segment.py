@@ -1,0 +1,248 @@
+"""Dense transfer on real images: Fashion-MNIST scenes segmented on frozen compressed backbones.
+
+    python examples/make_fashion_subset.py --out /tmp/fashion_proof --train-per-class 2000 --val-per-class 1000
+    python benchmarks/segment.py --reference examples/reference --data /tmp/fashion_proof \\
+        --out benchmarks/results/segment_cpu
+
+The task (benchmarks/scenes.py): 112x112 scenes of 2-4 garments from the official
+splits (train scenes from the training split, test scenes from the test split),
+each pixel labelled with its garment's class where the garment has ink, background
+elsewhere. The backbones: the bundled reference and its versions compressed to about
+`--speedup` on classification (at the reference's own 56x56 input), made exactly as
+benchmarks/proof.py makes them (same training budget, on `--data`):
+
+- cait: `cait compress` (ATME + CDCP), features unmerged back to the full grid
+- tome: ToMe, fine-tuned; its merges traced back to the grid (peers/tome.py); r, the
+  tokens merged per block, is scaled with the scene's patch count so that it merges
+  the same fraction of tokens as at the classification size
+- torch-pruning: uniform channel pruning, fine-tuned (keeps every token)
+
+Protocol (benchmarks/segment_head.py): the backbone stays frozen; a light head
+(BatchNorm, 3x3 conv, ReLU, 1x1 conv on the patch grid, bilinear upsampling) is
+trained on the features of four blocks with the same steps, batches and init for
+every backbone. Reported: mIoU on the test scenes, and end-to-end speedup (backbone +
+head) at the scene size over the reference's, every model interleaved in one run.
+Writes OUT.md (table, command), OUT.json and OUT.png (test scenes with predicted masks).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import proof  # noqa: E402
+from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
+from benchmarks.segment_head import (FrozenBackbone, HeadConfig, SceneSet, evaluate, predict,  # noqa: E402
+                                     train_head)
+from cait_cli.errors import CaitError, run_script  # noqa: E402
+from cait_cli.models.loading import load_model  # noqa: E402
+from cait_cli.pipeline.data import collate_skipping, dataset_from, eval_transform, resolve_data_config  # noqa: E402
+from cait_cli.pipeline.data import split_roots  # noqa: E402
+from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST  # noqa: E402
+from cait_cli.pipeline.measure import SpeedConfig, count_params, device_name, measure_throughput  # noqa: E402
+from cait_cli.pipeline.measure import paired_speedup  # noqa: E402
+from cait_cli.pipeline.train import StepBatches  # noqa: E402
+
+REFERENCE = "reference (uncompressed)"
+
+
+@dataclass
+class SegRow:
+    method: str
+    setting: str
+    params: int = 0
+    miou: Optional[float] = None
+    pixel_accuracy: Optional[float] = None
+    iou: List[float] = field(default_factory=list)
+    speedup: Optional[float] = None
+    speedup_range: List[float] = field(default_factory=list)
+    note: str = ""
+
+
+def feature_blocks(depth: int) -> List[int]:
+    """Four evenly spaced blocks, the last one included (2, 5, 8, 11 for 12 blocks)."""
+    return sorted({max(0, depth * k // 4 - 1) for k in (1, 2, 3, 4)})
+
+
+def compressed_models(bench: proof.Bench, methods: List[str], speedup: float,
+                      cait_path: Optional[str]) -> List[tuple[SegRow, Optional[nn.Module]]]:
+    """The compressed backbones, made as benchmarks/proof.py makes them."""
+    made: List[tuple[SegRow, Optional[nn.Module]]] = []
+    for method in methods:
+        if method == "cait" and cait_path:
+            made.append((SegRow("cait", f"given: {cait_path}"), load_model(cait_path).model.eval()))
+            continue
+        if method == "cait":
+            produced = [proof.ours(bench, "cait", speedup)]
+        elif method == "tome":
+            produced = [p for p in proof.tome(bench, speedup) if p[0].trained or p[1] is None]
+        else:
+            produced = proof.torch_pruning(bench, speedup)
+        for row, model in produced:
+            made.append((SegRow(row.method, row.setting, note=row.note), model))
+    return made
+
+
+def at_scene_size(model: nn.Module, size: int, method: str) -> nn.Module:
+    """The backbone at the scene size: position embeddings resampled once (timm's set_input_size)."""
+    model = copy.deepcopy(model)
+    before = model.patch_embed.num_patches
+    model.set_input_size(img_size=(size, size))
+    if method == "tome":  # merge the same fraction of tokens per block as at the classification size
+        for block in model.blocks:
+            if block.merge is not None:
+                block.merge.r = block.merge.r * model.patch_embed.num_patches // before
+    return model.eval()
+
+
+def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict]:
+    torch.manual_seed(args.seed)
+    device = torch.device("cpu")
+    reference = load_model(args.reference).model.to(device).eval()
+    data_cfg = resolve_data_config(reference)
+    train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
+    bench = proof.Bench(reference, args.reference, args.data, StepBatches(train, args.batch_size, args.seed,
+                        collate_skipping), args.steps, args.batch_size, args.lr, args.bench_batch_size, device,
+                        args.work, args.seed)
+    made = [(SegRow(REFERENCE, "no compression"), reference)]
+    made += compressed_models(bench, args.methods, args.speedup, args.cait)
+
+    scene_cfg = SceneConfig(size=args.scene_size)
+    mean, std = float(data_cfg["mean"][0]), float(data_cfg["std"][0])
+    train_set = SceneSet(*load_scenes(args.fashion_root, "train", args.train_scenes, scene_cfg, args.seed), mean, std)
+    test_set = SceneSet(*load_scenes(args.fashion_root, "test", args.test_scenes, scene_cfg, args.seed + 1), mean, std)
+    head_cfg = HeadConfig(args.head_steps, args.head_batch_size, args.head_lr, args.seed)
+
+    rows: List[SegRow] = []
+    segmenters: Dict[str, nn.Module] = {}
+    for row, model in made:
+        rows.append(row)
+        if model is None:
+            print(f"{row.method}: not reached ({row.note})", flush=True)
+            continue
+        scene_model = at_scene_size(model, args.scene_size, row.method)
+        backbone = FrozenBackbone(scene_model, feature_blocks(len(scene_model.blocks)), row.method == "tome")
+        segmenter = train_head(backbone, NUM_CLASSES, train_set, head_cfg)
+        score = evaluate(segmenter, test_set, NUM_CLASSES)
+        row.params, row.miou, row.pixel_accuracy, row.iou = count_params(model), score.miou, score.pixel_accuracy, score.iou
+        segmenters[row.method] = segmenter
+        print(f"{row.method}: {row.setting}; mIoU {100 * score.miou:.2f}", flush=True)
+
+    print("measuring every segmenter end to end, interleaved", flush=True)
+    speed = measure_throughput(segmenters, (3, args.scene_size, args.scene_size),
+                               SpeedConfig(args.bench_batch_size, warmup=2, repeats=args.repeats), device)
+    for row in rows:
+        if row.method in segmenters:
+            ratio, low, high = paired_speedup(speed, row.method, REFERENCE)
+            row.speedup, row.speedup_range = ratio, [low, high]
+    return rows, segmenters, {"test": test_set}
+
+
+def table(meta: dict, rows: List[SegRow]) -> str:
+    ref = next(r.miou for r in rows if r.method == REFERENCE)
+    lines = [
+        "# Dense transfer: Fashion-MNIST scenes segmented on frozen compressed backbones", "",
+        f"Command: `{meta['command']}`", "",
+        f"Device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}. Scenes {meta['scene_size']}x"
+        f"{meta['scene_size']}, {meta['train_scenes']} train (official training split), {meta['test_scenes']} test "
+        f"(official test split). Frozen backbone, light head (BN, 3x3 conv, ReLU, 1x1 conv, bilinear upsampling) on "
+        f"blocks {meta['blocks']}, {meta['head_steps']} steps of batch {meta['head_batch_size']}. Backbones compressed "
+        f"for {meta['speedup']:g}x on classification at 56x56 as benchmarks/proof.py does ({meta['steps']} steps). "
+        f"End-to-end speedup (backbone + head) at the scene size, batch {meta['bench_batch_size']}, fp32, "
+        f"interleaved in one run (median of paired ratios). Total time {meta['seconds'] / 60:.0f} min.", "",
+        "| method | setting | end-to-end speedup | mIoU (%) | Δ mIoU (pt) | pixel accuracy (%) | params (M) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.miou is None:
+            lines.append(f"| {r.method} | not reached: {r.note} | — | — | — | — | — |")
+            continue
+        lines.append(f"| {r.method} | {r.setting} | {r.speedup:.2f}x ({r.speedup_range[0]:.2f}-"
+                     f"{r.speedup_range[1]:.2f}) | {100 * r.miou:.2f} | {100 * (r.miou - ref):+.2f} | "
+                     f"{100 * r.pixel_accuracy:.2f} | {r.params / 1e6:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_scenes(segmenters: Dict[str, nn.Module], test: SceneSet, path: Path, count: int = 4) -> None:
+    """A few test scenes: the image, the truth, and every backbone's predicted mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    palette = ListedColormap(["black"] + list(plt.get_cmap("tab10").colors))
+    images, masks = test.batch(range(min(count, len(test))))
+    columns = ["scene", "truth", *segmenters]
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.8 * len(columns), 1.8 * len(images)),
+                             dpi=110, squeeze=False)
+    predictions = {name: predict(model, images) for name, model in segmenters.items()}
+    for i in range(len(images)):
+        panels = [(test.scenes[i], "gray"), (masks[i], palette)] + [(predictions[n][i], palette) for n in segmenters]
+        for ax, (panel, cmap), title in zip(axes[i], panels, columns):
+            ax.imshow(panel, cmap=cmap, vmin=0, vmax=None if cmap == "gray" else NUM_CLASSES - 1,
+                      interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title.replace(" (uncompressed)", ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default="examples/reference")
+    parser.add_argument("--data", required=True, help="ImageFolder root (train/, val/) for compressing the backbones")
+    parser.add_argument("--fashion-root", type=Path, default=DEBIAN_FASHION_MNIST, help="Fashion-MNIST IDX files")
+    parser.add_argument("--methods", nargs="+", default=["cait", "tome", "torch-pruning"],
+                        choices=["cait", "tome", "torch-pruning"])
+    parser.add_argument("--cait", help="use this compressed checkpoint instead of compressing the reference")
+    parser.add_argument("--speedup", type=float, default=1.9, help="classification speedup the backbones target")
+    parser.add_argument("--steps", type=int, default=300, help="training budget of every compressed backbone")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--scene-size", type=int, default=112)
+    parser.add_argument("--train-scenes", type=int, default=4000)
+    parser.add_argument("--test-scenes", type=int, default=1000)
+    parser.add_argument("--head-steps", type=int, default=600)
+    parser.add_argument("--head-batch-size", type=int, default=32)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--bench-batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-segment"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/segment_cpu"))
+    args = parser.parse_args()
+    if args.scene_size % 4:
+        raise CaitError(f"--scene-size must be a multiple of the patch size (4), got {args.scene_size}")
+    started = time.time()
+    rows, segmenters, sets = run(args)
+    reference = next(s for name, s in segmenters.items() if name == REFERENCE)
+    meta = {"command": "python " + " ".join(sys.argv), "device": device_name(torch.device("cpu")),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "scene_size": args.scene_size, "train_scenes": args.train_scenes, "test_scenes": args.test_scenes,
+            "blocks": feature_blocks(len(reference.backbone.model.blocks)), "head_steps": args.head_steps,
+            "head_batch_size": args.head_batch_size, "speedup": args.speedup, "steps": args.steps,
+            "bench_batch_size": args.bench_batch_size, "seconds": round(time.time() - started)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    args.out.with_suffix(".md").write_text(table(meta, rows))
+    plot_scenes(segmenters, sets["test"], args.out.with_suffix(".png"))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    run_script(main)

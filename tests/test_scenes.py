@@ -1,0 +1,44 @@
+"""The segmentation proof's scenes and scoring (benchmarks/scenes.py, benchmarks/segment_head.py)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.scenes import NUM_CLASSES, SceneConfig, make_scenes  # noqa: E402
+from benchmarks.segment_head import SceneSet, evaluate  # noqa: E402
+
+
+def garments(count=20, seed=0):
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 28, 28), dtype=np.uint8)
+    images[:, 6:22, 8:20] = rng.integers(40, 256, size=(count, 16, 12))  # ink in the middle, black around
+    return images, rng.integers(0, 10, size=count)
+
+
+def test_scenes_are_deterministic_and_labelled_where_there_is_ink():
+    images, labels = garments()
+    cfg = SceneConfig(size=64, scale=2)
+    scenes, masks = make_scenes(images, labels, 6, cfg, seed=3)
+    again, again_masks = make_scenes(images, labels, 6, cfg, seed=3)
+    other, _ = make_scenes(images, labels, 6, cfg, seed=4)
+    assert np.array_equal(scenes, again) and np.array_equal(masks, again_masks) and not np.array_equal(scenes, other)
+    assert scenes.shape == masks.shape == (6, 64, 64)
+    assert np.array_equal(masks > 0, scenes >= cfg.ink)  # garment pixels are exactly the inked ones
+    assert set(np.unique(masks)) <= set(range(NUM_CLASSES)) and (masks > 0).any(axis=(1, 2)).all()
+
+
+def test_miou_of_a_perfect_and_of_a_constant_segmenter():
+    images, labels = garments()
+    scenes, masks = make_scenes(images, labels, 4, SceneConfig(size=64), seed=0)
+    test = SceneSet(scenes, masks, 0.5, 0.5)
+
+    def logits_for(predicted):
+        return lambda x: torch.nn.functional.one_hot(predicted, NUM_CLASSES).permute(0, 3, 1, 2).float()
+
+    perfect = evaluate(logits_for(torch.from_numpy(masks)), test, NUM_CLASSES, batch_size=4)
+    assert perfect.miou == 1.0 and perfect.pixel_accuracy == 1.0
+    background = evaluate(logits_for(torch.zeros_like(torch.from_numpy(masks))), test, NUM_CLASSES, batch_size=4)
+    present = len(np.unique(masks))
+    assert abs(background.miou - (masks == 0).mean() / present) < 1e-9
