@@ -61,7 +61,7 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
         models[label] = compressed_variant(base, schedule, keep, multiple).to(device)
         predicted[label] = speed.speedup(schedule, keep)
     measured = measure_throughput(models, (3, *base.patch_embed.img_size),
-                                  SpeedConfig(batch, warmup=1, repeats=repeats, iters_per_repeat=1), device)
+                                  SpeedConfig(batch, warmup=1, repeats=repeats, iters_per_repeat=2), device)
     lines = [f"## {name} ({weights} weights)", "",
              f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}.", "",
              "| plan | predicted | measured (repeat range) | error |", "|---|---|---|---|"]
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["examples/reference:pretrained", "deit_small:random"],
                         help="NAME:WEIGHTS pairs")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--channel-multiple", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path)

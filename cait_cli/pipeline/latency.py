@@ -32,12 +32,12 @@ import torch.nn as nn
 from ..method.atme import TokenMerge, alternating_schedule, grid_after
 from ..method.cdcp import attach_gates, detach_gates
 from ..method.gates import allowed_counts
-from ..method.model import patch_vit
+from ..method.model import block_widths, patch_vit, token_counts
 from ..method.slim import slim_block
 from ..method.tokens import TokenState
 from .measure import device_name, synchronize
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -57,7 +57,11 @@ class LatencyTable:
     mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
-    token_ms: float  # per token per block, what block halves timed alone miss (may be < 0)
+    # fitted on whole models: time = fixed + attn_scale x attention halves (and merges)
+    #                                + mlp_scale x MLP halves + token_ms x tokens through blocks
+    attn_scale: float = 1.0
+    mlp_scale: float = 1.0
+    token_ms: float = 0.0
 
     def attn(self, tokens: int, width: int) -> float:
         return _interp2(self.tokens, self.attn_widths, self.attn_ms, tokens, width)
@@ -67,6 +71,25 @@ class LatencyTable:
 
     def merge(self, tokens: int) -> float:
         return max(0.0, _interp1(self.tokens, self.merge_ms, tokens))
+
+    def parts(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
+              merge_blocks: Sequence[int]) -> Tuple[float, float, float]:
+        """Raw sums of a model's attention halves (with merges), MLP halves and block tokens.
+
+        counts: per block (tokens into attention, into MLP); widths: per block (attention
+        width per head, MLP hidden units); merge_blocks: the blocks that merge.
+        """
+        attn = sum(self.attn(n_in, a) for (n_in, _), (a, _) in zip(counts, widths))
+        attn += sum(self.merge(counts[b][0]) for b in merge_blocks)
+        mlp = sum(self.mlp(n_out, m) for (_, n_out), (_, m) in zip(counts, widths))
+        tokens = sum((n_in + n_out) / 2 for n_in, n_out in counts)
+        return attn, mlp, tokens
+
+    def predict(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
+                merge_blocks: Sequence[int]) -> float:
+        """Milliseconds per image of a model with these token counts, widths and merges."""
+        attn, mlp, tokens = self.parts(counts, widths, merge_blocks)
+        return self.fixed_ms + self.attn_scale * attn + self.mlp_scale * mlp + self.token_ms * tokens
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -84,11 +107,11 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
 
 
 def interleaved_ms(calls: Dict[str, Callable[[], object]], device: torch.device, rounds: int,
-                   warmup: int = 1, inner: int = 3) -> Dict[str, List[float]]:
+                   warmup: int = 1, inner: int = 1) -> Dict[object, List[float]]:
     """Wall time (ms) of every call in each of `rounds` rounds.
 
-    A round runs each call `inner` times in a row and keeps the fastest (warm, as the
-    call runs inside a model). A shared machine's speed drifts over seconds; calls
+    A round runs each call `inner` times in a row and keeps the fastest. A shared
+    machine's speed drifts over seconds; calls
     timed in the same round see the same drift, so ratios between them (per round,
     then the median) are steady.
     """
@@ -176,65 +199,77 @@ def timing_batch(batch: int, tokens: int) -> int:
 def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
                    key: str, repeats: int, multiple: int) -> LatencyTable:
     probe = patch_vit(_one_block_vit(model, device, dtype))
-    block = probe.blocks[0]
+    block, prefix = probe.blocks[0], probe.num_prefix_tokens
     tokens = token_chain(model)
     attn_widths = width_points(block.attn.qk_dim, multiple, ATTN_POINTS)
     mlp_widths = width_points(block.mlp.fc1.out_features, multiple, MLP_POINTS)
-    calls = _table_calls(model, probe, tokens, attn_widths, mlp_widths, batch, device, dtype)
-    ms = _per_image_ms(calls, device, repeats)
-    attn_ms = [[ms["attn", n, w] for w in attn_widths] for n in tokens]
-    mlp_ms = [[ms["mlp", n, w] for w in mlp_widths] for n in tokens]
-    merge_ms = [max(0.0, ms["merging", n, 0] - ms["plain", n, 0]) for n in tokens]
-    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows([_running_max(r) for r in attn_ms]),
-                         _monotone_rows([_running_max(r) for r in mlp_ms]), _running_max(merge_ms), ms["fixed"], 0.0)
-    full = tokens[-1]
-    halves = len(model.blocks) * (table.attn(full, attn_widths[-1]) + table.mlp(full, mlp_widths[-1]))
-    missed = min(max(ms["whole"] - table.fixed_ms - halves, -0.25 * halves), 0.5 * halves)  # bounded
-    table.token_ms = missed / (len(model.blocks) * full)
+    attn_blocks = [_sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths]
+    mlp_blocks = [_sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths]
+    attn_ms, mlp_ms, merge_ms = [], [], []
+    for n in tokens:
+        images = timing_batch(batch, n)
+        x = torch.randn(images, n, block.attn.qkv.in_features, device=device, dtype=dtype)
+        bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
+        attn_ms.append(_running_max([best_ms(lambda: b.attn(b.norm1(x), bias, False), device, repeats=repeats)
+                                     / images for b in attn_blocks]))
+        mlp_ms.append(_running_max([best_ms(lambda: b.mlp(b.norm2(x)), device, repeats=repeats) / images
+                                    for b in mlp_blocks]))
+        plain, merging = _merge_calls(block, x, bias, prefix, device)
+        extra = best_ms(merging, device, repeats=repeats) - best_ms(plain, device, repeats=repeats)
+        merge_ms.append(max(0.0, extra) / images)
+    images = timing_batch(batch, tokens[-1])
+    pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
+    probe.blocks = nn.Sequential()  # patch embedding, norms and head alone
+    fixed = best_ms(lambda: probe(pixels), device, repeats=repeats) / images
+    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
+                         _running_max(merge_ms), fixed)
+    _fit_to_whole_models(table, model, pixels, multiple, device, dtype, repeats)
     return table
 
 
-Call = Tuple[Callable[[], object], int]  # a call and the images it processes
+def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
+    """Fastest wall time of fn() in milliseconds: the least disturbed by other processes."""
+    times = []
+    for i in range(warmup + repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return min(times)
 
 
-def _table_calls(model: nn.Module, probe: nn.Module, tokens: List[int], attn_widths: List[int],
-                 mlp_widths: List[int], batch: int, device: torch.device, dtype: torch.dtype) -> Dict[object, Call]:
-    """Every call the table times, keyed ("attn", tokens, width), ("mlp", ...), "fixed", "whole"."""
-    block, dim, prefix = probe.blocks[0], probe.blocks[0].attn.qkv.in_features, probe.num_prefix_tokens
-    attn_blocks = {w: _sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths}
-    mlp_blocks = {w: _sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths}
-    calls: Dict[object, Call] = {}
-    for n in tokens:
-        images = timing_batch(batch, n)
-        x = torch.randn(images, n, dim, device=device, dtype=dtype)
-        bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
-        for w, b in attn_blocks.items():
-            calls["attn", n, w] = (lambda b=b, x=x, bias=bias: b.attn(b.norm1(x), bias, False), images)
-        for w, b in mlp_blocks.items():
-            calls["mlp", n, w] = (lambda b=b, x=x: b.mlp(b.norm2(x)), images)
-        plain, merging = _merge_calls(block, x, bias, prefix, device)
-        calls["plain", n, 0], calls["merging", n, 0] = (plain, images), (merging, images)
-    images = timing_batch(batch, tokens[-1])
-    pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
-    headless = copy.deepcopy(probe)  # patch embedding, norms and head, without the block
-    headless.blocks = nn.Sequential()
-    whole = patch_vit(copy.deepcopy(model).to(device, dtype).eval())
-    calls["fixed"] = (lambda: headless(pixels), images)
-    calls["whole"] = (lambda: whole(pixels), images)
-    return calls
+# Whole models the table is fitted on: (merge blocks as fractions of the depth, kept MAC share).
+FIT_MODELS = (((), 1.0), ((), 0.45), ((0.25, 0.5), 1.0), ((0.25, 0.5), 0.45), ((0.1, 0.35, 0.6, 0.85), 0.7))
 
 
-def _per_image_ms(calls: Dict[object, Call], device: torch.device, rounds: int) -> Dict[object, float]:
-    """Milliseconds per image of every call: its per-round ratio to the whole model, median,
-    times the whole model's median (drift cancels in the ratios)."""
-    times = interleaved_ms({key: call for key, (call, _) in calls.items()}, device, rounds)
-    whole_images = calls["whole"][1]
-    whole = statistics.median(times["whole"]) / whole_images
-    out = {}
-    for key, (_, images) in calls.items():
-        ratios = [t / images / (w / whole_images) for t, w in zip(times[key], times["whole"])]
-        out[key] = statistics.median(ratios) * whole
-    return out
+def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Tensor, multiple: int,
+                         device: torch.device, dtype: torch.dtype, rounds: int) -> None:
+    """Scale the block halves so the table predicts whole slimmed models, timed interleaved.
+
+    Block halves timed alone miss what a model adds around them (residual adds, the
+    token state, caches shared with neighbours); five whole models, from the original to
+    pruned and merged ones, fix the attention and MLP scales and a per-token cost by
+    least squares. A fit that makes no physical sense (a scale <= 0) is not used.
+    """
+    from ..method.variants import compressed_variant  # variants build on the modules this one uses
+
+    depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
+    variants, parts = {}, {}
+    for i, (fractions, keep) in enumerate(FIT_MODELS):
+        schedule = alternating_schedule(sorted({max(1, round(f * depth)) for f in fractions}), grid)
+        variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
+        variants[i] = variant
+        widths = [(w.qk, w.mlp) for w in block_widths(variant)]
+        parts[i] = table.parts(token_counts(variant), widths, [s.block for s in schedule])
+    times = interleaved_ms({i: (lambda v=v: v(pixels)) for i, v in variants.items()}, device, rounds)
+    measured = torch.tensor([statistics.median(times[i]) / pixels.shape[0] - table.fixed_ms for i in variants],
+                            dtype=torch.float64)
+    design = torch.tensor([parts[i] for i in variants], dtype=torch.float64)
+    solution = torch.linalg.lstsq(design, measured.unsqueeze(1)).solution.squeeze(1).tolist()
+    if solution[0] > 0 and solution[1] > 0:
+        table.attn_scale, table.mlp_scale, table.token_ms = solution
 
 
 def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -113,11 +113,7 @@ class SpeedModel:
     def latency_of(self, schedule: Sequence[MergeStep], widths: Widths) -> float:
         """Milliseconds per image of the model slimmed to `widths`, merging at `schedule`."""
         counts = tokens_per_block(self.grid, self.prefix, self.depth, schedule)
-        t = self.table
-        blocks = sum(t.attn(n_in, attn) + t.mlp(n_out, mlp) + t.token_ms * (n_in + n_out) / 2
-                     for (n_in, n_out), (attn, mlp) in zip(counts, widths))
-        merges = sum(t.merge(counts[step.block][0]) for step in schedule)
-        return t.fixed_ms + blocks + merges
+        return self.table.predict(counts, widths, [step.block for step in schedule])
 
     def latency(self, schedule: Sequence[MergeStep], keep: float) -> float:
         return self.latency_of(schedule, self.widths(schedule, keep))
