@@ -11,6 +11,7 @@ from typing import Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..atomic import write_json_atomic
 from ..errors import CaitError
@@ -31,7 +32,7 @@ def run_or_exit(action: Callable[[], T], console: Console) -> T:
     try:
         return action()
     except CaitError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(err, "exit_code", 1))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
