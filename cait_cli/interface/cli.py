@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -122,6 +122,45 @@ def eval_(
                      workers=workers, repeats=repeats, weights=weights)
     report = run_or_exit(lambda: evaluate(cfg, RichProgress(console)), err_console())
     print_eval_report(console, report)
+    if json_out is not None:
+        run_or_exit(lambda: write_json_atomic(json_out, report), err_console())
+
+
+@app.command(name="export")
+def export_(
+    model: str = typer.Argument(..., help="a compressed checkpoint directory, or any model cait loads"),
+    format: str = typer.Option("onnx", "--format", help="onnx (for ONNX Runtime, TensorRT and others)"),
+    out: Optional[Path] = typer.Option(None, help="file to write (default: NAME.onnx)"),
+    opset: int = typer.Option(18, help="ONNX opset (18 or newer)"),
+    batch_size: Optional[int] = typer.Option(None, help="fixed batch size of the file (default 1)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="let the file take any batch size"),
+    input_size: Optional[Tuple[int, int]] = typer.Option(None, help="H W to export at (default: the model's); "
+                                                         "position embeddings are resampled"),
+    data: Optional[str] = typer.Option(None, help="also check the outputs on these images (its val/ if present)"),
+    check_images: int = typer.Option(64, help="how many of --data's images to check on"),
+    baseline: Optional[str] = typer.Option(None, help="the original model: exported the same way and timed "
+                                                      "interleaved under ONNX Runtime"),
+    tolerance: float = typer.Option(1e-4, help="largest allowed absolute difference of the logits, "
+                                               "ONNX Runtime vs PyTorch"),
+    bench_batch_size: Optional[int] = typer.Option(None, help="timing batch of a --dynamic-batch file (default 64)"),
+    repeats: int = typer.Option(7, help="timed repeats (median and min-max reported)"),
+    workers: int = typer.Option(0, help="data loading processes"),
+    weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+) -> None:
+    """Export a model to ONNX, refusing a file whose ONNX Runtime outputs differ from PyTorch's."""
+    from ..pipeline.onnx_export import ExportConfig, export
+    from .progress import RichProgress
+    from .report import print_export_report
+
+    console = Console()
+    cfg = ExportConfig(model=model, out=out, format=format, opset=opset, batch_size=batch_size,
+                       dynamic_batch=dynamic_batch, input_size=input_size, data=data, check_images=check_images,
+                       baseline=baseline, tolerance=tolerance, bench_batch_size=bench_batch_size, repeats=repeats,
+                       workers=workers, weights=weights, overwrite=overwrite)
+    report = run_or_exit(lambda: export(cfg, RichProgress(console)), err_console())
+    print_export_report(console, report)
     if json_out is not None:
         run_or_exit(lambda: write_json_atomic(json_out, report), err_console())
 
