@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import cait_cli
 from cait_cli.errors import CaitError
 from cait_cli.interface.cli import app
+from cait_cli.interface.hub import push
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cdcp import attach_gates, set_budget
 from cait_cli.method.model import block_widths, patch_vit
@@ -159,3 +160,15 @@ def test_eval_of_an_onnx_file_agrees_with_its_checkpoint(models, exported):
     with pytest.raises(CaitError, match="exported ONNX file"):
         load_model(str(path))  # what compress does: it needs a PyTorch ViT
 
+
+def test_push_with_onnx_uploads_a_checked_file_and_says_how_to_run_it(models, tmp_path):
+    preview = tmp_path / "preview"
+    result = push(models["ckpt"], "me/tiny-cait", dry_run=True, dry_run_out=preview, with_onnx=True)
+    assert "model.onnx" in result.files and sorted(p.name for p in preview.iterdir()) == result.files
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ort_logits(preview / "model.onnx", images) - cait_cli.load(models["ckpt"])(images)).abs().max() < 1e-4
+    card = (preview / "README.md").read_text()
+    assert "## Run with ONNX Runtime" in card and 'hf_hub_download("me/tiny-cait", "model.onnx")' in card
+    snippet = card.split("```python")[-1].split("```")[0]
+    compile(snippet, "card", "exec")  # the card's ONNX Runtime example is valid Python

@@ -175,13 +175,16 @@ def push(
     dry_run: bool = typer.Option(False, "--dry-run", help="write what would be uploaded, upload nothing"),
     dry_run_out: Optional[Path] = typer.Option(None, help="where --dry-run writes (default DIR.push-preview)"),
     message: Optional[str] = typer.Option(None, help="commit message"),
+    with_onnx: bool = typer.Option(False, "--with-onnx", help="also upload model.onnx (dynamic batch, checked "
+                                                              "against PyTorch) and how to run it"),
 ) -> None:
     """Upload a compressed checkpoint with a generated model card to the Hugging Face Hub."""
     from .hub import push as run_push
 
     console = Console()
     result = run_or_exit(lambda: run_push(directory, repo_id, private=private, revision=revision, token=token,
-                                          dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message),
+                                          dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message,
+                                          with_onnx=with_onnx),
                          err_console())
     verb = "would upload" if result.dry_run else "uploaded"
     console.print(f"{verb} to {result.repo_id}" + (f" ({result.revision})" if result.revision else "") + ":",
