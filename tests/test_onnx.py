@@ -2,6 +2,7 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -21,7 +22,7 @@ from cait_cli.models.loading import load_model
 from cait_cli.models.onnx_model import load_onnx
 from cait_cli.models.spec import CaitSpec
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
-from cait_cli.pipeline.onnx_export import ExportConfig, export, export_checked, random_batches
+from cait_cli.pipeline.onnx_export import ExportConfig, default_out, export, export_checked, random_batches
 
 from support import make_image_folder, save_tiny_timm_dir, tiny_vit
 
@@ -122,11 +123,17 @@ def test_missing_extra_is_one_line_naming_it(models, tmp_path, monkeypatch):
     (["--format", "tensorrt"], "unknown export format"),
     (["--opset", "13"], "too old"),
     (["--tolerance", "-1"], "zero or more"),
+    (["--input-size", "0", "32"], "two positive numbers"),
 ])
 def test_cli_bad_options(models, tmp_path, extra, message):
     result = CliRunner().invoke(app, ["export", models["ckpt"], "--out", str(tmp_path / "x.onnx"), *extra])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_default_out_is_named_after_the_model():
+    assert [default_out(n) for n in ("runs/fashion.cait/", "deit_small", "hf-hub:org/vit.v2")] == [
+        Path("fashion.onnx"), Path("deit_small.onnx"), Path("vit.onnx")]
 
 
 def test_cli_refuses_to_overwrite_and_to_export_onnx(models, exported):

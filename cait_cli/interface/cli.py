@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from ..atomic import write_json_atomic
 from ..errors import CaitError
+from ..models.loading import model_stem
 
 app = typer.Typer(
     name="cait",
@@ -76,7 +77,7 @@ def compress(
 
     console = Console()
     cfg = CompressConfig(
-        model=model, target_speedup=target_speedup, out=out or Path(_default_out(model)), data=data,
+        model=model, target_speedup=target_speedup, out=out or Path(model_stem(model) + ".cait"), data=data,
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
         bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, seed=seed,
         resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
@@ -93,10 +94,6 @@ def compress(
                             f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
                             "than asked", highlight=False)
         raise typer.Exit(3)
-
-
-def _default_out(model: str) -> str:
-    return Path(model.replace("hf-hub:", "").rstrip("/")).name.split(".")[0] + ".cait"
 
 
 @app.command(name="eval")

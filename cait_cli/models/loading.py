@@ -65,6 +65,11 @@ def load_model(name: str, weights: Weights = "pretrained", require_vit: bool = T
     return loaded
 
 
+def model_stem(name: str) -> str:
+    """A short file name for what `name` loads: fashion.cait -> fashion, hf-hub:org/x -> x."""
+    return Path(name.replace("hf-hub:", "").rstrip("/")).name.split(".")[0]
+
+
 def _load_local(name: str, path: Path, weights: Weights) -> LoadedModel:
     folder = path if path.is_dir() else path.parent
     config_file = folder / CONFIG_NAME

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_file
 from ..errors import CaitError, first_line
-from ..models.loading import load_model
+from ..models.loading import load_model, model_stem
 from ..models.onnx_model import (META_DATA_CFG, META_MACS, META_PARAMS, META_SOURCE, OnnxModel, is_onnx_path,
                                  load_onnx, require_onnx)
 from .data import eval_loader, resolve_data_config
@@ -60,7 +60,7 @@ class ExportConfig:
 
 def default_out(model: str) -> Path:
     """fashion.cait -> fashion.onnx; deit_small -> deit_small.onnx; hf-hub:org/x -> x.onnx."""
-    return Path(Path(model.replace("hf-hub:", "").rstrip("/")).name.split(".")[0] + ".onnx")
+    return Path(model_stem(model) + ".onnx")
 
 
 def validate(cfg: ExportConfig) -> None:
