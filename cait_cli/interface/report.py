@@ -108,7 +108,8 @@ def print_eval_report(console: Console, report: Dict[str, Any]) -> None:
 
 
 def export_check_line(report: Dict[str, Any]) -> str:
-    checks = ", ".join(f"{kind} {diff:.2g} ({report['checked_images'][kind]} images)"
+    counts = report["checked_images"]
+    checks = ", ".join(f"{kind} {diff:.2g} ({counts[kind]} image{'' if counts[kind] == 1 else 's'})"
                        for kind, diff in report["max_difference"].items())
     return f"max |ONNX Runtime - PyTorch| of the logits: {checks}; tolerance {report['tolerance']:g}"
 
