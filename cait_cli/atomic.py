@@ -42,17 +42,46 @@ class atomic_directory:
         return False
 
 
+class atomic_file:
+    """Context manager: yields a temp file path beside `path`, renamed to `path` on success.
+
+    On an exception (a failed check included) the temp file is removed and `path` is left
+    as it was.
+    """
+
+    def __init__(self, path: Path, overwrite: bool = True) -> None:
+        self.path, self.overwrite = Path(path), overwrite
+
+    def __enter__(self) -> Path:
+        if self.path.exists() and not self.overwrite:
+            raise CaitError(f"{self.path} already exists; choose another --out or pass --overwrite")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as err:
+            raise CaitError(f"cannot write to {self.path.parent}: {err.strerror or err}") from None
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            return False
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as err:
+            self.tmp.unlink(missing_ok=True)
+            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from None
+        return False
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CaitError(f"cannot write {path}: {err.strerror or err}") from None
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

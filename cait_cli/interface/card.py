@@ -66,7 +66,42 @@ def architecture(config: Dict[str, Any]) -> str:
             f"- kept widths per block (q/k per head, v per head, MLP hidden): {width_text}")
 
 
-def model_card(config: Dict[str, Any], report: Optional[Dict[str, Any]], repo_id: str) -> str:
+def onnx_section(config: Dict[str, Any], onnx: Optional[Dict[str, Any]], repo_id: str) -> str:
+    """How to run model.onnx, with the preprocessing it expects; empty when there is none."""
+    if not onnx:
+        return ""
+    data = config.get("pretrained_cfg", {})
+    _, height, width = onnx["input_size"]
+    worst = max(onnx["max_difference"].values())
+    return f"""
+## Run with ONNX Runtime
+
+`model.onnx` (opset {onnx['opset']}, any batch size, input `images` of shape (B, 3, {height}, {width}),
+output `logits`) was exported by `cait push --with-onnx` from these weights and checked against
+PyTorch: the logits differ by at most {worst:.2g}. It needs neither PyTorch nor cait:
+
+```python
+import numpy as np
+import onnxruntime as ort
+from huggingface_hub import hf_hub_download
+
+session = ort.InferenceSession(hf_hub_download("{repo_id}", "model.onnx"), providers=["CPUExecutionProvider"])
+# images: float32 (B, 3, {height}, {width}), RGB scaled to [0, 1], resized and centre-cropped as
+# timm does ({data.get('interpolation', 'bicubic')}, crop_pct {data.get('crop_pct', 0.875)}), then normalised:
+mean = np.array({list(data.get('mean', [0.485, 0.456, 0.406]))}, dtype=np.float32).reshape(1, 3, 1, 1)
+std = np.array({list(data.get('std', [0.229, 0.224, 0.225]))}, dtype=np.float32).reshape(1, 3, 1, 1)
+logits = session.run(None, {{"images": (images - mean) / std}})[0]  # (B, {config.get('num_classes', 'classes')})
+```
+
+TensorRT builds an engine from the same file, e.g.
+`trtexec --onnx=model.onnx --minShapes=images:1x3x{height}x{width} --optShapes=images:32x3x{height}x{width} \
+--maxShapes=images:256x3x{height}x{width}`.
+"""
+
+
+def model_card(config: Dict[str, Any], report: Optional[Dict[str, Any]], repo_id: str,
+               onnx: Optional[Dict[str, Any]] = None) -> str:
+    """README.md for the Hub; `onnx` (opset, input_size, max_difference) adds how to run model.onnx."""
     base = config.get("cait", {}).get("base_model", "the original model")
     return f"""{front_matter(config)}
 
@@ -106,4 +141,4 @@ model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
 features = model.forward_grid(images)  # (B, C, H', W') patch features on the merged grid
 dense = model.unmerge(features)        # back to the full token grid, for dense heads
 ```
-"""
+{onnx_section(config, onnx, repo_id)}"""

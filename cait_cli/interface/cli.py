@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..atomic import write_json_atomic
 from ..errors import CaitError
+from ..models.loading import model_stem
 
 app = typer.Typer(
     name="cait",
@@ -31,7 +33,7 @@ def run_or_exit(action: Callable[[], T], console: Console) -> T:
     try:
         return action()
     except CaitError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(err, "exit_code", 1))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -77,7 +79,7 @@ def compress(
 
     console = Console()
     cfg = CompressConfig(
-        model=model, target_speedup=target_speedup, out=out or Path(_default_out(model)), data=data,
+        model=model, target_speedup=target_speedup, out=out or Path(model_stem(model) + ".cait"), data=data,
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
         bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, seed=seed,
         resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
@@ -94,10 +96,6 @@ def compress(
                             f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
                             "than asked", highlight=False)
         raise typer.Exit(3)
-
-
-def _default_out(model: str) -> str:
-    return Path(model.replace("hf-hub:", "").rstrip("/")).name.split(".")[0] + ".cait"
 
 
 @app.command(name="eval")
@@ -127,6 +125,45 @@ def eval_(
         run_or_exit(lambda: write_json_atomic(json_out, report), err_console())
 
 
+@app.command(name="export")
+def export_(
+    model: str = typer.Argument(..., help="a compressed checkpoint directory, or any model cait loads"),
+    format: str = typer.Option("onnx", "--format", help="onnx (for ONNX Runtime, TensorRT and others)"),
+    out: Optional[Path] = typer.Option(None, help="file to write (default: NAME.onnx)"),
+    opset: int = typer.Option(18, help="ONNX opset (18 or newer)"),
+    batch_size: Optional[int] = typer.Option(None, help="fixed batch size of the file (default 1)"),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="let the file take any batch size"),
+    input_size: Optional[Tuple[int, int]] = typer.Option(None, help="H W to export at (default: the model's); "
+                                                         "position embeddings are resampled"),
+    data: Optional[str] = typer.Option(None, help="also check the outputs on these images (its val/ if present)"),
+    check_images: int = typer.Option(64, help="how many of --data's images to check on"),
+    baseline: Optional[str] = typer.Option(None, help="the original model: exported the same way and timed "
+                                                      "interleaved under ONNX Runtime"),
+    tolerance: float = typer.Option(1e-4, help="largest allowed absolute difference of the logits, "
+                                               "ONNX Runtime vs PyTorch"),
+    bench_batch_size: Optional[int] = typer.Option(None, help="timing batch of a --dynamic-batch file (default 64)"),
+    repeats: int = typer.Option(7, help="timed repeats (median and min-max reported)"),
+    workers: int = typer.Option(0, help="data loading processes"),
+    weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
+) -> None:
+    """Export a model to ONNX, refusing a file whose ONNX Runtime outputs differ from PyTorch's."""
+    from ..pipeline.onnx_export import ExportConfig, export
+    from .progress import RichProgress
+    from .report import print_export_report
+
+    console = Console()
+    cfg = ExportConfig(model=model, out=out, format=format, opset=opset, batch_size=batch_size,
+                       dynamic_batch=dynamic_batch, input_size=input_size, data=data, check_images=check_images,
+                       baseline=baseline, tolerance=tolerance, bench_batch_size=bench_batch_size, repeats=repeats,
+                       workers=workers, weights=weights, overwrite=overwrite)
+    report = run_or_exit(lambda: export(cfg, RichProgress(console)), err_console())
+    print_export_report(console, report)
+    if json_out is not None:
+        run_or_exit(lambda: write_json_atomic(json_out, report), err_console())
+
+
 @app.command()
 def push(
     directory: Path = typer.Argument(..., help="a checkpoint directory written by cait compress"),
@@ -137,13 +174,16 @@ def push(
     dry_run: bool = typer.Option(False, "--dry-run", help="write what would be uploaded, upload nothing"),
     dry_run_out: Optional[Path] = typer.Option(None, help="where --dry-run writes (default DIR.push-preview)"),
     message: Optional[str] = typer.Option(None, help="commit message"),
+    with_onnx: bool = typer.Option(False, "--with-onnx", help="also upload model.onnx (dynamic batch, checked "
+                                                              "against PyTorch) and how to run it"),
 ) -> None:
     """Upload a compressed checkpoint with a generated model card to the Hugging Face Hub."""
     from .hub import push as run_push
 
     console = Console()
     result = run_or_exit(lambda: run_push(directory, repo_id, private=private, revision=revision, token=token,
-                                          dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message),
+                                          dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message,
+                                          with_onnx=with_onnx),
                          err_console())
     verb = "would upload" if result.dry_run else "uploaded"
     console.print(f"{verb} to {result.repo_id}" + (f" ({result.revision})" if result.revision else "") + ":",

@@ -14,6 +14,7 @@ from ..errors import CaitError, first_line, is_network_error
 from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .card import model_card
 
+ONNX_NAME = "model.onnx"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -27,22 +28,36 @@ class PushResult:
     private: bool = False
 
 
-def stage(directory: Path, repo_id: str, into: Path) -> List[str]:
-    """Copy what will be uploaded into `into`: the checkpoint files and a generated README.md."""
+def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False) -> List[str]:
+    """Copy what will be uploaded into `into`: the checkpoint files, model.onnx if asked (exported
+    here, so it holds exactly these weights) and a generated README.md."""
     config = read_config(directory)
     report_file = directory / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else None
     names = [CONFIG_NAME, WEIGHTS_NAME] + (["report.json"] if report is not None else [])
     for name in names:
         shutil.copy2(directory / name, into / name)
-    (into / "README.md").write_text(model_card(config, report, repo_id))
-    return sorted(names + ["README.md"])
+    onnx = _export_onnx(directory, into / ONNX_NAME) if with_onnx else None
+    (into / "README.md").write_text(model_card(config, report, repo_id, onnx))
+    return sorted(names + ["README.md"] + ([ONNX_NAME] if onnx else []))
+
+
+def _export_onnx(directory: Path, out: Path) -> dict:
+    """model.onnx with a dynamic batch, checked against PyTorch; what the card says of it."""
+    from ..pipeline.onnx_export import ExportConfig, export_file
+
+    _, report = export_file(ExportConfig(model=str(directory), out=out, dynamic_batch=True))
+    return {key: report[key] for key in ("opset", "input_size", "max_difference", "tolerance")}
 
 
 def push(directory: str | Path, repo_id: str, *, private: bool = False, revision: Optional[str] = None,
          token: Optional[str] = None, dry_run: bool = False, dry_run_out: Optional[Path] = None,
-         commit_message: Optional[str] = None, endpoint: Optional[str] = None) -> PushResult:
-    """Upload `directory` to `repo_id` (created if missing), or preview it with dry_run."""
+         commit_message: Optional[str] = None, endpoint: Optional[str] = None,
+         with_onnx: bool = False) -> PushResult:
+    """Upload `directory` to `repo_id` (created if missing), or preview it with dry_run.
+
+    with_onnx: also export and upload model.onnx (needs the onnx extra).
+    """
     directory = Path(directory)
     read_config(directory)  # refuses anything that is not a compressed checkpoint
     if not REPO_ID.match(repo_id):
@@ -50,11 +65,11 @@ def push(directory: str | Path, repo_id: str, *, private: bool = False, revision
     if dry_run:
         out = Path(dry_run_out or directory.parent / f"{directory.name}.push-preview")
         with atomic_directory(out, overwrite=True) as tmp:
-            files = stage(directory, repo_id, tmp)
+            files = stage(directory, repo_id, tmp, with_onnx)
         return PushResult(repo_id, files, True, revision, str(out), private)
     token = token or _stored_token()
     with tempfile.TemporaryDirectory() as tmp:
-        files = stage(directory, repo_id, Path(tmp))
+        files = stage(directory, repo_id, Path(tmp), with_onnx)
         url = _upload(Path(tmp), repo_id, token, private, revision, commit_message, endpoint)
     return PushResult(repo_id, files, False, revision, url, private)
 

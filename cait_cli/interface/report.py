@@ -105,3 +105,29 @@ def print_eval_report(console: Console, report: Dict[str, Any]) -> None:
                   f"{report['threads']} threads; throughput is the median of repeats (min-max)", highlight=False)
     if report.get("skipped_images"):
         console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)
+
+
+def export_check_line(report: Dict[str, Any]) -> str:
+    counts = report["checked_images"]
+    checks = ", ".join(f"{kind} {diff:.2g} ({counts[kind]} image{'' if counts[kind] == 1 else 's'})"
+                       for kind, diff in report["max_difference"].items())
+    return f"max |ONNX Runtime - PyTorch| of the logits: {checks}; tolerance {report['tolerance']:g}"
+
+
+def print_export_report(console: Console, report: Dict[str, Any]) -> None:
+    shape = "x".join(str(d) for d in report["input_size"])
+    console.print(f"wrote {report['out']} ({report['file_mb']:.1f} MB, opset {report['opset']}, batch "
+                  f"{report['batch']}, input {shape})", highlight=False)
+    console.print(export_check_line(report), highlight=False)
+    results = report["results"]
+    if "baseline" in results:
+        console.print(comparison_table(results["baseline"], results["model"], title="under ONNX Runtime",
+                                       labels=("baseline", "model")))
+        low, high = report["speedup_range"]
+        console.print(f"ONNX Runtime speedup {report['speedup']:.2f}x (repeats {low:.2f}-{high:.2f}x); the "
+                      f"baseline's own export differs from PyTorch by {results['baseline']['max_difference']:.2g}",
+                      highlight=False)
+    else:
+        console.print(single_table(results["model"], f"{report['model']} under ONNX Runtime"))
+    console.print(f"{report['device']}, batch {report['bench_batch_size']}, fp32, {report['threads']} threads; "
+                  "throughput is the median of repeats (min-max)", highlight=False)

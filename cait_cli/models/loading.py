@@ -13,6 +13,7 @@ from timm.models._input import get_model_args
 from ..errors import CaitError, first_line, is_network_error
 from ..method.model import check_vit, is_cait
 from .checkpoint import CONFIG_NAME, is_cait_config, load_checkpoint
+from .onnx_model import is_onnx_path, load_onnx
 
 Weights = Literal["pretrained", "random"]
 
@@ -40,10 +41,17 @@ class LoadedModel:
 
 
 def load_model(name: str, weights: Weights = "pretrained", require_vit: bool = True) -> LoadedModel:
-    """Load `name`; CaitError with one clear line if it cannot be found or is not a ViT."""
+    """Load `name`; CaitError with one clear line if it cannot be found or is not a ViT.
+
+    An exported .onnx file loads as an OnnxModel (ONNX Runtime, CPU), which only evaluates.
+    """
     if weights not in ("pretrained", "random"):
         raise CaitError(f"--weights must be 'pretrained' or 'random', got {weights!r}")
     path = Path(name).expanduser()
+    if is_onnx_path(name):
+        if require_vit:
+            raise CaitError(f"{name} is an exported ONNX file; compress the checkpoint or model it came from")
+        return LoadedModel(load_onnx(path), name, str(path), "onnx")
     if path.exists():
         loaded = _load_local(name, path, weights)
     elif name.startswith("hf-hub:") or name in ALIASES or timm.is_model(name.split(".")[0]) or timm.is_model(name):
@@ -55,6 +63,11 @@ def load_model(name: str, weights: Weights = "pretrained", require_vit: bool = T
         check_vit(loaded.model)
     loaded.model.eval()
     return loaded
+
+
+def model_stem(name: str) -> str:
+    """A short file name for what `name` loads: fashion.cait -> fashion, hf-hub:org/x -> x."""
+    return Path(name.replace("hf-hub:", "").rstrip("/")).name.split(".")[0]
 
 
 def _load_local(name: str, path: Path, weights: Weights) -> LoadedModel:

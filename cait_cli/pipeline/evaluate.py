@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+import torch
 import torch.nn as nn
 
 from ..errors import CaitError
-from ..method.cost import model_macs
 from ..models.loading import load_model
+from ..models.onnx_model import is_onnx_path
 from .data import eval_loader, resolve_data_config
-from .measure import SpeedConfig, count_params, measure_accuracy, measure_throughput, paired_speedup, resolve_device
+from .measure import (SpeedConfig, count_macs, count_params, measure_accuracy, measure_throughput, paired_speedup,
+                      resolve_device)
 from .progress import Progress, Silent
 
 
@@ -34,36 +36,30 @@ class EvalConfig:
     max_batches: Optional[int] = None
 
 
-def _macs(model: nn.Module) -> Optional[int]:
-    try:
-        return model_macs(model)
-    except (AttributeError, TypeError):
-        return None
-
-
 def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any]:
     """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
     progress = progress or Silent()
-    device = resolve_device(cfg.device)
+    device = _device(cfg)
     models = {"model": load_model(cfg.model, cfg.weights, require_vit=False).model.to(device).eval()}
     if cfg.baseline:
         models["baseline"] = load_model(cfg.baseline, cfg.weights, require_vit=False).model.to(device).eval()
     data_cfg = resolve_data_config(models["model"])
     _check_inputs(models, data_cfg)
+    batch_size = cfg.batch_size or getattr(models["model"], "fixed_batch", None)
     amp = cfg.amp and device.type == "cuda"
     report: Dict[str, Any] = {"model": cfg.model, "baseline": cfg.baseline, "data": cfg.data,
                               "input_size": list(data_cfg["input_size"])}
-    sides = {name: {"params": count_params(m), "macs": _macs(m)} for name, m in models.items()}
+    sides = {name: {"params": count_params(m), "macs": count_macs(m)} for name, m in models.items()}
     if cfg.data:
         progress.message(f"accuracy on {cfg.data}")
-        loader, _ = eval_loader(cfg.data, data_cfg, cfg.batch_size or 64, cfg.workers)
+        loader, _ = eval_loader(cfg.data, data_cfg, batch_size or 64, cfg.workers)
         for name, model in models.items():
             reference = models.get("baseline") if name == "model" else None
             acc = measure_accuracy(model, loader, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
             sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
         report["skipped_images"] = loader.skipped
     progress.message(f"throughput on {device}, interleaved")
-    speed_cfg = SpeedConfig(batch_size=cfg.batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp)
+    speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp)
     speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
     for name, result in speed.items():
         sides[name].update(throughput=result.throughput, throughput_min=result.throughput_min,
@@ -75,6 +71,16 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
         ratio, low, high = paired_speedup(speed, "model", "baseline")
         report.update(speedup=ratio, speedup_range=[low, high])
     return report
+
+
+def _device(cfg: EvalConfig) -> torch.device:
+    """The device to measure on; exported ONNX files run on ONNX Runtime's CPU provider."""
+    if not any(name and is_onnx_path(name) for name in (cfg.model, cfg.baseline)):
+        return resolve_device(cfg.device)
+    if cfg.device not in ("auto", "cpu"):
+        raise CaitError(f"ONNX files run on ONNX Runtime's CPU provider here, not on {cfg.device!r}; "
+                        "use --device cpu (or auto)")
+    return torch.device("cpu")
 
 
 def _check_inputs(models: Dict[str, nn.Module], data_cfg: Dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CaitError
+from ..method.cost import model_macs
+from ..models.onnx_model import OnnxModel
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -175,5 +177,18 @@ def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *
     )
 
 
-def count_params(model: nn.Module) -> int:
+def count_params(model: nn.Module) -> Optional[int]:
+    """Parameters of a PyTorch model; an ONNX model reports what its file recorded at export."""
+    if isinstance(model, OnnxModel):
+        return model.params
     return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module) -> Optional[int]:
+    """MACs of a (CAIT) ViT by the cost model; None for a model it cannot count."""
+    if isinstance(model, OnnxModel):
+        return model.macs
+    try:
+        return model_macs(model)
+    except (AttributeError, TypeError):
+        return None

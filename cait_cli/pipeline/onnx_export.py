@@ -1,0 +1,253 @@
+"""`cait export --format onnx`: an ONNX file that is checked against PyTorch before it is kept.
+
+The exporter is torch's own (`torch.onnx.export`, the torch.export-based one; the
+TorchScript exporter is deprecated). The file is written beside its destination,
+checked by onnx's checker, run by ONNX Runtime on random and (optionally) real
+images, and renamed into place only if its outputs match PyTorch's within the
+tolerance. Throughput under ONNX Runtime is measured with measure.py, interleaved
+with the original model exported the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..atomic import atomic_file
+from ..errors import CaitError, first_line
+from ..models.loading import load_model, model_stem
+from ..models.onnx_model import (META_DATA_CFG, META_MACS, META_PARAMS, META_SOURCE, OnnxModel, is_onnx_path,
+                                 load_onnx, require_onnx)
+from .data import eval_loader, resolve_data_config
+from .measure import SpeedConfig, count_macs, count_params, logits_of, measure_throughput, paired_speedup
+from .progress import Progress, Silent
+
+FORMATS = ("onnx",)
+MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer without version conversion
+SINGLE_FILE_LIMIT = 2 * 2**30  # protobuf's limit on one ONNX file
+DYNAMIC_CHECK_BATCHES = (1, 3)  # a dynamic-batch file is checked at two batch sizes
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    out: Optional[Path] = None  # None: NAME.onnx in the current folder
+    format: str = "onnx"
+    opset: int = 18
+    batch_size: Optional[int] = None  # fixed batch of the file (1 unless dynamic_batch)
+    dynamic_batch: bool = False
+    input_size: Optional[Tuple[int, int]] = None  # (H, W); None: the model's own
+    data: Optional[str] = None  # real images to check on (the model's preprocessing)
+    check_images: int = 64
+    baseline: Optional[str] = None  # exported the same way and timed interleaved
+    tolerance: float = 1e-4  # max abs difference of logits, ONNX Runtime vs PyTorch
+    bench_batch_size: Optional[int] = None  # timing batch of a dynamic-batch file (default 64)
+    repeats: int = 7
+    warmup: int = 2
+    workers: int = 0
+    weights: str = "pretrained"
+    overwrite: bool = False
+    seed: int = 0
+
+
+def default_out(model: str) -> Path:
+    """fashion.cait -> fashion.onnx; deit_small -> deit_small.onnx; hf-hub:org/x -> x.onnx."""
+    return Path(model_stem(model) + ".onnx")
+
+
+def validate(cfg: ExportConfig) -> None:
+    if cfg.format not in FORMATS:
+        raise CaitError(f"unknown export format {cfg.format!r}; cait exports {', '.join(FORMATS)}")
+    if cfg.opset < MIN_OPSET:
+        raise CaitError(f"--opset {cfg.opset} is too old; torch's exporter writes opset {MIN_OPSET} or newer")
+    if cfg.batch_size is not None and cfg.dynamic_batch:
+        raise CaitError("use --batch-size B (a fixed batch) or --dynamic-batch, not both")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise CaitError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.input_size is not None and min(cfg.input_size) < 1:
+        raise CaitError(f"--input-size must be two positive numbers, got {cfg.input_size}")
+    if cfg.tolerance < 0:
+        raise CaitError(f"--tolerance must be zero or more, got {cfg.tolerance}")
+
+
+def prepare(name: str, weights: str, input_size: Optional[Tuple[int, int]]) -> nn.Module:
+    """Load `name` on the CPU in eval mode, resized to `input_size` (pos. embeddings resampled)."""
+    if is_onnx_path(name):
+        raise CaitError(f"{name} is already an ONNX file; export a checkpoint directory or a model name")
+    model = load_model(name, weights, require_vit=False).model.cpu().eval()
+    if input_size is not None and tuple(input_size) != tuple(resolve_data_config(model)["input_size"][1:]):
+        try:
+            model.set_input_size(img_size=tuple(input_size))
+        except (AttributeError, AssertionError, RuntimeError, ValueError) as err:
+            raise CaitError(f"cannot resize {name} to {input_size[0]}x{input_size[1]}: {first_line(err)}") from None
+    return model
+
+
+def metadata(model: nn.Module, data_cfg: Dict[str, Any], source: str) -> Dict[str, str]:
+    """What the file carries besides its graph (read back by OnnxModel)."""
+    meta = {META_DATA_CFG: json.dumps(data_cfg), META_SOURCE: source}
+    params, macs = count_params(model), count_macs(model)
+    if params is not None:
+        meta[META_PARAMS] = str(params)
+    if macs is not None:
+        meta[META_MACS] = str(macs)
+    return meta
+
+
+def write_onnx(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batch: bool, opset: int,
+               meta: Dict[str, str]) -> None:
+    """Export `model` (example: (B, 3, H, W)) to one self-contained ONNX file at `path`."""
+    onnx, _ = require_onnx()
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if size >= SINGLE_FILE_LIMIT:
+        raise CaitError(f"the model's weights take {size / 2**30:.1f} GB, over the 2 GB that one ONNX file holds")
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                        input_names=["images"], output_names=["logits"], dynamic_shapes=shapes)
+        program.model.metadata_props.update(meta)
+        program.save(str(path), external_data=False)
+        onnx.checker.check_model(str(path))
+    except CaitError:
+        raise
+    except Exception as err:  # torch.export and onnx raise many types; one line for the user
+        raise CaitError(f"torch could not export the model to ONNX: {first_line(err)}") from None
+
+
+def random_batches(input_size: Tuple[int, ...], batch: Optional[int], seed: int) -> List[torch.Tensor]:
+    """Random images (B, C, H, W) at the file's batch, or at two sizes for a dynamic batch."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, *input_size, generator=generator) for n in ([batch] if batch else DYNAMIC_CHECK_BATCHES)]
+
+
+def data_batches(source: str, data_cfg: Dict[str, Any], batch: int, count: int, workers: int) -> List[torch.Tensor]:
+    """The first `count` held-out images of `source`, preprocessed as the model expects."""
+    loader, _ = eval_loader(source, data_cfg, batch, workers)
+    batches, seen = [], 0
+    for images, _ in loader:
+        batches.append(images[: count - seen])
+        seen += batches[-1].shape[0]
+        if seen >= count:
+            break
+    return batches
+
+
+def check_batches(cfg: ExportConfig, data_cfg: Dict[str, Any], batch: Optional[int]) -> Dict[str, List[torch.Tensor]]:
+    checks = {"random": random_batches(tuple(data_cfg["input_size"]), batch, cfg.seed)}
+    if cfg.data:
+        checks["data"] = data_batches(cfg.data, data_cfg, batch or cfg.check_images, cfg.check_images, cfg.workers)
+    return checks
+
+
+@torch.inference_mode()
+def max_difference(exported: OnnxModel, model: nn.Module, batches: List[torch.Tensor]) -> float:
+    """Largest absolute difference of logits between ONNX Runtime and PyTorch over `batches`."""
+    worst = 0.0
+    for images in batches:
+        expected = logits_of(model(images)).float()
+        worst = max(worst, float((exported(images) - expected).abs().max()))
+    return worst
+
+
+def export_checked(model: nn.Module, out: Path, *, example: torch.Tensor, dynamic_batch: bool, opset: int,
+                   meta: Dict[str, str], checks: Dict[str, List[torch.Tensor]], tolerance: float,
+                   overwrite: bool) -> Tuple[OnnxModel, Dict[str, float]]:
+    """Write `out` only if ONNX Runtime matches PyTorch within `tolerance` on every check batch.
+
+    Returns the loaded file and the max difference per check ("random", "data").
+    """
+    with atomic_file(out, overwrite) as tmp:
+        write_onnx(model, tmp, example, dynamic_batch, opset, meta)
+        exported = load_onnx(tmp)
+        differences = {kind: max_difference(exported, model, batches) for kind, batches in checks.items()}
+        worst = max(differences.values())
+        if not worst <= tolerance:  # also refuses NaN
+            raise CaitError(f"ONNX Runtime's outputs differ from PyTorch's by up to {worst:.3g} (tolerance "
+                            f"{tolerance:g}); {out} was not written")
+    exported.path = out
+    return exported, differences
+
+
+def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[OnnxModel, Dict[str, Any]]:
+    """Write the checked ONNX file of `cfg.model`; returns it loaded and what was checked."""
+    progress = progress or Silent()
+    validate(cfg)
+    require_onnx()
+    out = Path(cfg.out or default_out(cfg.model))
+    if out.exists() and not cfg.overwrite:
+        raise CaitError(f"{out} already exists; choose another --out or pass --overwrite")
+    model = prepare(cfg.model, cfg.weights, cfg.input_size)
+    data_cfg = resolve_data_config(model)
+    batch = None if cfg.dynamic_batch else (cfg.batch_size or 1)
+    checks = check_batches(cfg, data_cfg, batch)
+    example = torch.zeros(batch or 2, *data_cfg["input_size"])  # torch.export needs 2+ for a dynamic batch
+    progress.message(f"exporting {cfg.model} to {out} (opset {cfg.opset}, batch {batch or 'dynamic'})")
+    exported, differences = export_checked(
+        model, out, example=example, dynamic_batch=cfg.dynamic_batch, opset=cfg.opset,
+        meta=metadata(model, data_cfg, cfg.model), checks=checks, tolerance=cfg.tolerance, overwrite=cfg.overwrite)
+    return exported, {
+        "model": cfg.model, "out": str(out), "format": cfg.format, "opset": cfg.opset, "batch": batch or "dynamic",
+        "input_size": list(data_cfg["input_size"]), "tolerance": cfg.tolerance,
+        "max_difference": differences, "checked_images": {k: sum(b.shape[0] for b in v) for k, v in checks.items()},
+        "file_mb": out.stat().st_size / 2**20,
+    }
+
+
+def export(cfg: ExportConfig, progress: Progress | None = None) -> Dict[str, Any]:
+    """Export `cfg.model` to ONNX, checked against PyTorch; time it against the baseline if given."""
+    progress = progress or Silent()
+    exported, report = export_file(cfg, progress)
+    batch = report["batch"] if isinstance(report["batch"], int) else None
+    report.update(timing(cfg, exported, exported.pretrained_cfg, batch, progress))
+    return report
+
+
+def timing(cfg: ExportConfig, exported: OnnxModel, data_cfg: Dict[str, Any], batch: Optional[int],
+           progress: Progress) -> Dict[str, Any]:
+    """ONNX Runtime throughput of the file, interleaved with the baseline exported the same way."""
+    models: Dict[str, nn.Module] = {"model": exported}
+    with tempfile.TemporaryDirectory(prefix="cait-export-") as tmp:
+        if cfg.baseline:
+            progress.message(f"exporting the baseline {cfg.baseline} the same way")
+            models["baseline"], base_difference = export_baseline(cfg, Path(tmp) / "baseline.onnx", data_cfg, batch)
+        progress.message("ONNX Runtime throughput on the CPU" + (", interleaved" if cfg.baseline else ""))
+        speed_cfg = SpeedConfig(batch_size=batch or cfg.bench_batch_size, warmup=cfg.warmup, repeats=cfg.repeats)
+        speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
+    sides = {name: {"params": count_params(m), "macs": count_macs(m), "throughput": speed[name].throughput,
+                    "throughput_min": speed[name].throughput_min, "throughput_max": speed[name].throughput_max}
+             for name, m in models.items()}
+    first = speed["model"]
+    result: Dict[str, Any] = {"results": sides, "runtime": "onnxruntime", "device": first.device,
+                              "bench_batch_size": first.batch_size, "threads": first.threads}
+    if cfg.baseline:
+        sides["baseline"]["max_difference"] = base_difference
+        ratio, low, high = paired_speedup(speed, "model", "baseline")
+        result.update(speedup=ratio, speedup_range=[low, high])
+    return result
+
+
+def export_baseline(cfg: ExportConfig, path: Path, data_cfg: Dict[str, Any], batch: Optional[int]
+                    ) -> Tuple[OnnxModel, float]:
+    """The baseline at the model's input size, exported with the model's settings, and its max
+    difference on random images (reported, not enforced: this file is only timed)."""
+    base = prepare(cfg.baseline, cfg.weights, tuple(data_cfg["input_size"][1:]))
+    base_cfg = resolve_data_config(base)
+    if tuple(base_cfg["input_size"]) != tuple(data_cfg["input_size"]):
+        raise CaitError(f"the baseline takes {tuple(base_cfg['input_size'])} inputs, the model "
+                        f"{tuple(data_cfg['input_size'])}; compare models with the same input size")
+    checks = {"random": random_batches(tuple(base_cfg["input_size"]), batch, cfg.seed)}
+    example = torch.zeros(batch or 2, *base_cfg["input_size"])
+    exported, differences = export_checked(
+        base, path, example=example, dynamic_batch=batch is None, opset=cfg.opset,
+        meta=metadata(base, base_cfg, cfg.baseline), checks=checks, tolerance=float("inf"), overwrite=True)
+    return exported, differences["random"]
