@@ -40,11 +40,10 @@ def calibrated_student(job: "Job", plan: Plan) -> nn.Module:
 def landed(job: "Job", student: nn.Module, plan: Plan) -> Plan:
     """fit_to_target on rank 0 (it measures); the other ranks take its plan and budget."""
     landed_plan = plan_from_dict(on_main(job.cluster, lambda: fit_to_target(job, student, plan).to_dict()))
-    if not job.cluster.is_main:
-        if landed_plan.schedule != plan.schedule:
-            patch_vit(student, landed_plan.schedule)
-        copy_from_main(job.cluster, [gate.scores for gate in gates_of(student).values()])
-        set_budget(student, landed_plan.keep)
+    if not job.cluster.is_main and landed_plan.schedule != plan.schedule:
+        patch_vit(student, landed_plan.schedule)
+    copy_from_main(job.cluster, [gate.scores for gate in gates_of(student).values()])
+    set_budget(student, landed_plan.keep)  # (rank 0: again, the same)
     return landed_plan
 
 
