@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from datetime import timedelta
+from typing import Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ import torch.nn as nn
 from ..errors import CaitError
 
 T = TypeVar("T")
+SOLO_WORK_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
     if not launched_by_torchrun():
         return Cluster(), device
     try:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # the other ranks wait while rank 0 alone times blocks, plans and measures: minutes, not seconds
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=SOLO_WORK_TIMEOUT)
     except (RuntimeError, ValueError) as err:
         raise CaitError(f"cannot join the torchrun group: {str(err).splitlines()[0]}") from None
     return Cluster(dist.get_rank(), dist.get_world_size(), local_world, owns_group=True), device
