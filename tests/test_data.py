@@ -12,7 +12,7 @@ import torch
 from cait_cli.errors import CaitError
 from cait_cli.pipeline.data import eval_loader, open_data, resolve_data_config, scan_folder
 from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
-from cait_cli.pipeline.train import StepBatches
+from cait_cli.pipeline.batches import StepBatches
 from cait_cli.pipeline.data import collate_skipping
 
 from support import make_image_folder, tiny_vit

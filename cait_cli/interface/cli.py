@@ -54,12 +54,15 @@ def compress(
     out: Optional[Path] = typer.Option(None, help="checkpoint directory to write (default: NAME.cait)"),
     calib_steps: int = typer.Option(300, help="CDCP calibration steps"),
     finetune_steps: int = typer.Option(1000, help="fine-tuning steps of the slim model (0 allowed)"),
-    batch_size: int = typer.Option(64, help="training batch size"),
+    batch_size: int = typer.Option(64, help="training batch size per process (under torchrun: per GPU)"),
     bench_batch_size: Optional[int] = typer.Option(None, help="throughput batch (default 64 on CPU, 256 on GPU)"),
     lr: float = typer.Option(1e-4, help="learning rate of the weights"),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
-    workers: int = typer.Option(4, help="data loading processes"),
+    workers: Optional[int] = typer.Option(None, help="data loading processes per training process "
+                                          "(default: CPU cores / processes on this machine, at most 8)"),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="light augmentation of training images "
+                                 "(random resized crop, horizontal flip)"),
     seed: int = typer.Option(0, help="seed for data order and initialisation"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run into the same --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
@@ -74,6 +77,8 @@ def compress(
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""
     from ..pipeline.compress import CompressConfig, compress as run_compress
+    from ..pipeline.distributed import is_main_process
+    from ..pipeline.progress import Silent
     from .progress import RichProgress
     from .report import print_compress_report
 
@@ -81,12 +86,13 @@ def compress(
     cfg = CompressConfig(
         model=model, target_speedup=target_speedup, out=out or Path(model_stem(model) + ".cait"), data=data,
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
-        bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, seed=seed,
-        resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
+        bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, augment=augment,
+        seed=seed, resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
         method=method, channel_multiple=channel_multiple,
     )
-    result = run_or_exit(lambda: run_compress(cfg, RichProgress(console)), err_console())
-    if plan_only:
+    progress = RichProgress(console) if is_main_process() else Silent()  # under torchrun, rank 0 speaks
+    result = run_or_exit(lambda: run_compress(cfg, progress), err_console())
+    if plan_only or not result.main:
         return
     print_compress_report(console, result.report, result.out)
     if json_out is not None:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 DASH = "—"
+NOT_APPLICABLE = "not applicable"
 
 
 def _num(value: Optional[float], fmt: str) -> str:
@@ -25,8 +26,12 @@ def _change(new: Optional[float], old: Optional[float], fmt: str, scale: float =
 
 
 def comparison_table(base: Dict[str, Any], comp: Dict[str, Any], title: str = "original vs compressed",
-                     labels: tuple = ("original", "compressed")) -> Table:
-    """Two measured sides (params, macs, throughput, top1, top5, agreement) and the change."""
+                     labels: tuple = ("original", "compressed"), not_applicable: tuple = ()) -> Table:
+    """Two measured sides (params, macs, throughput, top1, top5, agreement) and the change.
+
+    Keys in `not_applicable` (e.g. top1, top5 when the data's classes are not the model's)
+    show as "not applicable" rather than being left out.
+    """
     table = Table(title=title)
     for column in ("", *labels, "change"):
         table.add_column(column, justify="right" if column else "left")
@@ -40,6 +45,9 @@ def comparison_table(base: Dict[str, Any], comp: Dict[str, Any], title: str = "o
     ]
     for label, key, fmt, change in rows:
         old, new = base.get(key), comp.get(key)
+        if key in not_applicable:
+            table.add_row(label, NOT_APPLICABLE, NOT_APPLICABLE, DASH)
+            continue
         if old is None and new is None:
             continue
         table.add_row(label, fmt(old), fmt(new), change(new, old))
@@ -63,8 +71,16 @@ def summary_line(report: Dict[str, Any]) -> str:
 
 
 def print_compress_report(console: Console, report: Dict[str, Any], out: Optional[Path]) -> None:
-    console.print(comparison_table(report.get("baseline", {}), report.get("compressed", {})))
+    training = report.get("training") or {}
+    unlabelled = training.get("labels") == NOT_APPLICABLE
+    console.print(comparison_table(report.get("baseline", {}), report.get("compressed", {}),
+                                   not_applicable=("top1", "top5") if unlabelled else ()))
     console.print(summary_line(report), highlight=False)
+    if unlabelled:
+        console.print(training["labels_note"], highlight=False)
+    if training.get("processes", 1) > 1:
+        console.print(f"trained on {training['processes']} processes, global batch {training['global_batch']} "
+                      f"({training['batch_size_per_process']} per process)", highlight=False)
     if report.get("skipped_images"):
         console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)
     if out is not None:

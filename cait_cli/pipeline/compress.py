@@ -14,23 +14,23 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import CaitError, Interrupted
-from ..method.atme import MergeStep
+from ..errors import CaitError
 from ..method.slim import slim
 from ..method.variants import compressed_variant
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
-from .calibrate import apply_budget, gated_student
-from .landing import fit_to_target
+from .batches import StepBatches
+from .data import collate_skipping, open_data, resolve_data_config
+from .distributed import Cluster, default_workers, join, leave, main_first, on_main, total
 from .latency import calibrate_latency
 from .measure import resolve_device
+from .phases import calibrated_student, finetune, landed
 from .plan import Plan, PlanConfig, ScoreFn, describe_plan, make_plan
 from .progress import Progress, Silent
 from .report import build_report, measure_models, report_json
-from .state import RunDir
-from .train import LogitsOnly, StepBatches, TrainConfig, distill_loss, make_optimizer, train_step
-from .data import collate_skipping, open_data, resolve_data_config
+from .state import RunDir, plan_from_dict
+from .train import TrainConfig, distill_loss
 
 
 @dataclass
@@ -47,7 +47,8 @@ class CompressConfig:
     lr: float = 1e-4
     device: str = "auto"
     amp: bool = True
-    workers: int = 4
+    workers: Optional[int] = None  # data processes per training process; None: CPU cores / processes, at most 8
+    augment: bool = False  # light augmentation of training images (random resized crop, flip)
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -83,6 +84,8 @@ class Job:
     state: Dict[str, Any] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
     score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
+    cluster: Cluster = field(default_factory=Cluster)  # the torchrun processes; one without torchrun
+    labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
 
     def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))
@@ -93,6 +96,7 @@ class CompressResult:
     plan: Plan
     out: Optional[Path] = None
     report: Dict[str, Any] = field(default_factory=dict)
+    main: bool = True  # False on the torchrun ranks other than 0 (they print nothing)
 
     @property
     def reached(self) -> bool:
@@ -109,6 +113,8 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--batch-size must be at least 1")
     if cfg.channel_multiple < 1:
         raise CaitError(f"--channel-multiple must be at least 1, got {cfg.channel_multiple}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise CaitError("--workers must be 0 or more")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan_only:
         return
@@ -122,52 +128,73 @@ def check_config(cfg: CompressConfig) -> None:
 
 
 def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressResult:
-    """Run the whole job; CaitError (one line) for anything the user can fix."""
-    check_config(cfg)
+    """Run the whole job; CaitError (one line) for anything the user can fix.
+
+    Under torchrun every process calls this: they train data-parallel, rank 0 alone
+    times, plans, measures and writes (see distributed.py).
+    """
+    cluster, device = join(resolve_device(cfg.device))
+    try:
+        return _compress(cfg, progress or Silent(), cluster, device)
+    finally:
+        leave(cluster)
+
+
+def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> CompressResult:
+    on_main(cluster, lambda: check_config(cfg))
     torch.manual_seed(cfg.seed)
-    job = _start(cfg, progress or Silent())
-    plan = _resumed_plan(job) or _plan(job)
+    job = _start(cfg, progress, cluster, device)
+    plan = plan_from_dict(on_main(cluster, lambda: (_resumed_plan(job) or _plan(job)).to_dict()))
     job.progress.message(describe_plan(plan))
     if cfg.plan_only:
-        return CompressResult(plan)
+        return CompressResult(plan, main=cluster.is_main)
+    if job.labels_note:
+        job.progress.message(job.labels_note)
     # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
-    job.meta = {"config": _jsonable_config(cfg), "plan": plan.to_dict(),
+    job.meta = {"config": _jsonable_config(cfg), "processes": cluster.world, "plan": plan.to_dict(),
                 "calibrate": job.meta.get("calibrate", plan.keep < 1.0), "attempts": job.meta.get("attempts", [])}
 
-    student = _calibrated_student(job, plan)
-    plan = fit_to_target(job, student, plan)
+    student = calibrated_student(job, plan)
+    plan = landed(job, student, plan)
     job.meta["plan"] = plan.to_dict()
     gated = {"gated": student.state_dict(), "keep": plan.keep}
-    slim_model = _finetune(job, slim(copy.deepcopy(student)), gated)
+    slim_model = finetune(job, slim(copy.deepcopy(student)), gated)
     return _finish(job, plan, slim_model)
 
 
-def _start(cfg: CompressConfig, progress: Progress) -> Job:
-    device = resolve_device(cfg.device)
-    loaded = load_model(cfg.model, cfg.weights)
+def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> Job:
+    loaded = main_first(cluster, lambda: load_model(cfg.model, cfg.weights))  # one download, then the cache
     if loaded.is_compressed:
         raise CaitError(f"{cfg.model} is already compressed; compress its original model instead")
     base = loaded.model.to(device).eval()
-    bundle = None
+    batches, bundle = None, None
     if cfg.data:
-        bundle = open_data(cfg.data, resolve_data_config(base), val_source=cfg.val_data,
-                           batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, max_val=cfg.max_val_images)
-    batches = StepBatches(bundle.train, cfg.batch_size, cfg.seed, collate_skipping) if bundle else None
+        workers = default_workers() if cfg.workers is None else cfg.workers
+        bundle = open_data(cfg.data, resolve_data_config(base), val_source=cfg.val_data, batch_size=cfg.batch_size,
+                           workers=workers, seed=cfg.seed, max_val=cfg.max_val_images, train_augment=cfg.augment,
+                           num_classes=getattr(base, "num_classes", None))
+        batches = StepBatches(bundle.train, cfg.batch_size, cfg.seed, collate_skipping, workers=workers,
+                              pin_memory=True, rank=cluster.rank, world=cluster.world)
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
-    progress.message(f"timing blocks on {device} (batch {bench_batch}) to calibrate the planner")
-    table = calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple)
-    run = RunDir.beside(cfg.out)
-    state, meta = run.load() if cfg.resume else ({}, {})
+
+    def timed_table():
+        progress.message(f"timing blocks on {device} (batch {bench_batch}) to calibrate the planner")
+        return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple)
+
+    table = on_main(cluster, timed_table)
+    run = RunDir.beside(cfg.out, writes=cluster.is_main)
+    state, meta = on_main(cluster, run.load) if cfg.resume else ({}, {})
     scored = batches is not None and cfg.weights == "pretrained"
     score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
-               cfg.amp and device.type == "cuda", table, run, state, meta, score)
+               cfg.amp and device.type == "cuda", table, run, state, meta, score, cluster,
+               bundle.why_unlabelled if bundle else None)
 
 
 def _resumed_plan(job: Job) -> Optional[Plan]:
     if not job.meta:
         return None
-    _check_resumable(job.meta, job.cfg)
+    _check_resumable(job.meta, job.cfg, job.cluster)
     return plan_from_dict(job.meta["plan"])
 
 
@@ -176,12 +203,22 @@ def _plan(job: Job) -> Plan:
 
 
 def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
-    """Measure against the original, then write the checkpoint and report.json atomically."""
+    """Rank 0 measures against the original, then writes the checkpoint and report.json atomically."""
+    skipped = total(job.cluster, job.batches.skipped if job.batches else 0)
+    report = on_main(job.cluster, lambda: _measure_and_write(job, plan, slim_model, skipped))
+    return CompressResult(plan, job.cfg.out, report, main=job.cluster.is_main)
+
+
+def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int) -> Dict[str, Any]:
     cfg = job.cfg
     job.progress.message("measuring the compressed model against the original")
     measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp)
     report = build_report(cfg.target_speedup, plan, measured, tolerance=cfg.tolerance)
-    report["skipped_images"] += job.batches.skipped if job.batches else 0
+    report["skipped_images"] += skipped
+    report["training"] = {"batch_size_per_process": cfg.batch_size, "processes": job.cluster.world,
+                          "global_batch": cfg.batch_size * job.cluster.world, "augment": cfg.augment,
+                          "labels": "not applicable" if job.labels_note else ("used" if job.batches else None),
+                          "labels_note": job.labels_note}
     report["attempts"] = job.meta.get("attempts", [])
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,
@@ -189,12 +226,7 @@ def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
     save_checkpoint(slim_model.cpu().eval(), cfg.out, spec, source,
                     extra_files={"report.json": report_json(report)}, overwrite=cfg.overwrite or cfg.resume)
     job.run.remove()
-    return CompressResult(plan, cfg.out, report)
-
-
-def plan_from_dict(data: Dict[str, Any]) -> Plan:
-    return Plan([MergeStep(b, a) for b, a in data["schedule"]], data["keep"], data["predicted_speedup"],
-                [tuple(t) for t in data.get("tokens", [])], data.get("score"))
+    return report
 
 
 def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -202,20 +234,26 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "channel_multiple")
+                "weights", "method", "augment", "channel_multiple")
 
 
-def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig) -> None:
+def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig, cluster: Cluster) -> None:
     saved, now = meta.get("config", {}), _jsonable_config(cfg)
     changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
     if changed:
         raise CaitError(f"cannot resume: {', '.join('--' + k.replace('_', '-') for k in changed)} "
                         "differ from the interrupted run")
+    if meta.get("processes", 1) != cluster.world:
+        raise CaitError(f"cannot resume: the interrupted run had {meta.get('processes', 1)} processes and this one "
+                        f"{cluster.world}; the global batch would change (start as many with torchrun)")
 
 
 def _base_model_id(loaded: LoadedModel) -> str:
     hub_id = getattr(loaded.model, "pretrained_cfg", {}).get("hf_hub_id")
     return hub_id or loaded.source
+
+
+SCORE_IMAGES = 256  # the planner scores on the first images of batch 0, the same for any number of processes
 
 
 def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device, multiple: int) -> ScoreFn:
@@ -225,7 +263,7 @@ def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device, multi
     """
     @functools.cache
     def reference() -> Tuple[torch.Tensor, torch.Tensor]:
-        images = batches.batch(0)[0].to(device)
+        images = batches.batch(0, limit=SCORE_IMAGES)[0].to(device)
         with torch.inference_mode():
             return images, base(images)
 
@@ -237,65 +275,3 @@ def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device, multi
             return float(distill_loss(variant(images), teacher, unlabelled, 0.0))
 
     return score
-
-
-def _train(job: Job, student: nn.Module, tcfg: TrainConfig, phase: str, before_step=None,
-           extra_state: Optional[Dict[str, Any]] = None) -> None:
-    """Train `student` for tcfg.steps, resuming from the run's state if it is of this phase."""
-    optimizer = make_optimizer(student, tcfg)
-    start = 0
-    if job.state.get("phase") == phase:
-        student.load_state_dict(job.state["student"])
-        optimizer.load_state_dict(job.state["optimizer"])
-        start = job.state["step"]
-    wrapped = LogitsOnly(student).train()
-
-    def checkpoint(step: int) -> None:
-        job.run.save({"phase": phase, "step": step, "student": student.state_dict(),
-                      "optimizer": optimizer.state_dict(), **(extra_state or {})},
-                     {**job.meta, "phase": phase, "step": step})
-
-    job.progress.start(phase, tcfg.steps, start)
-    done = start  # steps whose update is in the weights
-    try:
-        for step, (images, labels) in job.batches.iterate(start, tcfg.steps):
-            if before_step is not None:
-                before_step(step)
-            loss = train_step(wrapped, job.base, images.to(job.device), labels.to(job.device), optimizer, tcfg, step)
-            done = step + 1
-            if done % job.cfg.checkpoint_every == 0 and done < tcfg.steps:
-                checkpoint(done)
-            job.progress.advance(done, loss=loss)
-    except KeyboardInterrupt:
-        checkpoint(done)
-        job.progress.stop()
-        raise Interrupted(f"interrupted during {phase} after step {done}/{tcfg.steps}; the checkpoint is in "
-                          f"{job.run.path}; continue with the same command plus --resume") from None
-    job.progress.stop()
-    checkpoint(tcfg.steps)
-    student.eval()
-
-
-def _calibrated_student(job: Job, plan: Plan) -> nn.Module:
-    """The gated, merging student with its CDCP scores learned (or restored)."""
-    student = gated_student(job.base, plan.schedule, job.cfg.channel_multiple).to(job.device)
-    if job.state.get("phase") == "finetune":  # calibration finished before the interruption
-        student.load_state_dict(job.state["gated"])
-        return student
-    if job.cfg.calib_steps == 0 or job.batches is None or not job.meta["calibrate"]:
-        return student  # weight-norm scores decide
-    steps = job.cfg.calib_steps
-    _train(job, student, job.train_config(steps, 20), "calibrate",
-           before_step=lambda step: apply_budget(student, step, steps, plan.keep))
-    return student
-
-
-def _finetune(job: Job, slim_model: nn.Module, gated: Dict[str, Any]) -> nn.Module:
-    steps = job.cfg.finetune_steps + (0 if job.meta["calibrate"] else job.cfg.calib_steps)
-    if steps == 0 or job.batches is None:
-        return slim_model
-    if not job.meta["calibrate"] and job.cfg.calib_steps:
-        job.progress.message(f"the plan prunes no channels: fine-tuning takes calibration's {job.cfg.calib_steps} "
-                             f"steps too ({steps} in all)")
-    _train(job, slim_model, job.train_config(steps, 50), "finetune", extra_state=gated)
-    return slim_model

@@ -122,7 +122,43 @@ class DataBundle:
     train: Dataset
     val: Optional[Batches]
     classes: Optional[List[str]]
-    labelled: bool
+    labelled: bool  # the labels are the model's classes: cross-entropy and top-1/top-5 apply
+    why_unlabelled: Optional[str] = None  # one line, when there are classes but they are not the model's
+
+
+class WithoutLabels(Dataset):
+    """A dataset whose labels are dropped (-1): its classes are not the model's."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset, self.classes = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        return None if sample is None else (sample[0], -1)
+
+
+def labels_belong(classes: Optional[Sequence[str]], label_names: Optional[Sequence[str]],
+                  num_classes: Optional[int]) -> Optional[str]:
+    """None when the data's classes are the model's classes, else one line saying why not.
+
+    They are when the folder names are the model's label names or, for a model that lists
+    none, when there are exactly num_classes of them (ImageNet synset folders sort into
+    timm's class order). Anything else would train the head towards the wrong classes.
+    """
+    if classes is None:
+        return "the dataset names no classes, so its labels are ignored: distillation only, top-1/top-5 not applicable"
+    if label_names:
+        if sorted(classes) == sorted(label_names):
+            return None
+        return (f"the {len(classes)} class folders are not the model's {len(label_names)} label names, "
+                "so the labels are ignored: distillation only, top-1/top-5 not applicable")
+    if num_classes is None or len(classes) == num_classes:
+        return None
+    return (f"the data has {len(classes)} classes and the model {num_classes}, so the labels are ignored: "
+            "distillation only, top-1/top-5 not applicable")
 
 
 def _is_image(name: str) -> bool:
@@ -205,8 +241,12 @@ def loader(dataset: Dataset, batch_size: int, workers: int) -> Batches:
 
 def open_data(source: str, data_cfg: Dict[str, Any], *, val_source: Optional[str] = None, batch_size: int,
               workers: int = 0, seed: int = 0, train_augment: bool = False,
-              max_val: Optional[int] = None) -> DataBundle:
-    """Training images (a Dataset; batches are drawn by step) and held-out images (if any)."""
+              max_val: Optional[int] = None, num_classes: Optional[int] = None) -> DataBundle:
+    """Training images (a Dataset; batches are drawn by step) and held-out images (if any).
+
+    With `num_classes` (the model's), labels that are not the model's classes are dropped
+    (see labels_belong) and `why_unlabelled` says so.
+    """
     train_root, val_root = split_roots(source)
     names = data_cfg.get("label_names")
     train = dataset_from(train_root, train_transform(data_cfg) if train_augment else eval_transform(data_cfg),
@@ -218,9 +258,21 @@ def open_data(source: str, data_cfg: Dict[str, Any], *, val_source: Optional[str
         _check_same_classes(train, val_set, val_root)
         if max_val is not None and len(val_set) > max_val:
             val_set = _subset(val_set, max_val, seed)
-        val = loader(val_set, batch_size, workers)
     classes = getattr(train, "classes", None)
-    return DataBundle(train, val, classes, labelled=classes is not None)
+    why = _why_labels_are_dropped(train, names, num_classes)
+    if why is not None:
+        train = WithoutLabels(train)
+        val_set = WithoutLabels(val_set) if val_root is not None else None
+    if val_root is not None:
+        val = loader(val_set, batch_size, workers)
+    return DataBundle(train, val, classes, labelled=why is None and classes is not None, why_unlabelled=why)
+
+
+def _why_labels_are_dropped(train: Dataset, label_names: Optional[Sequence[str]],
+                            num_classes: Optional[int]) -> Optional[str]:
+    if num_classes is None or (isinstance(train, ImageFiles) and train.classes is None):
+        return None  # no model to compare with, or loose images (unlabelled already)
+    return labels_belong(getattr(train, "classes", None), label_names, num_classes)
 
 
 def _check_same_classes(train: Dataset, val: Dataset, val_root: str) -> None:

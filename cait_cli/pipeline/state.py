@@ -2,7 +2,8 @@
 
 It lives beside --out as `.NAME.cait-run/` and holds plan.json and state.pt
 (phase, step, student, optimizer). It is written atomically after each
-checkpoint interval and removed once the final checkpoint is in place.
+checkpoint interval and removed once the final checkpoint is in place. Under
+torchrun only rank 0 writes it (`writes=False` elsewhere).
 """
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..errors import CaitError
+from ..method.atme import MergeStep
+from .plan import Plan
 
 
 @dataclass
 class RunDir:
     path: Path
+    writes: bool = True  # False on the ranks that train alongside rank 0 but never write
 
     @classmethod
-    def beside(cls, out: Path) -> "RunDir":
-        return cls(out.parent / f".{out.name}.cait-run")
+    def beside(cls, out: Path, writes: bool = True) -> "RunDir":
+        return cls(out.parent / f".{out.name}.cait-run", writes)
 
     def exists(self) -> bool:
         return (self.path / "state.pt").is_file()
@@ -37,6 +41,8 @@ class RunDir:
 
     def save(self, state: Dict[str, Any], meta: Dict[str, Any]) -> None:
         """Write state.pt and run.json atomically (the previous pair stays valid until then)."""
+        if not self.writes:
+            return
         self.create()
         try:
             tmp = self.path / "state.pt.tmp"
@@ -57,7 +63,14 @@ class RunDir:
         return state, meta
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.writes:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def plan_from_dict(data: Dict[str, Any]) -> Plan:
+    """The Plan saved in run.json (or sent from rank 0)."""
+    return Plan([MergeStep(b, a) for b, a in data["schedule"]], data["keep"], data["predicted_speedup"],
+                [tuple(t) for t in data.get("tokens", [])], data.get("score"))
 
 
 def rng_state() -> Dict[str, Any]:

@@ -2,20 +2,18 @@
 
 The student learns from the original model (KL divergence on logits, temperature
 1) plus cross-entropy where labels exist (label -1 means unlabelled). Batches are
-indexed by step, so a resumed run sees exactly the batches it would have seen.
+indexed by step (batches.StepBatches), so a resumed run sees exactly the batches
+it would have seen.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from ..errors import CaitError
 from .measure import logits_of
 
 
@@ -65,36 +63,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-class StepBatches:
-    """Batch of step s: a slice of the permutation of epoch s // steps_per_epoch, seeded."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int,
-                 collate: Callable[[Sequence], object]) -> None:
-        if len(dataset) == 0:
-            raise CaitError("the training data holds no images")
-        self.dataset, self.seed, self.collate = dataset, seed, collate
-        self.skipped = 0
-        self.batch_size = min(batch_size, len(dataset))
-        self.per_epoch = max(1, len(dataset) // self.batch_size)
-
-    def indices(self, step: int) -> torch.Tensor:
-        epoch, slot = divmod(step, self.per_epoch)
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
-        return order[slot * self.batch_size:(slot + 1) * self.batch_size]
-
-    def batch(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        torch.manual_seed(self.seed * 1_000_003 + step)  # augmentations and dropout of this step
-        images, labels, skipped = self.collate([self.dataset[i] for i in self.indices(step).tolist()])
-        self.skipped += skipped
-        if len(images) == 0:
-            raise CaitError(f"every image of training batch {step} was unreadable")
-        return images, labels
-
-    def iterate(self, start: int, stop: int) -> Iterator:
-        for step in range(start, stop):
-            yield step, self.batch(step)
 
 
 def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor,

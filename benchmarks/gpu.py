@@ -1,0 +1,122 @@
+"""CAIT on a GPU: original vs compressed throughput, training images/s, peak memory.
+
+For DeiT-T/S/B with random weights (speed does not depend on them):
+  1. `cait compress` at targets 1.5/1.9/2.5 with no training: the exported model's
+     throughput against the original (batch 256, bf16 autocast, interleaved);
+  2. images/s of CDCP calibration and of fine-tuning through compress's own loop, from
+     pre-made tensors (the model step alone) and from a generated JPEG folder decoded
+     by --workers processes (data stalls show as the gap), with peak GPU memory.
+
+    python -m benchmarks.gpu --out benchmarks/results/gpu_h100.md
+    python -m benchmarks.gpu --device cpu --models deit_tiny --targets 1.5 --images 16 \\
+        --batch-size 4 --steps 3 --warmup 1 --bench-batch-size 8      # smoke test of the script only
+
+Without a CUDA GPU (and without --device cpu) it refuses in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import List
+
+import torch
+
+from benchmarks.input_speed import fixed_plan, make_jpeg_folder, premade_inputs, training_rates
+from cait_cli.errors import CaitError, run_script
+from cait_cli.pipeline.compress import CompressConfig, compress
+from cait_cli.pipeline.distributed import default_workers
+
+
+def peak_mb(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else float("nan")
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def speed_rows(model: str, targets: List[float], args, tmp: Path) -> List[str]:
+    rows = []
+    for target in targets:
+        cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"{model}-{target}.cait", weights="random",
+                             calib_steps=0, finetune_steps=0, device=args.device, bench_batch_size=args.bench_batch_size,
+                             latency_cache=tmp / "latency")
+        try:
+            report = compress(cfg).report
+        except CaitError as err:  # e.g. a target beyond this model on this device: say so, go on
+            rows.append(f"| {model} | {target:g}x | refused: {err} | | | | |")
+            print(rows[-1], flush=True)
+            continue
+        low, high = report["measured_speedup_range"]
+        base, comp = report["baseline"], report["compressed"]
+        rows.append(f"| {model} | {target:g}x | {base['throughput']:.0f} | {comp['throughput']:.0f} | "
+                    f"{report['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | {report['predicted_speedup']:.2f}x | "
+                    f"{base['peak_memory_mb'] or float('nan'):.0f} / {comp['peak_memory_mb'] or float('nan'):.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
+    rows = []
+    run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp, device=args.device,
+               calib_steps=args.steps, target=1.9, method="cait", bench_batch=args.bench_batch_size)
+    for label, workers in (("pre-made tensors", 0), (f"JPEG folder, {args.workers} workers", args.workers)):
+        reset_peak(args.device)
+        with fixed_plan(keep=0.7):  # a plan that prunes, so calibration runs
+            if label == "pre-made tensors":
+                with premade_inputs(args.images, 224):
+                    rates = training_rates(model, data, workers=0, **run)
+            else:
+                rates = training_rates(model, data, workers=workers, **run)
+        rows.append(f"| {model} | {label} | {rates.get('calibrate', float('nan')):.0f} | "
+                    f"{rates.get('finetune', float('nan')):.0f} | {peak_mb(args.device):.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "deit_base"])
+    parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9, 2.5])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--bench-batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch")
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per phase")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--images", type=int, default=4096, help="generated 224x224 JPEGs")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CaitError("benchmarks/gpu.py measures on a CUDA GPU and none is available here "
+                        "(--device cpu only smoke-tests the script)")
+
+    lines = [f"command: python -m benchmarks.gpu {' '.join(sys.argv[1:])}", "",
+             f"device: {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}, "
+             f"torch {torch.__version__}, random weights", "",
+             f"compressed vs original (batch {args.bench_batch_size}, bf16 autocast, interleaved):", "",
+             "| model | target | original img/s | compressed img/s | measured (repeats) | predicted "
+             "| peak MB orig / comp |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        for model in args.models:
+            lines += speed_rows(model, args.targets, args, tmp)
+        data = str(make_jpeg_folder(tmp / "jpegs", args.images))
+        head = ["", f"training images/s through compress's loop (batch {args.batch_size} per step, "
+                f"{args.steps} steps, first {args.warmup} not timed):", "",
+                "| model | input | calibration img/s | fine-tuning img/s | peak MB |", "|---|---|---|---|---|"]
+        print("\n".join(head), flush=True)
+        lines += head
+        for model in args.models:
+            lines += training_rows(model, data, args, tmp)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run_script(main)
