@@ -37,8 +37,8 @@ KEEPS = [1.0, 0.75, 0.5, 0.35]
 
 def plan_grid(model: nn.Module) -> List[tuple]:
     depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
-    schedules = [alternating_schedule(sorted({max(1, round(f * depth)) for f in fractions}), grid)
-                 for fractions in SCHEDULES]
+    merge_blocks = [sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions}) for fractions in SCHEDULES]
+    schedules = [alternating_schedule(blocks, grid) for blocks in merge_blocks]
     return [(schedule, keep) for schedule in schedules for keep in KEEPS if schedule or keep < 1.0]
 
 

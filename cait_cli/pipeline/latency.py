@@ -260,7 +260,8 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Te
     depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
     variants, parts = {}, {}
     for i, (fractions, keep) in enumerate(FIT_MODELS):
-        schedule = alternating_schedule(sorted({max(1, round(f * depth)) for f in fractions}), grid)
+        blocks = sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions})
+        schedule = alternating_schedule(blocks, grid)
         variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
         variants[i] = variant
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
