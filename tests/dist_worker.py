@@ -13,17 +13,7 @@ from cait_cli.pipeline import compress as compress_module
 from cait_cli.pipeline.progress import Silent
 from cait_cli.pipeline.state import RunDir
 
-
-class StopAt(Silent):
-    def __init__(self, phase, step):
-        self.phase, self.step, self.current = phase, step, None
-
-    def start(self, phase, total, done=0):
-        self.current = phase
-
-    def advance(self, step, **metrics):
-        if self.current == self.phase and step == self.step:
-            raise KeyboardInterrupt
+from support import StopAt  # tests/ is this script's sys.path[0]
 
 
 def logged(fn, what, log: Path):

@@ -12,6 +12,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from cait_cli.pipeline.progress import Silent
+
 TINY = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=7)
 
 
@@ -99,3 +101,40 @@ def synthetic_table(model: torch.nn.Module) -> "LatencyTable":
     attn = [[n * w / head for w in attn_widths] for n in tokens]
     mlp = [[n * w / hidden for w in mlp_widths] for n in tokens]
     return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), 0.0, 0.0)
+
+
+class StopAt(Silent):
+    """Progress that presses Ctrl-C at a given step of a phase."""
+
+    def __init__(self, phase: str, step: int) -> None:
+        self.phase, self.step, self.current = phase, step, None
+
+    def start(self, phase: str, total: int, done: int = 0) -> None:
+        self.current = phase
+
+    def advance(self, step: int, **metrics) -> None:
+        if self.current == self.phase and step == self.step:
+            raise KeyboardInterrupt
+
+
+def save_compressed_tiny(root: Path, args: dict, merge_blocks) -> Dict[str, str]:
+    """A tiny timm ViT directory and its compressed checkpoint (merges after `merge_blocks`,
+    half the gated channel MACs kept), plus a 3-class image folder."""
+    from cait_cli.method.atme import alternating_schedule
+    from cait_cli.method.cdcp import attach_gates, set_budget
+    from cait_cli.method.model import patch_vit
+    from cait_cli.method.slim import slim
+    from cait_cli.models.checkpoint import save_checkpoint
+    from cait_cli.models.loading import load_model
+    from cait_cli.models.spec import CaitSpec
+
+    base_dir = save_tiny_timm_dir(root / "base", tiny_vit(**args), args)
+    loaded = load_model(str(base_dir))
+    model = patch_vit(loaded.model, alternating_schedule(list(merge_blocks), tuple(loaded.model.patch_embed.grid_size)))
+    attach_gates(model)
+    set_budget(model, 0.5)
+    slim(model)
+    ckpt = save_checkpoint(model, root / "small.cait", CaitSpec.of(model, loaded.architecture, loaded.model_args),
+                           {"base_model": str(base_dir)})
+    data = make_image_folder(root / "data", classes=3, per_class=4)
+    return {"base": str(base_dir), "ckpt": str(ckpt), "data": str(data)}

@@ -13,7 +13,7 @@ from cait_cli.interface.cli import app
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.progress import Silent
 
-from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
+from support import StopAt, make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 
@@ -113,20 +113,6 @@ def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path):
     result = compress(config(assets, tmp_path / "x.cait", plan_only=True), progress)
     assert result.out is None and not (tmp_path / "x.cait").exists()
     assert any(m.startswith("plan: merges") and "predicted speedup" in m for m in progress.messages)
-
-
-class StopAt(Silent):
-    """Progress that presses Ctrl-C at a given step of a phase."""
-
-    def __init__(self, phase, step):
-        self.phase, self.step, self.current = phase, step, None
-
-    def start(self, phase, total, done=0):
-        self.current = phase
-
-    def advance(self, step, **metrics):
-        if self.current == self.phase and step == self.step:
-            raise KeyboardInterrupt
 
 
 def weights(path):

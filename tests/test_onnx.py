@@ -13,18 +13,13 @@ import cait_cli
 from cait_cli.errors import CaitError
 from cait_cli.interface.cli import app
 from cait_cli.interface.hub import push
-from cait_cli.method.atme import alternating_schedule
-from cait_cli.method.cdcp import attach_gates, set_budget
-from cait_cli.method.model import block_widths, patch_vit
-from cait_cli.method.slim import slim
-from cait_cli.models.checkpoint import save_checkpoint
+from cait_cli.method.model import block_widths
 from cait_cli.models.loading import load_model
 from cait_cli.models.onnx_model import load_onnx
-from cait_cli.models.spec import CaitSpec
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
 from cait_cli.pipeline.onnx_export import ExportConfig, default_out, export, export_checked, random_batches
 
-from support import make_image_folder, save_tiny_timm_dir, tiny_vit
+from support import save_compressed_tiny
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 QUICK = dict(repeats=2, warmup=1, check_images=8)
@@ -34,17 +29,7 @@ QUICK = dict(repeats=2, warmup=1, check_images=8)
 def models(tmp_path_factory):
     """A plain tiny ViT directory, its compressed checkpoint (two merges, pruned widths), images."""
     root = tmp_path_factory.mktemp("onnx")
-    base_dir = save_tiny_timm_dir(root / "base", tiny_vit(**ARGS), ARGS)
-    loaded = load_model(str(base_dir))
-    model = loaded.model
-    patch_vit(model, alternating_schedule([0, 2], (8, 8)))
-    attach_gates(model)
-    set_budget(model, 0.5)
-    slim(model)
-    ckpt = save_checkpoint(model, root / "small.cait", CaitSpec.of(model, loaded.architecture, loaded.model_args),
-                           {"base_model": str(base_dir)})
-    data = make_image_folder(root / "data", classes=3, per_class=4)
-    return {"base": str(base_dir), "ckpt": str(ckpt), "data": str(data), "root": root}
+    return {**save_compressed_tiny(root, ARGS, merge_blocks=[0, 2]), "root": root}
 
 
 @pytest.fixture(scope="module")
