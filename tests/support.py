@@ -100,7 +100,7 @@ def synthetic_table(model: torch.nn.Module) -> "LatencyTable":
     attn_widths, mlp_widths = [2, 4, 8, 12, 16], [hidden // 8, hidden // 4, hidden // 2, hidden]
     attn = [[n * w / head for w in attn_widths] for n in tokens]
     mlp = [[n * w / hidden for w in mlp_widths] for n in tokens]
-    return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), 0.0, 0.0)
+    return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), fixed_ms=0.0)
 
 
 class StopAt(Silent):

@@ -37,7 +37,7 @@ from ..method.slim import slim_block
 from ..method.tokens import TokenState
 from .measure import device_name, synchronize
 
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -57,10 +57,8 @@ class LatencyTable:
     mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
-    # fitted on whole models: time = fixed + attn_scale x attention halves (and merges)
-    #                                + mlp_scale x MLP halves + token_ms x tokens through blocks
-    attn_scale: float = 1.0
-    mlp_scale: float = 1.0
+    # fitted on whole models: time = fixed + scale x (block halves and merges) + token_ms x tokens
+    scale: float = 1.0
     token_ms: float = 0.0
 
     def attn(self, tokens: int, width: int) -> float:
@@ -89,7 +87,7 @@ class LatencyTable:
                 merge_blocks: Sequence[int]) -> float:
         """Milliseconds per image of a model with these token counts, widths and merges."""
         attn, mlp, tokens = self.parts(counts, widths, merge_blocks)
-        return self.fixed_ms + self.attn_scale * attn + self.mlp_scale * mlp + self.token_ms * tokens
+        return self.fixed_ms + self.scale * (attn + mlp) + self.token_ms * tokens
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -106,27 +104,23 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
     return max(0.0, _interp1(xs, column, x))
 
 
-def interleaved_ms(calls: Dict[str, Callable[[], object]], device: torch.device, rounds: int,
-                   warmup: int = 1, inner: int = 1) -> Dict[object, List[float]]:
-    """Wall time (ms) of every call in each of `rounds` rounds.
+def interleaved_ms(calls: Dict[object, Callable[[], object]], device: torch.device, rounds: int,
+                   warmup: int = 1) -> Dict[object, List[float]]:
+    """Wall time (ms) of every call in each of `rounds` rounds; a round runs every call once.
 
-    A round runs each call `inner` times in a row and keeps the fastest. A shared
-    machine's speed drifts over seconds; calls
+    A shared machine's speed drifts over seconds; calls
     timed in the same round see the same drift, so ratios between them (per round,
     then the median) are steady.
     """
     times: Dict[str, List[float]] = {name: [] for name in calls}
     for round_index in range(warmup + rounds):
         for name, call in calls.items():
-            fastest = math.inf
-            for _ in range(inner):
-                synchronize(device)
-                start = time.perf_counter()
-                call()
-                synchronize(device)
-                fastest = min(fastest, time.perf_counter() - start)
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
             if round_index >= warmup:
-                times[name].append(fastest * 1e3)
+                times[name].append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -272,8 +266,7 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Te
     design = torch.tensor([[attn + mlp, tokens] for attn, mlp, tokens in parts.values()], dtype=torch.float64)
     scale, token_ms = torch.linalg.lstsq(design, measured.unsqueeze(1)).solution.squeeze(1).tolist()
     if scale > 0:
-        table.attn_scale = table.mlp_scale = scale
-        table.token_ms = token_ms
+        table.scale, table.token_ms = scale, token_ms
 
 
 def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
