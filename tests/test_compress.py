@@ -173,6 +173,8 @@ def run_cli(*args):
     (lambda a, t: ["resnet18", "--weights", "random", "--out", t / "o", "--calib-steps", "0",
                    "--finetune-steps", "0"], "not a timm VisionTransformer"),
     (lambda a, t: [a["model"], "--target-speedup", "0.5", "--data", a["data"], "--out", t / "o"], "at least 1.0"),
+    (lambda a, t: [a["model"], "--channel-multiple", "0", "--data", a["data"], "--out", t / "o"],
+     "--channel-multiple must be at least 1"),
     (lambda a, t: [a["model"], "--target-speedup", "500", "--data", a["data"], "--out", t / "o",
                    "--device", "cpu", "--bench-batch-size", "8"], r"beyond .*at most"),
     (lambda a, t: [a["model"], "--data", t / "missing", "--out", t / "o"], "does not exist"),
