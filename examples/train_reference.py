@@ -22,11 +22,12 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from cait_cli.atomic import atomic_directory
+from cait_cli.atomic import atomic_directory, atomic_file
 from cait_cli.errors import run_script
 from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist
+from teacher import load_teacher, save_teacher, train_teacher
 
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 
@@ -73,7 +74,9 @@ def save(model, args, test_acc: float, out: Path) -> None:
                            "num_classes": 10, "license": "mit"},
         "model_args": saved_args,
         "training": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "epochs": args.epochs,
-                     "batch_size": args.batch_size, "lr": args.lr, "test_top1": test_acc, "seed": args.seed},
+                     "batch_size": args.batch_size, "lr": args.lr, "test_top1": test_acc, "seed": args.seed,
+                     "init": str(args.init) if args.init else None,
+                     "teacher": "convnet, hard distillation" if args.teacher else None},
     }
     tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(out, overwrite=True) as tmp:
@@ -81,7 +84,7 @@ def save(model, args, test_acc: float, out: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEBIAN_FASHION_MNIST)
     parser.add_argument("--out", type=Path, default=Path("examples/reference"))
@@ -94,46 +97,125 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up steps (at most a tenth of the run)")
     parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--init", type=Path, help="start from this reference directory's weights")
+    parser.add_argument("--teacher", type=Path,
+                        help="convnet teacher (safetensors) for DeiT-style hard distillation; trained first if missing")
+    parser.add_argument("--teacher-epochs", type=int, default=6)
+    parser.add_argument("--state", type=Path,
+                        help="resumable training state: written every --save-every steps, continued from if present")
+    parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def epoch_batches(images, labels, args, epoch: int, first_step: int = 0):
+    """The augmented batches of one epoch, the same for a given (seed, epoch) whatever step it resumes at."""
+    generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+    order = torch.randperm(len(images), generator=generator)
+    for step in range(first_step, len(images) // args.batch_size):
+        idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+        step_generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step)
+        yield to_inputs(images[idx], args.img_size, True, step_generator), labels[idx]
+
+
+def get_teacher(args, train_x, train_y, log) -> torch.nn.Module | None:
+    if args.teacher is None:
+        return None
+    if not args.teacher.exists():
+        teacher = train_teacher(lambda epoch: epoch_batches(train_x, train_y, args, 1000 + epoch),
+                                len(train_x) // args.batch_size, args.teacher_epochs, log)
+        save_teacher(teacher, args.teacher)
+    teacher = load_teacher(args.teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def init_weights(model: torch.nn.Module, init: Path | None) -> None:
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in load_file(str(init / "model.safetensors")).items()})
+
+
+def save_state(path: Path, model, optimizer, step: int, log_lines: list) -> None:
+    with atomic_file(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "log": log_lines}, tmp)
+
+
+def training_loss(model, teacher, x, y) -> torch.Tensor:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+    if teacher is None:
+        return loss
+    with torch.no_grad():
+        teacher_labels = teacher(x).argmax(-1)
+    return 0.5 * loss + 0.5 * F.cross_entropy(logits, teacher_labels)  # DeiT's hard distillation
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     train_x, train_y = (torch.from_numpy(np.array(a)) for a in load_fashion_mnist(args.root, "train"))
     test_x, test_y = (torch.from_numpy(np.array(a)) for a in load_fashion_mnist(args.root, "test"))
+    log_lines: list[str] = []
+
+    def log(line: str) -> None:
+        log_lines.append(line)
+        print(line, flush=True)
+
+    teacher = get_teacher(args, train_x, train_y, log)
+    if teacher is not None:
+        log(f"teacher test top-1 {accuracy(teacher, test_x, test_y, args.img_size):.4f}")
+        teacher = teacher.to(device)
     model = build(args).to(device)
+    init_weights(model, args.init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_x) // args.batch_size
     total = steps_per_epoch * args.epochs
-    warmup = min(500, total // 10)
+    warmup = max(1, min(args.warmup, total // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / total))))
-    generator = torch.Generator().manual_seed(args.seed)
+    step = 0
+    if args.state is not None and args.state.exists():
+        state = torch.load(args.state, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, log_lines[:0] = state["step"], state["log"]
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_lambdas[0], last_epoch=step - 1)
+        print(f"resumed at step {step}/{total}", flush=True)
     amp = device.type == "cuda"
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {total} steps on {device}", flush=True)
+    log(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {total} steps on {device}")
     start = time.time()
-    for epoch in range(args.epochs):
+    test_acc = float("nan")
+    while step < total:
+        epoch, first = divmod(step, steps_per_epoch)
         model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        for step in range(steps_per_epoch):
-            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-            x = to_inputs(train_x[idx], args.img_size, True, generator).to(device)
-            y = train_y[idx].to(device)
+        for x, y in epoch_batches(train_x, train_y, args, epoch, first):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+                loss = training_loss(model, teacher, x.to(device), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            step += 1
             if step % 100 == 0:
-                print(f"epoch {epoch} step {step}/{steps_per_epoch} loss {loss.item():.4f} "
-                      f"{time.time() - start:.0f}s", flush=True)
+                log(f"epoch {epoch} step {step % steps_per_epoch or steps_per_epoch}/{steps_per_epoch} "
+                    f"loss {loss.item():.4f} {time.time() - start:.0f}s")
+            if args.state is not None and step % args.save_every == 0:
+                save_state(args.state, model, optimizer, step, log_lines)
         test_acc = accuracy(model, test_x.to(device), test_y.to(device), args.img_size)
-        print(f"epoch {epoch}: test top-1 {test_acc:.4f}", flush=True)
+        log(f"epoch {epoch}: test top-1 {test_acc:.4f}")
+        if args.state is not None:
+            save_state(args.state, model, optimizer, step, log_lines)
+    if test_acc != test_acc:  # resumed at the very end: measure once more
+        test_acc = accuracy(model, test_x.to(device), test_y.to(device), args.img_size)
     save(model.cpu(), args, test_acc, args.out)
+    (args.out / "train.log").write_text("\n".join(log_lines) + "\n")
     print(f"wrote {args.out}: test top-1 {test_acc:.4f} after {args.epochs} epochs, {time.time() - start:.0f}s")
 
 

@@ -108,6 +108,21 @@ def test_a_band_that_cannot_be_reached_keeps_the_slowest_plan_that_meets_the_tar
     assert sum("could not land" in m for m in progress.messages) == 1
 
 
+def test_a_landing_near_the_edge_of_the_band_is_measured_again(assets, tmp_path, monkeypatch):
+    stand_in_speed(monkeypatch, 1.0)
+    by_macs = cait_cli.pipeline.landing.quick_speedup
+    calls = []
+
+    def measure(*args):  # the first plan measures inside the band but near its edge, the rest by MACs
+        calls.append(1.3 * 1.07 if not calls else by_macs(*args))
+        return calls[-1]
+
+    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", measure)
+    compress(config(assets, tmp_path / "o", target_speedup=1.3, calib_steps=0, finetune_steps=0), Recorder())
+    attempts = json.loads((tmp_path / "o" / "report.json").read_text())["attempts"]
+    assert len(attempts) >= 2 and attempts[1]["goal"] < attempts[0]["goal"]  # backed off from the edge
+
+
 def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path):
     progress = Recorder()
     result = compress(config(assets, tmp_path / "x.cait", plan_only=True), progress)

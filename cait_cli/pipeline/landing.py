@@ -4,9 +4,11 @@ The planner predicts; only a measurement of the slimmed model on this device say
 whether the target was reached. This phase sits between CDCP calibration and
 fine-tuning, while the student is still gated and can take another plan.
 
-A measured speedup must land in the band [target x 0.97, target x 1.08]. Below
-it, the next plan asks for more speed; above it, for less (faster than asked is
-paid for in accuracy). The next goal is the last one corrected by what the
+A measured speedup must land in the band [target x 0.97, target x 1.08]. The
+quick landing measurement is held to a narrower band, [0.99, 1.06] x target, so
+the final measurement's own noise does not carry a model that only just landed
+out of the band. Below it, the next plan asks for more speed; above it, for less
+(faster than asked is paid for in accuracy). The next goal is the last one corrected by what the
 measurement said (goal x aim / measured); once plans on both sides are known,
 it stays strictly between the last goal that was too slow and the last that was
 too fast, bisecting when the correction would leave that bracket.
@@ -24,7 +26,7 @@ from ..errors import CaitError
 from ..method.cdcp import gates_of, set_budget
 from ..method.model import patch_vit
 from ..method.slim import slim
-from .plan import BAND, Plan, SpeedModel, describe_plan, make_plan
+from .plan import BAND, LANDING_BAND, Plan, SpeedModel, describe_plan, make_plan
 from .report import quick_speedup
 
 if TYPE_CHECKING:
@@ -74,8 +76,8 @@ class Bracket:
         return guess
 
 
-def band(target: float) -> tuple[float, float]:
-    return target * BAND[0], target * BAND[1]
+def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:
+    return target * factors[0], target * factors[1]
 
 
 def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
@@ -94,6 +96,7 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
         return plan
     target = job.cfg.target_speedup
     low, high = band(target)
+    inner_low, inner_high = band(target, LANDING_BAND)
     aim = target * job.cfg.plan_config(target).margin
     speed = SpeedModel(job.base, job.table, job.cfg.channel_multiple)
     attempts: List[Attempt] = []
@@ -103,16 +106,16 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
         job.progress.message(f"slimmed: measured {attempts[-1].measured:.2f}x against the {target:g}x target "
                              f"(band {low:.2f}-{high:.2f}x)")
         measured = attempts[-1].measured
-        if low <= measured <= high:
+        if inner_low <= measured <= inner_high:
             break
-        bracket.record(goal, measured, low)
+        bracket.record(goal, measured, inner_low)
         goal = bracket.next_goal(goal, measured, aim)
         next_plan = _replan(job, goal, speed)
         if next_plan is None or _uncompressed(next_plan) or any(_same(next_plan, a.plan) for a in attempts):
             break  # nothing new to try: merge steps or widths are too coarse here
         plan = next_plan
         job.progress.message("re-planned: " + describe_plan(plan))
-    chosen = choose(attempts, low, high)
+    chosen = choose(attempts, (inner_low, inner_high), (low, high))
     if chosen is not attempts[-1]:
         _apply(student, chosen.plan)
     if not low <= chosen.measured <= high:
@@ -122,11 +125,17 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
     return chosen.plan
 
 
-def choose(attempts: List[Attempt], low: float, high: float) -> Attempt:
-    """The attempt that landed; else the slowest that reached the band's floor; else the fastest."""
-    landed = [a for a in attempts if low <= a.measured <= high]
+def choose(attempts: List[Attempt], inner: tuple[float, float], outer: tuple[float, float]) -> Attempt:
+    """The attempt that landed in the inner band; else the one nearest its centre inside the outer
+    band; else the slowest that reached the band's floor; else the fastest."""
+    landed = [a for a in attempts if inner[0] <= a.measured <= inner[1]]
     if landed:
         return landed[-1]
+    centre = math.sqrt(inner[0] * inner[1])
+    low, high = outer
+    nearly = [a for a in attempts if low <= a.measured <= high]
+    if nearly:
+        return min(nearly, key=lambda a: abs(math.log(a.measured / centre)))
     reached = [a for a in attempts if a.measured >= low]
     if reached:
         return min(reached, key=lambda a: a.measured)
