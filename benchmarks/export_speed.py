@@ -16,7 +16,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -33,9 +33,9 @@ def weights_of(name: str) -> str:
     return "pretrained" if Path(name).expanduser().exists() else "random"
 
 
-def compressed_checkpoint(name: str, target: float, folder: Path) -> Dict:
+def compressed_checkpoint(name: str, target: float, folder: Path, bench_batch: Optional[int]) -> Dict:
     cfg = CompressConfig(model=name, target_speedup=target, out=folder / "compressed.cait", weights=weights_of(name),
-                         calib_steps=0, finetune_steps=0, device="cpu", workers=0)
+                         calib_steps=0, finetune_steps=0, device="cpu", workers=0, bench_batch_size=bench_batch)
     return compress(cfg).report
 
 
@@ -52,7 +52,7 @@ def four_models(name: str, folder: Path) -> Dict[str, torch.nn.Module]:
 def bench(name: str, target: float, batches: List[int], args: argparse.Namespace) -> List[str]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cait-export-bench-") as tmp:
-        report = compressed_checkpoint(name, target, Path(tmp))
+        report = compressed_checkpoint(name, target, Path(tmp), args.bench_batch_size)
         plan = report["plan"]
         merges = ",".join(str(b) for b, _ in plan["schedule"]) or "none"
         models = four_models(name, Path(tmp))
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["examples/reference", "deit_small"])
     parser.add_argument("--target", type=float, default=1.9)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 1])
+    parser.add_argument("--bench-batch-size", type=int, default=None,
+                        help="batch of the compression's own landing measurements (default: cait compress's)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--iters", type=int, default=2, help="forward passes per timed repeat")
     parser.add_argument("--warmup", type=int, default=2)

@@ -13,9 +13,15 @@ then measured with all the others side by side in one interleaved run:
 - atme:  `cait compress --method atme` (token merging alone)
 - cdcp:  `cait compress --method cdcp` (channel pruning alone)
 - tome:  ToMe bipartite soft matching, r tokens per block (off the shelf, and fine-tuned)
-- torch-pruning: uniform L2-magnitude channel pruning with the torch-pruning package, fine-tuned
+- torch-pruning: channel pruning with the torch-pruning package, fine-tuned, in each of its four
+  settings (uniform or global ranking x L2 or Taylor importance); the plot shows the best
+- cait (keep <= K): `cait compress --max-keep K` for each `--forced-keeps` K: CDCP made to prune
+  at least 1 - K, merging less (does pruning help accuracy at equal speed?)
 - a control: the reference itself given the same training budget, uncompressed (does a
   row gain from its compression or from the extra training?)
+
+`--second-seed N` runs every method at 1.9x again with seed N (data order, initialisation),
+so the table shows how far rows move by chance.
 
 Writes OUT.md (table and command), OUT.json and OUT.png (top-1 against measured speedup).
 """
@@ -36,7 +42,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.peers.channel_pruning import prune_channels  # noqa: E402
+from benchmarks.peers.channel_pruning import SETTINGS, PruneSetting, prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
 from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
 from cait_cli.errors import CaitError, run_script  # noqa: E402
@@ -68,6 +74,7 @@ class Row:
     agreement: Optional[float] = None
     note: str = ""
     seconds: float = 0.0
+    seed: int = 0
 
 
 @dataclass
@@ -112,27 +119,28 @@ def control(bench: Bench) -> tuple[Row, nn.Module]:
     return row, model
 
 
-def ours(bench: Bench, method: str, target: float) -> tuple[Row, Optional[nn.Module]]:
+def ours(bench: Bench, method: str, target: float, max_keep: float = 1.0) -> tuple[Row, Optional[nn.Module]]:
     """`cait compress` (or one of its ablations) end to end, with the shared budget."""
     calib = bench.steps // 4 if method != "atme" else 0
-    out = bench.work / f"{method}_{target:g}"
+    out = bench.work / f"{method}_{target:g}_{max_keep:g}_{bench.seed}"
+    name = method if max_keep >= 1.0 else f"{method} (keep <= {max_keep:.0%})"
     cfg = CompressConfig(model=bench.reference_path, target_speedup=target, out=out, data=bench.data,
                          calib_steps=calib, finetune_steps=bench.steps - calib, batch_size=bench.batch_size,
                          bench_batch_size=bench.bench_batch, lr=bench.lr, device=str(bench.device), workers=0,
                          seed=bench.seed, overwrite=True, method=method, max_val_images=500,
-                         latency_cache=bench.work / "latency")
+                         latency_cache=bench.work / "latency", max_keep=max_keep)
     try:
         result = compress(cfg)
     except CaitError as err:
-        return Row(method, target, "-", True, True, note=str(err)), None
+        return Row(name, target, "-", True, True, note=str(err)), None
     model = load_model(str(out)).model.to(bench.device).eval()
     plan = result.plan
     merges = "+".join(str(s.block) for s in plan.schedule) or "none"
     setting = f"merge after {merges}, keep {plan.keep:.0%}"
     early = result.report.get("compressed", {}).get("top1")
     if early is not None:
-        bench.log(f"  ({method} @ {target:g}x: top-1 {early:.4f} on compress's 500 held-out images)")
-    return Row(method, target, setting, True, True, count_params(model), model_macs(model)), model
+        bench.log(f"  ({name} @ {target:g}x: top-1 {early:.4f} on compress's 500 held-out images)")
+    return Row(name, target, setting, True, True, count_params(model), model_macs(model)), model
 
 
 def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
@@ -153,17 +161,27 @@ def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
 
 
 def torch_pruning(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
-    """torch-pruning at the smallest uniform ratio (to 1%) that reaches the target."""
+    """torch-pruning in each of its settings, at the smallest ratio (to 1%) that reaches the target."""
+    return [pruned_at(bench, target, setting) for setting in SETTINGS]
+
+
+def pruned_at(bench: Bench, target: float, setting: PruneSetting) -> tuple[Row, Optional[nn.Module]]:
+    taylor_batches = [batch for _, batch in bench.batches.iterate(0, 4)] if setting.importance == "taylor" else None
+
+    def prune(ratio: float) -> nn.Module:
+        return prune_channels(bench.reference, ratio, bench.input_size, setting, taylor_batches)
+
     low, high = 0.0, 0.9
-    if bench.quick(prune_channels(bench.reference, high, bench.input_size)) < target * CLEAR:
-        return [(Row("torch-pruning", target, "-", True, True, note=f"ratio {high} stays under {target:g}x"), None)]
+    if bench.quick(prune(high)) < target * CLEAR:
+        return Row("torch-pruning", target, setting.label, True, True,
+                   note=f"{setting.label}: ratio {high} stays under {target:g}x"), None
     while high - low > 0.01:
         mid = (low + high) / 2
-        fast = bench.quick(prune_channels(bench.reference, mid, bench.input_size)) >= target * CLEAR
-        low, high = (low, mid) if fast else (mid, high)
-    model = prune_channels(bench.reference, high, bench.input_size)
-    row = Row("torch-pruning", target, f"ratio {high:.2f}", True, True, count_params(model), model_macs(model))
-    return [(row, finetune(bench, model))]
+        low, high = (low, mid) if bench.quick(prune(mid)) >= target * CLEAR else (mid, high)
+    model = prune(high)
+    row = Row("torch-pruning", target, f"{setting.label}, ratio {high:.2f}", True, True, count_params(model),
+              model_macs(model))
+    return row, finetune(bench, model)
 
 
 def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], test) -> None:
@@ -179,12 +197,44 @@ def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], tes
         bench.log(f"  {rows[i].method} @ {rows[i].target:g}x: {ratio:.2f}x, top-1 {acc.top1:.4f}")
 
 
+def produce(bench: Bench, method: str, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
+    if method in ("cait", "atme", "cdcp"):
+        return [ours(bench, method, target)]
+    if method == "tome":
+        return tome(bench, target)
+    return torch_pruning(bench, target)
+
+
+def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_keeps: List[float],
+                with_control: bool, rows: List[Row], models: Dict[int, nn.Module]) -> None:
+    """Every method (and the control) at every target with bench's seed, appended to rows/models."""
+    jobs: List[Callable[[], List[tuple[Row, Optional[nn.Module]]]]] = []
+    if with_control:
+        jobs.append(lambda: [control(bench)])
+    for target in targets:
+        jobs += [lambda m=method, t=target: produce(bench, m, t) for method in methods]
+        jobs += [lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)] for keep in forced_keeps]
+    for job in jobs:
+        began = time.time()
+        for row, model in job():
+            row.seconds, row.seed = time.time() - began, bench.seed
+            if model is not None:
+                models[len(rows)] = model
+            rows.append(row)
+            print(f"{row.method} @ {row.target:g}x (seed {row.seed}): {row.setting} {row.note}".rstrip(), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", default="examples/reference")
     parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (the test split)")
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 1.9, 2.5])
-    parser.add_argument("--methods", nargs="+", default=["cait", "atme", "cdcp", "tome", "torch-pruning"])
+    parser.add_argument("--methods", nargs="+", default=["cait", "atme", "cdcp", "tome", "torch-pruning"],
+                        choices=["cait", "atme", "cdcp", "tome", "torch-pruning"])
+    parser.add_argument("--forced-keeps", type=float, nargs="*", default=[],
+                        help="also run cait with --max-keep K for each K (CDCP made to prune)")
+    parser.add_argument("--second-seed", type=int, help="run every method again at --second-seed-speedup with it")
+    parser.add_argument("--second-seed-speedup", type=float, default=1.9)
     parser.add_argument("--steps", type=int, default=300, help="training budget of every trained method")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bench-batch-size", type=int, default=64)
@@ -202,36 +252,23 @@ def main() -> None:
     train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
     test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
     test = [batch for batch in test_loader]  # decoded once, reused for every model
-    batches = StepBatches(train, args.batch_size, args.seed, collate_skipping)
-    bench = Bench(reference, args.reference, args.data, batches, args.steps, args.batch_size, args.lr,
-                  args.bench_batch_size, device, args.work, args.seed)
+
+    def bench_with(seed: int) -> Bench:
+        batches = StepBatches(train, args.batch_size, seed, collate_skipping)
+        return Bench(reference, args.reference, args.data, batches, args.steps, args.batch_size, args.lr,
+                     args.bench_batch_size, device, args.work, seed)
+
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
-
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
-    if not args.no_control:
-        row, model = control(bench)
-        models[0] = model
-        rows.append(row)
-        print(f"{row.method}: trained", flush=True)
-    for target in args.speedups:
-        for method in args.methods:
-            began = time.time()
-            if method in ("cait", "atme", "cdcp"):
-                produced = [ours(bench, method, target)]
-            elif method == "tome":
-                produced = tome(bench, target)
-            else:
-                produced = torch_pruning(bench, target)
-            for row, model in produced:
-                row.seconds = time.time() - began
-                if model is not None:
-                    models[len(rows)] = model
-                rows.append(row)
-                print(f"{row.method} @ {target:g}x: {row.setting} {row.note}".rstrip(), flush=True)
+    run_methods(bench_with(args.seed), args.speedups, args.methods, args.forced_keeps, not args.no_control,
+                rows, models)
+    if args.second_seed is not None:
+        run_methods(bench_with(args.second_seed), [args.second_seed_speedup], args.methods, args.forced_keeps,
+                    not args.no_control, rows, models)
     print("measuring every model against the reference, interleaved", flush=True)
-    measure_all(bench, rows, models, test)
+    measure_all(bench_with(args.seed), rows, models, test)
     write_results(args, rows, reference, reference_acc.top1, time.time() - started)
 
 
@@ -241,7 +278,8 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "reference": args.reference, "reference_top1": reference_top1, "reference_params": count_params(reference),
             "reference_macs": model_macs(reference), "steps": args.steps, "batch_size": args.batch_size,
-            "bench_batch_size": args.bench_batch_size, "lr": args.lr, "seconds": round(seconds)}
+            "bench_batch_size": args.bench_batch_size, "lr": args.lr, "seed": args.seed,
+            "seconds": round(seconds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     args.out.with_suffix(".md").write_text(table(meta, [asdict(r) for r in rows]))

@@ -15,7 +15,8 @@ benchmarks/proof.py makes them (same training budget, on `--data`):
 - tome: ToMe, fine-tuned; its merges traced back to the grid (peers/tome.py); r, the
   tokens merged per block, is scaled with the scene's patch count so that it merges
   the same fraction of tokens as at the classification size
-- torch-pruning: uniform channel pruning, fine-tuned (keeps every token)
+- torch-pruning: channel pruning, fine-tuned (keeps every token), in each of its four settings
+  (uniform or global ranking x L2 or Taylor importance, benchmarks/peers/channel_pruning.py)
 
 Protocol (benchmarks/segment_head.py): the backbone stays frozen; a light head
 (BatchNorm, 3x3 conv, ReLU, 1x1 conv on the patch grid, bilinear upsampling) is
@@ -69,6 +70,11 @@ class SegRow:
     speedup: Optional[float] = None
     speedup_range: List[float] = field(default_factory=list)
     note: str = ""
+
+    @property
+    def key(self) -> str:
+        """Unique per backbone: torch-pruning has one row per setting."""
+        return self.method if self.method != "torch-pruning" else f"torch-pruning ({self.setting.split(',')[0]})"
 
 
 def feature_blocks(depth: int) -> List[int]:
@@ -137,15 +143,15 @@ def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict
         segmenter = train_head(backbone, NUM_CLASSES, train_set, head_cfg)
         score = evaluate(segmenter, test_set, NUM_CLASSES)
         row.params, row.miou, row.pixel_accuracy, row.iou = count_params(model), score.miou, score.pixel_accuracy, score.iou
-        segmenters[row.method] = segmenter
-        print(f"{row.method}: {row.setting}; mIoU {100 * score.miou:.2f}", flush=True)
+        segmenters[row.key] = segmenter
+        print(f"{row.key}: {row.setting}; mIoU {100 * score.miou:.2f}", flush=True)
 
     print("measuring every segmenter end to end, interleaved", flush=True)
     speed = measure_throughput(segmenters, (3, args.scene_size, args.scene_size),
                                SpeedConfig(args.bench_batch_size, warmup=2, repeats=args.repeats), device)
     for row in rows:
-        if row.method in segmenters:
-            ratio, low, high = paired_speedup(speed, row.method, REFERENCE)
+        if row.key in segmenters:
+            ratio, low, high = paired_speedup(speed, row.key, REFERENCE)
             row.speedup, row.speedup_range = ratio, [low, high]
     return rows, segmenters, {"test": test_set}
 

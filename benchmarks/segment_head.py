@@ -36,12 +36,6 @@ class FrozenBackbone(nn.Module):
             maps = self.model.forward_intermediates(images, indices=self.indices, norm=True, intermediates_only=True)
         return torch.cat(maps, dim=1)
 
-    @property
-    def channels(self) -> int:
-        with torch.no_grad():
-            size = self.model.patch_embed.img_size
-            return self(torch.zeros(1, 3, *size)).shape[1]
-
 
 class SegHead(nn.Module):
     def __init__(self, channels: int, classes: int) -> None:
@@ -92,19 +86,30 @@ class HeadConfig:
     seed: int = 0
 
 
+def features_of(backbone: FrozenBackbone, scenes: SceneSet, batch_size: int = 50) -> torch.Tensor:
+    """The frozen backbone's features of every scene, computed once: (N, C, h, w).
+
+    The backbone is frozen and the scenes are not augmented, so the head's training
+    batches can be gathered from these instead of running the backbone at every step.
+    """
+    with torch.no_grad():
+        return torch.cat([backbone(scenes.batch(range(start, min(start + batch_size, len(scenes))))[0])
+                          for start in range(0, len(scenes), batch_size)])
+
+
 def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: HeadConfig) -> Segmenter:
     """A head trained on the frozen backbone's features; the same batches and init for every backbone."""
+    features = features_of(backbone, train)
     torch.manual_seed(cfg.seed)
-    head = SegHead(backbone.channels, classes)
+    head = SegHead(features.shape[1], classes)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, cfg.steps))
     order = np.random.default_rng(cfg.seed)
     head.train()
     for _ in range(cfg.steps):
-        images, masks = train.batch(order.integers(len(train), size=min(cfg.batch_size, len(train))))
-        with torch.no_grad():
-            features = backbone(images)
-        loss = F.cross_entropy(head(features, masks.shape[-2:]), masks)
+        index = order.integers(len(train), size=min(cfg.batch_size, len(train)))
+        masks = train.batch(index)[1]
+        loss = F.cross_entropy(head(features[torch.from_numpy(index)], masks.shape[-2:]), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -11,6 +11,7 @@ import cait_cli
 from cait_cli.errors import CaitError, Interrupted
 from cait_cli.interface.cli import app
 from cait_cli.pipeline.compress import CompressConfig, compress
+from cait_cli.pipeline.latency import calibrate_latency
 from cait_cli.pipeline.progress import Silent
 
 from support import StopAt, make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
@@ -24,6 +25,13 @@ def assets(tmp_path_factory):
     model_dir = save_tiny_timm_dir(root / "tiny", tiny_vit(**ARGS), ARGS)
     data = make_image_folder(root / "data", classes=3, per_class=12)
     return {"model": str(model_dir), "data": str(data), "cache": root / "latency", "root": root}
+
+
+@pytest.fixture(autouse=True)
+def synthetic_latency(monkeypatch):
+    """Plan on a synthetic latency table: a table timed on a loaded machine can make a modest target
+    look out of reach, and these tests are about the pipeline, not this machine's load."""
+    monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: synthetic_table(model))
 
 
 def config(assets, out, **overrides) -> CompressConfig:
@@ -123,7 +131,8 @@ def test_a_landing_near_the_edge_of_the_band_is_measured_again(assets, tmp_path,
     assert len(attempts) >= 2 and attempts[1]["goal"] < attempts[0]["goal"]  # backed off from the edge
 
 
-def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path):
+def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path, monkeypatch):
+    stand_in_speed(monkeypatch, 1.0)  # the plan, not this machine's load, is under test
     progress = Recorder()
     result = compress(config(assets, tmp_path / "x.cait", plan_only=True), progress)
     assert result.out is None and not (tmp_path / "x.cait").exists()
@@ -132,6 +141,15 @@ def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path):
 
 def weights(path):
     return load_file(str(path / "model.safetensors"))
+
+
+def test_the_plan_is_timed_on_this_device_and_cached(assets, tmp_path, monkeypatch):
+    monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", calibrate_latency)
+    progress = Recorder()
+    compress(config(assets, tmp_path / "x.cait", target_speedup=1.05, plan_only=True,
+                    latency_cache=tmp_path / "cache"), progress)
+    assert any("timing blocks on cpu (batch 16)" in m for m in progress.messages)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
 
 @pytest.mark.parametrize("phase,step", [("calibrate", 6), ("finetune", 5)])
@@ -190,6 +208,10 @@ def run_cli(*args):
     (lambda a, t: [a["model"], "--target-speedup", "0.5", "--data", a["data"], "--out", t / "o"], "at least 1.0"),
     (lambda a, t: [a["model"], "--channel-multiple", "0", "--data", a["data"], "--out", t / "o"],
      "--channel-multiple must be at least 1"),
+    (lambda a, t: [a["model"], "--max-keep", "1.5", "--data", a["data"], "--out", t / "o"],
+     "--max-keep must be between"),
+    (lambda a, t: [a["model"], "--max-keep", "0.8", "--method", "atme", "--data", a["data"], "--out", t / "o"],
+     "atme does not prune"),
     (lambda a, t: [a["model"], "--target-speedup", "500", "--data", a["data"], "--out", t / "o",
                    "--device", "cpu", "--bench-batch-size", "8"], r"beyond .*at most"),
     (lambda a, t: [a["model"], "--data", t / "missing", "--out", t / "o"], "does not exist"),

@@ -3,6 +3,7 @@ import copy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from cait_cli.method.cost import model_macs
@@ -51,6 +52,20 @@ def test_torch_pruning_peer_slims_every_block(make_vit):
     assert pruned(images).shape == model(images).shape
     assert pruned.blocks[0].mlp.fc1.out_features == model.blocks[0].mlp.fc1.out_features // 2
     assert model_macs(pruned) < 0.5 * model_macs(model)
+    assert all(b.attn.qkv.out_features == 3 * b.attn.num_heads * b.attn.head_dim for b in pruned.blocks)
+
+
+@pytest.mark.parametrize("importance,global_ranking", [("taylor", False), ("l2", True), ("taylor", True)])
+def test_torch_pruning_peer_settings_all_slim_to_a_working_vit(make_vit, importance, global_ranking):
+    from benchmarks.peers.channel_pruning import PruneSetting, prune_channels
+
+    model = make_vit()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    setting = PruneSetting(importance, global_ranking)
+    pruned = prune_channels(model, 0.5, (3, 32, 32), setting, batches=[(images, labels)])
+    assert pruned(images).shape == model(images).shape
+    assert model_macs(pruned) < 0.75 * model_macs(model)
+    assert all(p.grad is None for p in pruned.parameters()) and all(p.grad is None for p in model.parameters())
     assert all(b.attn.qkv.out_features == 3 * b.attn.num_heads * b.attn.head_dim for b in pruned.blocks)
 
 

@@ -113,3 +113,13 @@ def test_ablation_methods_use_one_part_only(make_vit):
     assert cdcp.predicted_speedup == pytest.approx(1.3 * 1.02, rel=0.02)
     with pytest.raises(CaitError, match="--method"):
         PlanConfig.for_method("tome", 1.3)
+
+
+def test_max_keep_makes_cdcp_prune_and_the_schedule_merge_less(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    free = make_plan(model, table, PlanConfig(target=1.5))
+    forced = make_plan(model, table, PlanConfig(target=1.5, max_keep=0.7))
+    assert free.keep > 0.7 and forced.keep <= 0.7
+    assert len(forced.schedule) <= len(free.schedule)
+    assert 1.5 * 1.02 - 1e-6 <= forced.predicted_speedup <= 1.5 * 1.08

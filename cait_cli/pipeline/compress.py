@@ -61,9 +61,11 @@ class CompressConfig:
     latency_cache: Optional[Path] = None
     method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
     channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
+    max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
-        return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, **kwargs)
+        return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
+                                     **kwargs)
 
 
 @dataclass
@@ -113,6 +115,10 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--batch-size must be at least 1")
     if cfg.channel_multiple < 1:
         raise CaitError(f"--channel-multiple must be at least 1, got {cfg.channel_multiple}")
+    if not 0.25 <= cfg.max_keep <= 1.0:
+        raise CaitError(f"--max-keep must be between 0.25 and 1.0, got {cfg.max_keep:g}")
+    if cfg.max_keep < 1.0 and cfg.method == "atme":
+        raise CaitError("--max-keep asks CDCP to prune; --method atme does not prune")
     if cfg.workers is not None and cfg.workers < 0:
         raise CaitError("--workers must be 0 or more")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
@@ -234,7 +240,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "augment", "channel_multiple")
+                "weights", "method", "augment", "channel_multiple", "max_keep")
 
 
 def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig, cluster: Cluster) -> None:

@@ -79,7 +79,10 @@ def synchronize(device: torch.device) -> None:
 @torch.inference_mode()
 def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int, int], cfg: SpeedConfig,
                        device: torch.device) -> Dict[str, SpeedResult]:
-    """Images/s of every model, timed round-robin so machine noise hits all of them alike."""
+    """Images/s of every model, timed round-robin so machine noise hits all of them alike.
+
+    The round-robin order reverses every other repeat, so no model always runs first.
+    """
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
     images = torch.randn(batch, *input_size, device=device)
@@ -104,8 +107,10 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
             run(model)
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
-    for _ in range(cfg.repeats):
-        for name, model in models.items():
+    order = list(models.items())
+    for repeat in range(cfg.repeats):
+        # A B, then B A: whatever running second costs (or gains) falls on every model alike
+        for name, model in order if repeat % 2 == 0 else order[::-1]:
             times[name].append(run(model))
     return {name: _speed_result(name, t, batch * cfg.iters_per_repeat, batch, device, amp, peaks.get(name))
             for name, t in times.items()}

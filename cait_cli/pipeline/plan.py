@@ -40,6 +40,7 @@ class PlanConfig:
     margin: float = 1.02  # aim this much above the target, inside the band
     ceiling: float = BAND[1]  # plans predicted above target x ceiling overshoot
     min_keep: float = 0.25  # never keep fewer channels than this fraction
+    max_keep: float = 1.0  # never keep more: below 1.0, CDCP must prune at least 1 - max_keep
     max_scored: int = 10  # candidates whose quality score is computed
     merge: bool = True  # may use ATME (False: CDCP alone, an ablation)
     prune: bool = True  # may use CDCP (False: ATME alone, an ablation)
@@ -127,13 +128,14 @@ class SpeedModel:
     def speedup(self, schedule: Sequence[MergeStep], keep: float) -> float:
         return self.baseline_ms / self.latency(schedule, keep)
 
-    def solve_keep(self, schedule: Sequence[MergeStep], goal: float, min_keep: float) -> Optional[float]:
-        """Largest keep fraction whose predicted speedup reaches `goal`, or None."""
-        if self.speedup(schedule, 1.0) >= goal:
-            return 1.0
+    def solve_keep(self, schedule: Sequence[MergeStep], goal: float, min_keep: float,
+                   max_keep: float = 1.0) -> Optional[float]:
+        """Largest keep fraction, at most max_keep, whose predicted speedup reaches `goal`, or None."""
+        if self.speedup(schedule, max_keep) >= goal:
+            return max_keep
         if self.speedup(schedule, min_keep) < goal:
             return None
-        low, high = min_keep, 1.0
+        low, high = min_keep, max_keep
         for _ in range(16):
             mid = (low + high) / 2
             low, high = (mid, high) if self.speedup(schedule, mid) >= goal else (low, mid)
@@ -148,10 +150,11 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     speed = speed or SpeedModel(model, table, cfg.multiple)
     schedules = candidate_schedules(speed.depth, speed.grid) if cfg.merge else [[]]
     min_keep = cfg.min_keep if cfg.prune else 1.0
+    max_keep = cfg.max_keep if cfg.prune else 1.0
     goal = cfg.target * cfg.margin
     feasible = []
     for schedule in schedules:
-        keep = speed.solve_keep(schedule, goal, min_keep)
+        keep = speed.solve_keep(schedule, goal, min_keep, max_keep)
         if keep is not None:
             predicted = speed.speedup(schedule, keep)
             feasible.append((predicted, keep, schedule))
