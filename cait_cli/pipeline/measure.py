@@ -4,6 +4,7 @@ One implementation serves `cait eval` and the report of `cait compress`.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class SpeedConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
     warmup: int = 2
     repeats: int = 7
-    iters_per_repeat: int = 2
+    iters_per_repeat: int = 2  # at least; more when a pass is shorter than min_run_seconds allows
+    min_run_seconds: float = 0.2  # every timed run of the fastest model lasts about this long
     amp: bool = False  # bfloat16 autocast, GPU only
 
     def batch_for(self, device: torch.device) -> int:
@@ -91,11 +93,11 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
     times: Dict[str, List[float]] = {name: [] for name in models}
     peaks: Dict[str, float] = {}
 
-    def run(model: nn.Module) -> float:
+    def run(model: nn.Module, iters: int) -> float:
         synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            for _ in range(cfg.iters_per_repeat):
+            for _ in range(iters):
                 model(images)
         synchronize(device)
         return time.perf_counter() - start
@@ -104,15 +106,18 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(cfg.warmup):
-            run(model)
+            run(model, cfg.iters_per_repeat)
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+    # short runs (a small model, a small batch) are mostly timer and scheduler noise
+    shortest = min(run(model, 1) for model in models.values())
+    iters = max(cfg.iters_per_repeat, math.ceil(cfg.min_run_seconds / max(shortest, 1e-6)))
     order = list(models.items())
     for repeat in range(cfg.repeats):
         # A B, then B A: whatever running second costs (or gains) falls on every model alike
         for name, model in order if repeat % 2 == 0 else order[::-1]:
-            times[name].append(run(model))
-    return {name: _speed_result(name, t, batch * cfg.iters_per_repeat, batch, device, amp, peaks.get(name))
+            times[name].append(run(model, iters))
+    return {name: _speed_result(name, t, batch * iters, batch, device, amp, peaks.get(name))
             for name, t in times.items()}
 
 
