@@ -90,8 +90,9 @@ def main() -> None:
     lines = [
         f"command: python {' '.join(sys.argv)}",
         f"device: cpu ({device_name(torch.device('cpu'))}), threads: {args.threads} (PyTorch and ONNX Runtime), "
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, fp32, repeats: {args.repeats} x "
-        f"{args.iters} iters, img/s median; speedups: median (min-max) of paired repeats",
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, fp32, repeats: {args.repeats} runs of "
+        f"at least {args.iters} passes (and at least 0.2 s for the fastest model), img/s median; speedups: median "
+        f"(min-max) of paired repeats",
         "",
         "| model | plan (merge blocks; kept channel MACs) | batch | " + " | ".join(f"{s} img/s" for s in SIDES)
         + " | eager speedup | ORT speedup | ORT >= eager |",

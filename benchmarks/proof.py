@@ -54,7 +54,8 @@ from cait_cli.pipeline.data import resolve_data_config, split_roots  # noqa: E40
 from cait_cli.pipeline.measure import (SpeedConfig, count_params, device_name, measure_accuracy,  # noqa: E402
                                        measure_throughput, paired_speedup)
 from cait_cli.pipeline.report import quick_speedup  # noqa: E402
-from cait_cli.pipeline.train import LogitsOnly, StepBatches, TrainConfig, make_optimizer, train_step  # noqa: E402
+from cait_cli.pipeline.batches import StepBatches  # noqa: E402
+from cait_cli.pipeline.train import LogitsOnly, TrainConfig, make_optimizer, train_step  # noqa: E402
 
 CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
 
@@ -107,7 +108,7 @@ def finetune(bench: Bench, student: nn.Module) -> nn.Module:
     cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10))
     optimizer = make_optimizer(student, cfg)
     wrapped = LogitsOnly(student).train()
-    for step, (images, labels) in bench.batches.iterate(0, bench.steps):
+    for step, (images, labels) in bench.batches.iterate(0, bench.steps, bench.device):
         train_step(wrapped, bench.reference, images.to(bench.device), labels.to(bench.device), optimizer, cfg, step)
     return student.eval()
 
@@ -166,7 +167,7 @@ def torch_pruning(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Mo
 
 
 def pruned_at(bench: Bench, target: float, setting: PruneSetting) -> tuple[Row, Optional[nn.Module]]:
-    taylor_batches = [batch for _, batch in bench.batches.iterate(0, 4)] if setting.importance == "taylor" else None
+    taylor_batches = [batch for _, batch in bench.batches.iterate(0, 4, bench.device)] if setting.importance == "taylor" else None
 
     def prune(ratio: float) -> nn.Module:
         return prune_channels(bench.reference, ratio, bench.input_size, setting, taylor_batches)

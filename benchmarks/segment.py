@@ -54,7 +54,7 @@ from cait_cli.pipeline.data import split_roots  # noqa: E402
 from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST  # noqa: E402
 from cait_cli.pipeline.measure import SpeedConfig, count_params, device_name, measure_throughput  # noqa: E402
 from cait_cli.pipeline.measure import paired_speedup  # noqa: E402
-from cait_cli.pipeline.train import StepBatches  # noqa: E402
+from cait_cli.pipeline.batches import StepBatches  # noqa: E402
 
 REFERENCE = "reference (uncompressed)"
 

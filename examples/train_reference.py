@@ -140,9 +140,13 @@ def init_weights(model: torch.nn.Module, init: Path | None) -> None:
 
 
 def save_state(path: Path, model, optimizer, step: int, log_lines: list) -> None:
+    """Weights in fp32, Adam's moments in bf16 (fp32's range, half the bytes: the file is committed);
+    loading casts the moments back to the parameters' dtype."""
+    optim = optimizer.state_dict()
+    optim["state"] = {i: {k: v.bfloat16() if k != "step" and v.is_floating_point() else v for k, v in st.items()}
+                      for i, st in optim["state"].items()}
     with atomic_file(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "log": log_lines}, tmp)
+        torch.save({"model": model.state_dict(), "optimizer": optim, "step": step, "log": log_lines}, tmp)
 
 
 def training_loss(model, teacher, x, y) -> torch.Tensor:

@@ -1,0 +1,26 @@
+"""The proof script runs end to end on a tiny reference (its numbers are the benchmark's business)."""
+import json
+import sys
+from pathlib import Path
+
+from support import make_image_folder, save_tiny_timm_dir, tiny_vit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import proof  # noqa: E402
+
+ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
+
+
+def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    out = tmp_path / "proof"
+    monkeypatch.setattr(sys, "argv", [
+        "proof.py", "--reference", str(reference), "--data", str(data), "--speedups", "1.1", "--methods", "cait",
+        "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", "--second-seed", "1",
+        "--work", str(tmp_path / "work"), "--out", str(out)])
+    proof.main()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        (proof.CONTROL, 0), ("cait", 0), (proof.CONTROL, 1), ("cait", 1)]
+    assert "| seed |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
