@@ -75,7 +75,11 @@ class SceneSet:
         """Images (B, 3, S, S) float32 and masks (B, S, S) int64."""
         grey = torch.from_numpy(self.scenes[np.asarray(index)]).float().div_(255)
         images = ((grey - self.mean) / self.std).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-        return images, torch.from_numpy(self.masks[np.asarray(index)])
+        return images, self.masks_of(index)
+
+    def masks_of(self, index: Sequence[int]) -> torch.Tensor:
+        """Masks (B, S, S) int64."""
+        return torch.from_numpy(self.masks[np.asarray(index)])
 
 
 @dataclass
@@ -108,7 +112,7 @@ def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: Hea
     head.train()
     for _ in range(cfg.steps):
         index = order.integers(len(train), size=min(cfg.batch_size, len(train)))
-        masks = train.batch(index)[1]
+        masks = train.masks_of(index)
         loss = F.cross_entropy(head(features[torch.from_numpy(index)], masks.shape[-2:]), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,6 @@
 """A small convnet teacher for the reference ViT (DeiT's recipe: distil from a convnet).
 
-A convnet learns Fashion-MNIST in a few CPU minutes (about 93% top-1), far faster than a
+A convnet learns Fashion-MNIST in a few CPU epochs (91.2% test top-1 after 6 here), far faster than a
 ViT trained from scratch; its hard labels then guide the ViT (`train_reference.py --teacher`).
 It sees the ViT's own augmented 56x56 inputs, pooled to 28x28, so both agree on the image.
 """

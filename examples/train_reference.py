@@ -65,7 +65,7 @@ def accuracy(model, images, labels, size, batch=500) -> float:
     return correct / len(images)
 
 
-def save(model, args, test_acc: float, out: Path) -> None:
+def save(model, args, test_acc: float, out: Path, log_lines: list) -> None:
     saved_args = {k: v for k, v in model_args(args).items() if k not in ("num_classes", "drop_path_rate")}
     config = {
         "architecture": "vit_tiny_patch16_224", "num_classes": 10, "label_names": list(FASHION_MNIST_CLASSES),
@@ -82,6 +82,7 @@ def save(model, args, test_acc: float, out: Path) -> None:
     with atomic_directory(out, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "train.log").write_text("\n".join(log_lines) + "\n")
 
 
 def parse_args() -> argparse.Namespace:
@@ -181,16 +182,15 @@ def main() -> None:
     steps_per_epoch = len(train_x) // args.batch_size
     total = steps_per_epoch * args.epochs
     warmup = max(1, min(args.warmup, total // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total))))
     step = 0
     if args.state is not None and args.state.exists():
         state = torch.load(args.state, map_location=device)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(state["optimizer"])  # carries each group's initial_lr
         step, log_lines[:0] = state["step"], state["log"]
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_lambdas[0], last_epoch=step - 1)
         print(f"resumed at step {step}/{total}", flush=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total))), last_epoch=step - 1)
     amp = device.type == "cuda"
     log(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {total} steps on {device}")
     start = time.time()
@@ -218,8 +218,7 @@ def main() -> None:
             save_state(args.state, model, optimizer, step, log_lines)
     if test_acc != test_acc:  # resumed at the very end: measure once more
         test_acc = accuracy(model, test_x.to(device), test_y.to(device), args.img_size)
-    save(model.cpu(), args, test_acc, args.out)
-    (args.out / "train.log").write_text("\n".join(log_lines) + "\n")
+    save(model.cpu(), args, test_acc, args.out, log_lines)
     print(f"wrote {args.out}: test top-1 {test_acc:.4f} after {args.epochs} epochs, {time.time() - start:.0f}s")
 
 
