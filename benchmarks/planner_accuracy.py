@@ -7,11 +7,18 @@ each one's speedup from the table, and measures all of them against the original
 interleaved in one run. Prints predicted against measured speedup per plan, and the
 median and worst absolute error.
 
+Two more things come out of the same run. A copy of the original is measured as one more
+"plan": its measured speedup should be 1.00x, and how far it is not is the noise floor of
+the measurement itself. And the five whole models the table is fitted on are measured
+too, so whole-model fits of other forms (`FITS`) can be compared with the one the
+planner uses, each fitted to those five and judged on the grid's plans.
+
     python benchmarks/planner_accuracy.py --out benchmarks/results/planner_accuracy_cpu.md
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -26,7 +33,8 @@ from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.latency import calibrate_latency
+from cait_cli.method.model import token_counts, block_widths
+from cait_cli.pipeline.latency import FIT_MODELS, LatencyTable, calibrate_latency
 from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
 from cait_cli.pipeline.plan import SpeedModel
 
@@ -35,11 +43,51 @@ SCHEDULES = [(), (0.5,), (0.33, 0.67), (0.25, 0.5, 0.75), (0.1, 0.35, 0.6, 0.85)
 KEEPS = [1.0, 0.75, 0.5, 0.35]
 
 
-def plan_grid(model: nn.Module) -> List[tuple]:
+# Whole-model fits compared: features of a model, and whether the fit weighs relative error.
+# "halves": the table's sum of block halves; "tokens": tokens summed over blocks; "hidden":
+# MLP hidden activations (tokens x kept units) summed over blocks.
+FITS = {
+    "scale alone": (("halves",), True),
+    "scale + per-token cost, absolute error (table v5)": (("halves", "tokens"), False),
+    "scale + per-token cost, relative error": (("halves", "tokens"), True),
+    "scale + per-hidden-activation cost, relative error (table v6, used)": (("halves", "hidden"), True),
+}
+
+
+def grid_of(model: nn.Module, plans) -> List[tuple]:
     depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
-    merge_blocks = [sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions}) for fractions in SCHEDULES]
-    schedules = [alternating_schedule(blocks, grid) for blocks in merge_blocks]
-    return [(schedule, keep) for schedule in schedules for keep in KEEPS if schedule or keep < 1.0]
+    merge_blocks = [sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions}) for fractions, _ in plans]
+    return [(alternating_schedule(blocks, grid), keep) for blocks, (_, keep) in zip(merge_blocks, plans)]
+
+
+def plan_grid(model: nn.Module) -> List[tuple]:
+    plans = [(fractions, keep) for fractions in SCHEDULES for keep in KEEPS if fractions or keep < 1.0]
+    return grid_of(model, plans)
+
+
+def features(table: LatencyTable, model: nn.Module, schedule) -> Dict[str, float]:
+    counts, widths = token_counts(model), [(w.qk, w.mlp) for w in block_widths(model)]
+    attn, mlp, hidden = table.parts(counts, widths, [s.block for s in schedule])
+    return {"halves": attn + mlp, "hidden": hidden, "tokens": sum((a + b) / 2 for a, b in counts)}
+
+
+def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedups: Dict[str, float],
+                 fit_labels: List[str], full: str, original_ms: float) -> List[str]:
+    """Each form of FITS fitted to the fit models' measurements, judged on the other plans."""
+    lines = ["| whole-model fit | median abs. error | worst | mean signed error |", "|---|---|---|---|"]
+    for name, (names, relative) in FITS.items():
+        rows = torch.tensor([[feats[k][f] for f in names] for k in fit_labels], dtype=torch.float64)
+        times = torch.tensor([original_ms / speedups[k] - table.fixed_ms for k in fit_labels], dtype=torch.float64)
+        weights = 1 / times if relative else torch.ones_like(times)
+        coef = torch.linalg.lstsq(rows * weights.unsqueeze(1), (times * weights).unsqueeze(1)).solution.squeeze(1)
+
+        def latency(k: str) -> float:
+            return float(torch.tensor([feats[k][f] for f in names], dtype=torch.float64) @ coef)
+
+        errors = [latency(full) / latency(k) / speedups[k] - 1 for k in speedups if k not in fit_labels]
+        lines.append(f"| {name} | {statistics.median(map(abs, errors)):.1%} | {max(map(abs, errors)):.1%} | "
+                     f"{statistics.mean(errors):+.1%} |")
+    return lines
 
 
 def describe(schedule, keep: float) -> str:
@@ -54,23 +102,39 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
         table = calibrate_latency(base, device, batch, cache_dir=Path(cache), multiple=multiple)
         seconds = time.perf_counter() - start
     speed = SpeedModel(base, table, multiple)
-    models: Dict[str, nn.Module] = {"original": base}
+    models: Dict[str, nn.Module] = {"original": base, "copy of the original": copy.deepcopy(base)}
     predicted: Dict[str, float] = {}
-    for schedule, keep in plan_grid(base):
+    feats: Dict[str, Dict[str, float]] = {}
+    grid, fits = plan_grid(base), grid_of(base, FIT_MODELS)
+    for schedule, keep in grid + fits:
         label = describe(schedule, keep)
-        models[label] = compressed_variant(base, schedule, keep, multiple).to(device)
-        predicted[label] = speed.speedup(schedule, keep)
+        if label not in models:  # a fit model may be in the grid already
+            models[label] = compressed_variant(base, schedule, keep, multiple).to(device)
+            predicted[label] = speed.speedup(schedule, keep)
+            feats[label] = features(table, models[label], schedule)
+    fit_labels = [describe(schedule, keep) for schedule, keep in fits]
     measured = measure_throughput(models, (3, *base.patch_embed.img_size),
                                   SpeedConfig(batch, warmup=1, repeats=repeats, iters_per_repeat=2), device)
+    noise = paired_speedup(measured, "copy of the original", "original")
     lines = [f"## {name} ({weights} weights)", "",
-             f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}.", "",
+             f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}. "
+             f"Noise floor: a copy of the original measured {noise[0]:.2f}x ({noise[1]:.2f}-{noise[2]:.2f}) "
+             "against it.", "",
              "| plan | predicted | measured (repeat range) | error |", "|---|---|---|---|"]
-    errors = []
+    errors, speedups = [], {}
     for label, guess in predicted.items():
         ratio, low, high = paired_speedup(measured, label, "original")
-        errors.append(abs(guess / ratio - 1))
-        lines.append(f"| {label} | {guess:.2f}x | {ratio:.2f}x ({low:.2f}-{high:.2f}) | {guess / ratio - 1:+.1%} |")
-    lines += ["", f"Median absolute error {statistics.median(errors):.1%}, worst {max(errors):.1%}.", ""]
+        speedups[label] = ratio
+        fit = " (fit model)" if label in fit_labels else ""
+        if not fit:
+            errors.append(abs(guess / ratio - 1))
+        lines.append(f"| {label}{fit} | {guess:.2f}x | {ratio:.2f}x ({low:.2f}-{high:.2f}) | {guess / ratio - 1:+.1%} |")
+    lines += ["", f"Median absolute error {statistics.median(errors):.1%}, worst {max(errors):.1%} "
+              f"({len(errors)} plans, fit models not counted).", "",
+              "Whole-model fits compared (fitted to the fit models' measurements above, errors over the other "
+              "plans):", ""]
+    lines += compare_fits(table, feats, speedups, fit_labels, describe([], 1.0), 1e3 / measured["original"].throughput)
+    lines.append("")
     print("\n".join(lines), flush=True)
     return lines
 

@@ -30,6 +30,25 @@ def test_latency_table_is_monotone_and_cached(make_vit, table, tmp_path, monkeyp
     assert again == table
 
 
+def test_whole_model_fit_recovers_its_costs_and_refuses_negative_ones():
+    # halves x 1.5 + 0.002 ms per hidden activation, exactly: the fit finds both
+    design = torch.tensor([[4.0, 800.0], [2.0, 300.0], [3.0, 100.0], [1.0, 50.0]], dtype=torch.float64)
+    measured = design @ torch.tensor([1.5, 0.002], dtype=torch.float64)
+    scale, hidden_ms = latency._relative_fit(design, measured)
+    assert scale == pytest.approx(1.5) and hidden_ms == pytest.approx(0.002)
+    # a model cheaper the more activations it writes makes no sense: the scale alone is fitted
+    measured = design @ torch.tensor([2.0, -0.001], dtype=torch.float64)
+    scale, hidden_ms = latency._relative_fit(design, measured)
+    assert hidden_ms == 0.0 and 1.0 < scale < 2.0
+
+
+def test_the_fitted_table_predicts_its_whole_models_in_order(make_vit, table):
+    # more channels and more tokens never predict a faster model
+    speed = SpeedModel(make_vit(), table)
+    assert table.scale > 0 and table.hidden_ms >= 0
+    assert speed.latency([], 1.0) >= speed.latency([], 0.5)
+
+
 def test_candidate_schedules_are_valid():
     schedules = candidate_schedules(12, (14, 14))
     assert [] in schedules and len(schedules) > 20

@@ -3,9 +3,9 @@
 FLOPs predict speed badly on small shapes, so the planner times the two halves of
 a block (attention, MLP) at the token counts merge schedules produce and at kept
 widths in the channel multiple the slimmed model will have, and interpolates
-between them. The whole (patched, uncompressed) model is timed too: what the sums
-of block halves miss of it (residual adds, layer scales, the token state) is
-fitted as a per-token cost. Tables are cached per device, threads, batch size,
+between them. Whole slimmed models are timed too: what the sums of block halves
+miss of them is fitted as one scale of those sums plus a cost per MLP hidden
+activation (see `_fit_to_whole_models`). Tables are cached per device, threads, batch size,
 precision, channel multiple and block shape, so a second run plans without
 measuring.
 
@@ -23,8 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-import statistics
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,9 +34,9 @@ from ..method.gates import allowed_counts
 from ..method.model import block_widths, patch_vit, token_counts
 from ..method.slim import slim_block
 from ..method.tokens import TokenState
-from .measure import device_name, synchronize
+from .measure import SpeedConfig, device_name, measure_throughput, synchronize
 
-TABLE_VERSION = 5
+TABLE_VERSION = 6
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -57,9 +56,10 @@ class LatencyTable:
     mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
-    # fitted on whole models: time = fixed + scale x (block halves and merges) + token_ms x tokens
+    # fitted on whole models: time = fixed + scale x (block halves and merges) + hidden_ms x hidden
+    # activations (tokens into each MLP x its kept hidden units, summed over blocks)
     scale: float = 1.0
-    token_ms: float = 0.0
+    hidden_ms: float = 0.0
 
     def attn(self, tokens: int, width: int) -> float:
         return _interp2(self.tokens, self.attn_widths, self.attn_ms, tokens, width)
@@ -72,7 +72,7 @@ class LatencyTable:
 
     def parts(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
               merge_blocks: Sequence[int]) -> Tuple[float, float, float]:
-        """Raw sums of a model's attention halves (with merges), MLP halves and block tokens.
+        """Raw sums of a model's attention halves (with merges), MLP halves and MLP hidden activations.
 
         counts: per block (tokens into attention, into MLP); widths: per block (attention
         width per head, MLP hidden units); merge_blocks: the blocks that merge.
@@ -80,14 +80,14 @@ class LatencyTable:
         attn = sum(self.attn(n_in, a) for (n_in, _), (a, _) in zip(counts, widths))
         attn += sum(self.merge(counts[b][0]) for b in merge_blocks)
         mlp = sum(self.mlp(n_out, m) for (_, n_out), (_, m) in zip(counts, widths))
-        tokens = sum((n_in + n_out) / 2 for n_in, n_out in counts)
-        return attn, mlp, tokens
+        hidden = sum(n_out * m for (_, n_out), (_, m) in zip(counts, widths))
+        return attn, mlp, hidden
 
     def predict(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
                 merge_blocks: Sequence[int]) -> float:
         """Milliseconds per image of a model with these token counts, widths and merges."""
-        attn, mlp, tokens = self.parts(counts, widths, merge_blocks)
-        return self.fixed_ms + self.scale * (attn + mlp) + self.token_ms * tokens
+        attn, mlp, hidden = self.parts(counts, widths, merge_blocks)
+        return self.fixed_ms + self.scale * (attn + mlp) + self.hidden_ms * hidden
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -102,26 +102,6 @@ def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 def _interp2(xs, ys, grid, x: float, y: float) -> float:
     column = [_interp1(ys, row, y) for row in grid]
     return max(0.0, _interp1(xs, column, x))
-
-
-def interleaved_ms(calls: Dict[object, Callable[[], object]], device: torch.device, rounds: int,
-                   warmup: int = 1) -> Dict[object, List[float]]:
-    """Wall time (ms) of every call in each of `rounds` rounds; a round runs every call once.
-
-    A shared machine's speed drifts over seconds; calls
-    timed in the same round see the same drift, so ratios between them (per round,
-    then the median) are steady.
-    """
-    times: Dict[str, List[float]] = {name: [] for name in calls}
-    for round_index in range(warmup + rounds):
-        for name, call in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            if round_index >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int) -> str:
@@ -240,33 +220,43 @@ FIT_MODELS = (((), 1.0), ((), 0.45), ((0.25, 0.5), 1.0), ((0.25, 0.5), 0.45), ((
 
 def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Tensor, multiple: int,
                          device: torch.device, dtype: torch.dtype, rounds: int) -> None:
-    """Scale the block halves so the table predicts whole slimmed models, timed interleaved.
+    """Fit the table to whole slimmed models, timed as the landing measurement times them.
 
-    Block halves timed alone miss what a model adds around them (residual adds, the
-    token state, caches shared with neighbours); five whole models, from the original to
-    pruned and merged ones, fix one scale of the block halves and a per-token cost by
-    least squares. (Separate attention and MLP scales fitted the five models better but
-    moved by +-30% between runs on a shared CPU.) A fit that makes no physical sense (a
-    scale <= 0) is not used.
+    Block halves timed alone, over and over on the same tensors, run with warm caches; in a
+    model, activations stream from block to block, and the wider and longer they are the
+    more that costs. Five whole models, from the original to pruned and merged ones, fix
+    one scale of the block halves and a cost per MLP hidden activation (token x unit: the
+    largest activation a block writes and reads back), by least squares on relative
+    error (the planner compares ratios). The forms tried are compared in
+    benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a negative cost) falls back to the scale alone.
     """
     from ..method.variants import compressed_variant  # variants build on the modules this one uses
 
     depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
-    variants, parts = {}, {}
+    variants, design = {}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):
         blocks = sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions})
         schedule = alternating_schedule(blocks, grid)
         variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
-        variants[i] = variant
+        variants[str(i)] = variant
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
-        parts[i] = table.parts(token_counts(variant), widths, [s.block for s in schedule])
-    times = interleaved_ms({i: (lambda v=v: v(pixels)) for i, v in variants.items()}, device, 2 * rounds)
-    measured = torch.tensor([statistics.median(times[i]) / pixels.shape[0] - table.fixed_ms for i in variants],
-                            dtype=torch.float64)
-    design = torch.tensor([[attn + mlp, tokens] for attn, mlp, tokens in parts.values()], dtype=torch.float64)
-    scale, token_ms = torch.linalg.lstsq(design, measured.unsqueeze(1)).solution.squeeze(1).tolist()
-    if scale > 0:
-        table.scale, table.token_ms = scale, token_ms
+        attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
+        design.append([attn + mlp, hidden])
+    cfg = SpeedConfig(batch_size=pixels.shape[0], warmup=1, repeats=2 * rounds, iters_per_repeat=1)
+    speed = measure_throughput(variants, tuple(pixels.shape[1:]), cfg, device)
+    measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in variants], dtype=torch.float64)
+    table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)
+
+
+def _relative_fit(design: torch.Tensor, measured: torch.Tensor) -> Tuple[float, float]:
+    """(scale, per-hidden cost) minimising relative error; (scale alone, 0) if either is negative."""
+    relative = design / measured.unsqueeze(1)  # rows scaled so every model's error counts alike
+    ones = torch.ones(len(measured), 1, dtype=torch.float64)
+    scale, hidden_ms = torch.linalg.lstsq(relative, ones).solution.squeeze(1).tolist()
+    if scale > 0 and hidden_ms >= 0:
+        return scale, hidden_ms
+    scale = torch.linalg.lstsq(relative[:, :1], ones).solution.item()
+    return (scale, 0.0) if scale > 0 else (1.0, 0.0)
 
 
 def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
