@@ -31,9 +31,9 @@ import torch.nn as nn
 
 from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
+from cait_cli.method.model import block_widths, token_counts
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.method.model import token_counts, block_widths
 from cait_cli.pipeline.latency import FIT_MODELS, LatencyTable, calibrate_latency
 from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
 from cait_cli.pipeline.plan import SpeedModel
