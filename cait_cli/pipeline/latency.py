@@ -242,7 +242,7 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Te
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
         attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
         design.append([attn + mlp, hidden])
-    cfg = SpeedConfig(batch_size=pixels.shape[0], warmup=1, repeats=2 * rounds, iters_per_repeat=1)
+    cfg = SpeedConfig(batch_size=pixels.shape[0], warmup=1, repeats=2 * rounds, iters_per_repeat=1, dtype=dtype)
     speed = measure_throughput(variants, tuple(pixels.shape[1:]), cfg, device)
     measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in variants], dtype=torch.float64)
     table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)

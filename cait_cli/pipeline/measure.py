@@ -54,6 +54,7 @@ class SpeedConfig:
     iters_per_repeat: int = 2  # at least; more when a pass is shorter than min_run_seconds allows
     min_run_seconds: float = 0.2  # every timed run of the fastest model lasts about this long
     amp: bool = False  # bfloat16 autocast, GPU only
+    dtype: torch.dtype = torch.float32  # of the input images (the models' own precision)
 
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
@@ -87,7 +88,7 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
     """
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
-    images = torch.randn(batch, *input_size, device=device)
+    images = torch.randn(batch, *input_size, device=device, dtype=cfg.dtype)
     for model in models.values():
         model.eval()
     times: Dict[str, List[float]] = {name: [] for name in models}
