@@ -30,11 +30,10 @@ import torch
 import torch.nn as nn
 
 from cait_cli.errors import run_script
-from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.model import block_widths, token_counts
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.latency import FIT_MODELS, LatencyTable, calibrate_latency
+from cait_cli.pipeline.latency import FIT_MODELS, LatencyTable, calibrate_latency, schedule_at
 from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
 from cait_cli.pipeline.plan import SpeedModel
 
@@ -55,9 +54,8 @@ FITS = {
 
 
 def grid_of(model: nn.Module, plans) -> List[tuple]:
-    depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
-    merge_blocks = [sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions}) for fractions, _ in plans]
-    return [(alternating_schedule(blocks, grid), keep) for blocks, (_, keep) in zip(merge_blocks, plans)]
+    """(merge schedule, keep) for each (merge fractions of the depth, keep)."""
+    return [(schedule_at(model, fractions), keep) for fractions, keep in plans]
 
 
 def plan_grid(model: nn.Module) -> List[tuple]:

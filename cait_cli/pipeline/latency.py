@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..method.atme import TokenMerge, alternating_schedule, grid_after
+from ..method.atme import MergeStep, TokenMerge, alternating_schedule, grid_after
 from ..method.cdcp import attach_gates, detach_gates
 from ..method.gates import allowed_counts
 from ..method.model import block_widths, patch_vit, token_counts
@@ -218,6 +218,13 @@ def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
 FIT_MODELS = (((), 1.0), ((), 0.45), ((0.25, 0.5), 1.0), ((0.25, 0.5), 0.45), ((0.1, 0.35, 0.6, 0.85), 0.7))
 
 
+def schedule_at(model: nn.Module, fractions: Sequence[float]) -> List[MergeStep]:
+    """Alternating merge steps in the blocks at these fractions of `model`'s depth (1 .. depth - 1)."""
+    depth = len(model.blocks)
+    blocks = sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions})
+    return alternating_schedule(blocks, tuple(model.patch_embed.grid_size))
+
+
 def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Tensor, multiple: int,
                          device: torch.device, dtype: torch.dtype, rounds: int) -> None:
     """Fit the table to whole slimmed models, timed as the landing measurement times them.
@@ -228,15 +235,14 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Te
     one scale of the block halves and a cost per MLP hidden activation (token x unit: the
     largest activation a block writes and reads back), by least squares on relative
     error (the planner compares ratios). The forms tried are compared in
-    benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a negative cost) falls back to the scale alone.
+    benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
+    negative cost) falls back to the scale alone.
     """
     from ..method.variants import compressed_variant  # variants build on the modules this one uses
 
-    depth, grid = len(model.blocks), tuple(model.patch_embed.grid_size)
     variants, design = {}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):
-        blocks = sorted({min(depth - 1, max(1, round(f * depth))) for f in fractions})
-        schedule = alternating_schedule(blocks, grid)
+        schedule = schedule_at(model, fractions)
         variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
         variants[str(i)] = variant
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
