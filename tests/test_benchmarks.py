@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from support import make_image_folder, save_tiny_timm_dir, tiny_vit
+from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import proof  # noqa: E402
@@ -24,3 +24,20 @@ def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
     assert [(r["method"], r["seed"]) for r in rows] == [
         (proof.CONTROL, 0), ("cait", 0), (proof.CONTROL, 1), ("cait", 1)]
     assert "| seed |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
+
+
+def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
+    from benchmarks import plan_scores
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    out = tmp_path / "scores.md"
+    monkeypatch.setattr(plan_scores, "calibrate_latency", lambda model, *args, **kwargs: synthetic_table(model))
+    monkeypatch.setattr(sys, "argv", ["plan_scores.py", "--model", str(reference), "--data", str(data),
+                                      "--target", "1.55", "--images", "8", "--bench-batch-size", "4",
+                                      "--out", str(out)])
+    plan_scores.main()
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows and "fewest-pruned" in text and "spread over budgets" in text
+    kls = [float(row.split("|")[2]) for row in rows]
+    assert kls == sorted(kls)

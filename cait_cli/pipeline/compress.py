@@ -6,17 +6,15 @@
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from ..errors import CaitError
 from ..method.slim import slim
-from ..method.variants import compressed_variant
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
@@ -28,9 +26,10 @@ from .measure import resolve_device
 from .phases import calibrated_student, finetune, landed
 from .plan import Plan, PlanConfig, ScoreFn, describe_plan, make_plan
 from .progress import Progress, Silent
+from .scoring import kl_score
 from .report import build_report, measure_models, report_json
 from .state import RunDir, plan_from_dict
-from .train import TrainConfig, distill_loss
+from .train import TrainConfig
 
 
 @dataclass
@@ -263,21 +262,5 @@ SCORE_IMAGES = 256  # the planner scores on the first images of batch 0, the sam
 
 
 def _kl_score(base: nn.Module, batches: StepBatches, device: torch.device, multiple: int) -> ScoreFn:
-    """Score of a plan: KL of its untrained compressed model from the original on one batch.
-
-    The batch and the original's logits are computed at the first call, then reused.
-    """
-    @functools.cache
-    def reference() -> Tuple[torch.Tensor, torch.Tensor]:
-        images = batches.batch(0, limit=SCORE_IMAGES)[0].to(device)
-        with torch.inference_mode():
-            return images, base(images)
-
-    def score(schedule, keep: float) -> float:
-        images, teacher = reference()
-        unlabelled = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
-        variant = compressed_variant(base, schedule, keep, multiple)
-        with torch.inference_mode():
-            return float(distill_loss(variant(images), teacher, unlabelled, 0.0))
-
-    return score
+    """KL of a plan's untrained model from the original, on the first images of batch 0."""
+    return kl_score(base, lambda: batches.batch(0, limit=SCORE_IMAGES)[0].to(device), multiple)

@@ -6,14 +6,16 @@ blocks as calibration starts it (weight-norm scores, widths in the channel
 multiple), and each block half is looked up at its own width and token count.
 Plans aim a little above the target and must stay under a ceiling: a plan that
 overshoots pays in accuracy for speed nobody asked for. Among the plans predicted
-to land, the planner keeps those that prune the fewest channels and, when it can
-see data, picks the one whose untrained compressed model stays closest to the
-original (a score the caller supplies, e.g. KL divergence on a calibration batch).
+to land, the planner shortlists a few at every CDCP budget, from merging alone to
+pruning much and merging late, and, when it can see data, picks the one whose
+untrained compressed model stays closest to the original (a score the caller
+supplies, e.g. KL divergence on a calibration batch). Without data it takes the
+plan that prunes the fewest channels and merges the least.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -25,6 +27,7 @@ from ..method.model import tokens_per_block
 from .latency import LatencyTable
 
 ScoreFn = Callable[[List[MergeStep], float], float]
+Candidate = Tuple[float, float, List[MergeStep]]  # predicted speedup, keep, schedule
 Widths = List[Tuple[int, int]]  # per block: kept attention width per head, kept MLP hidden units
 METHODS = ("cait", "atme", "cdcp")
 # The band a measured speedup must land in, as factors of the target.
@@ -166,13 +169,40 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     landing = [c for c in feasible if c[0] <= cfg.target * cfg.ceiling]
     if not landing:
         landing = [min(feasible, key=lambda c: c[0])]
-    # then prune as few channels as possible, merge as little as possible
-    landing.sort(key=lambda c: (-round(c[1], 3), len(c[2]), c[0]))
-    shortlist = landing[: cfg.max_scored]
+    shortlist = shortlist_by_budget(landing, cfg.max_scored) if score else [min(landing, key=_least_change)]
     scored = [(score(list(s), k) if score else 0.0, p, k, s) for p, k, s in shortlist]
     best_score, predicted, keep, schedule = min(scored, key=lambda c: c[0])
     return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
                 best_score if score else None)
+
+
+def _least_change(candidate: Candidate) -> tuple:
+    """Prune as few channels as possible, then merge as little and as late as possible."""
+    _, keep, schedule = candidate
+    return -round(keep, 3), _merge_order(schedule)
+
+
+def _merge_order(schedule: Sequence[MergeStep]) -> tuple:
+    """Fewer merges first, then later ones: every block after a merge sees a coarser grid."""
+    return len(schedule), [-step.block for step in schedule]
+
+
+def shortlist_by_budget(candidates: Sequence[Candidate], size: int) -> List[Candidate]:
+    """Up to `size` candidates spread over CDCP budgets (keep bands 10% wide), in turns.
+
+    Ranking only the plans that prune least would hide the trade the score should
+    judge: on the bundled reference, plans that merge later and prune 25-35% stay
+    closer to the original than merging alone (benchmarks/results/plan_scores_cpu.md).
+    Within a band, fewer and later merges come first.
+    """
+    bands: Dict[int, List[Candidate]] = {}
+    for candidate in candidates:
+        bands.setdefault(min(int(candidate[1] * 10), 10), []).append(candidate)
+    queues = [sorted(bands[b], key=lambda c: (_merge_order(c[2]), c[0])) for b in sorted(bands, reverse=True)]
+    picked: List[Candidate] = []
+    for turn in range(max(len(q) for q in queues)):
+        picked += [q[turn] for q in queues if turn < len(q)]
+    return picked[:size]
 
 
 def max_speedup(model: nn.Module, table: LatencyTable, min_keep: float = 0.25, multiple: int = 1) -> float:

@@ -1,0 +1,114 @@
+"""Which plans does the planner's score like? Every landing plan at a target, scored.
+
+For each merge schedule and each cap on the CDCP budget (keep at most 100%, 90%, ...),
+the planner's solver finds the budget that lands on the target; every distinct plan
+predicted to land is built untrained (weight-norm channels, as calibration starts) and
+scored two ways on the same calibration images: the planner's KL from the original's
+logits, and the relative error of the full-grid features a dense head reads (blocks at
+1/4, 2/4, 3/4 and 4/4 of the depth). Then it shows which plan the planner picks with
+the shortlist of the fewest-pruned plans (v0.1-0.3) and with the shortlist spread over
+budgets. No timing: the latency table comes from the cache, or is measured first.
+
+    python benchmarks/plan_scores.py --target 1.9 --out benchmarks/results/plan_scores_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cait_cli.errors import run_script
+from cait_cli.method.variants import compressed_variant
+from cait_cli.models.loading import load_model
+from cait_cli.pipeline.data import open_data, resolve_data_config
+from cait_cli.pipeline.latency import calibrate_latency
+from cait_cli.pipeline.plan import PlanConfig, SpeedModel, candidate_schedules, make_plan
+from cait_cli.pipeline.scoring import feature_distortion, kl_score
+
+KEEP_CAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def landing_plans(speed: SpeedModel, cfg: PlanConfig) -> dict:
+    """{(schedule, keep): predicted speedup} for every plan predicted to land on cfg.target."""
+    plans = {}
+    for schedule in candidate_schedules(speed.depth, speed.grid):
+        for cap in KEEP_CAPS:
+            keep = speed.solve_keep(schedule, cfg.target * cfg.margin, cfg.min_keep, cap)
+            if keep is not None and speed.speedup(schedule, keep) <= cfg.target * cfg.ceiling:
+                plans[(tuple(schedule), round(keep, 3))] = speed.speedup(schedule, keep)
+    return plans
+
+
+def old_pick(speed: SpeedModel, cfg: PlanConfig, score) -> tuple:
+    """The plan v0.3's planner picked: best score among the 10 landing plans that prune least."""
+    landing = [(speed.speedup(s, k), k, s) for s in candidate_schedules(speed.depth, speed.grid)
+               if (k := speed.solve_keep(s, cfg.target * cfg.margin, cfg.min_keep)) is not None
+               and speed.speedup(s, k) <= cfg.target * cfg.ceiling]
+    landing.sort(key=lambda c: (-round(c[1], 3), len(c[2]), c[0]))
+    return min((score(list(s), k), k, merges(s)) for _, k, s in landing[: cfg.max_scored])
+
+
+def merges(schedule) -> str:
+    return "+".join(str(step.block) for step in schedule) or "none"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="examples/reference")
+    parser.add_argument("--data", default="/tmp/fashion_proof")
+    parser.add_argument("--target", type=float, default=1.9)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--bench-batch-size", type=int, default=64)
+    parser.add_argument("--channel-multiple", type=int, default=8)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    base = load_model(args.model).model.eval()
+    train = open_data(args.data, resolve_data_config(base), batch_size=args.images, workers=0, seed=0).train
+    step = max(1, len(train) // args.images)  # spread over the classes of a class-sorted folder
+    batch = torch.stack([train[i * step][0] for i in range(args.images)])
+    table = calibrate_latency(base, torch.device("cpu"), args.bench_batch_size, multiple=args.channel_multiple)
+    speed = SpeedModel(base, table, args.channel_multiple)
+    cfg = PlanConfig(args.target, multiple=args.channel_multiple)
+    score = kl_score(base, lambda: batch, args.channel_multiple)
+    depth = len(base.blocks)
+    indices = [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
+    rows = []
+    for (schedule, keep), predicted in landing_plans(speed, cfg).items():
+        variant = compressed_variant(base, list(schedule), keep, args.channel_multiple)
+        rows.append((score(list(schedule), keep), feature_distortion(base, variant, batch, indices),
+                     predicted, keep, merges(schedule)))
+    rows.sort()
+    scores = {(r[4], r[3]): r[0] for r in rows}
+
+    def cached(schedule, keep):
+        return scores.get((merges(schedule), round(keep, 3))) or score(schedule, keep)
+
+    new = make_plan(base, table, cfg, cached)
+    old_kl, old_keep, old_merges = old_pick(speed, cfg, cached)
+    lines = ["# Plan scores: every plan predicted to land, scored as the planner scores", "",
+             f"Command: `python {' '.join(sys.argv)}`", "",
+             f"{args.model} at {args.target:g}x, channel multiple {args.channel_multiple}, {args.images} calibration "
+             f"images from {args.data}, latency table {table.key} (batch {args.bench_batch_size}). KL: the planner's "
+             f"score (lower is closer to the original). Dense: relative squared error of the full-grid features of "
+             f"blocks {indices}. Untrained models: channels by weight norm. Total time "
+             f"{(time.perf_counter() - start) / 60:.0f} min.", "",
+             f"- planner, shortlist of the fewest-pruned plans (v0.3): merges {old_merges}, keep "
+             f"{old_keep:.0%}, KL {old_kl:.4f}",
+             f"- planner, shortlist spread over budgets: merges {merges(new.schedule)}, keep {new.keep:.0%}, "
+             f"KL {new.score:.4f}", "",
+             "| rank | KL | dense error | predicted | keep | merges after blocks |", "|---|---|---|---|---|---|"]
+    lines += [f"| {i} | {kl:.4f} | {dense:.4f} | {p:.2f}x | {keep:.0%} | {m} |"
+              for i, (kl, dense, p, keep, m) in enumerate(rows, 1)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    run_script(main)
