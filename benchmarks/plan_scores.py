@@ -52,7 +52,8 @@ def old_pick(speed: SpeedModel, cfg: PlanConfig, score) -> tuple:
 
 
 def merges(schedule) -> str:
-    return "+".join(str(step.block) for step in schedule) or "none"
+    """Merge steps as block and axis: "5w+10h" merges columns after block 5, rows after block 10."""
+    return "+".join(f"{step.block}{step.axis}" for step in schedule) or "none"
 
 
 def main() -> None:
