@@ -173,3 +173,22 @@ def test_score_can_choose_pruning_when_merging_alone_lands(make_vit):
 
     scored = make_plan(model, table, PlanConfig(target=target), score=prefer_pruning)
     assert scored.keep < 0.9 and target * 1.02 - 1e-6 <= scored.predicted_speedup <= target * 1.08
+
+
+def test_kl_score_is_zero_for_the_original_and_computed_once_per_plan(make_vit, monkeypatch):
+    import cait_cli.pipeline.scoring as scoring
+    model = make_vit().eval()
+    built = []
+
+    def counting_variant(*args, **kwargs):
+        built.append(args[1:])
+        return compressed_variant(*args, **kwargs)
+
+    compressed_variant = scoring.compressed_variant
+    monkeypatch.setattr(scoring, "compressed_variant", counting_variant)
+    score = scoring.kl_score(model, lambda: torch.randn(4, 3, 32, 32), multiple=1)
+    assert score([], 1.0) == pytest.approx(0.0, abs=1e-6)
+    merged = [MergeStep(1, "w")]
+    first = score(merged, 0.6)
+    assert first > 0 and score(list(merged), 0.6) == first
+    assert len(built) == 2

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,8 @@ from .train import distill_loss
 def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
     """Score of a plan: KL of its untrained compressed model from the original on `images()`.
 
-    The images and the original's logits are computed at the first call, then reused.
+    The images and the original's logits are computed at the first call, then reused, and so
+    is each plan's score: landing's re-plans shortlist many of the same plans again.
     """
     @functools.cache
     def reference() -> Tuple[torch.Tensor, torch.Tensor]:
@@ -24,12 +25,17 @@ def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int)
         with torch.inference_mode():
             return batch, base(batch)
 
+    scores: Dict[Tuple[Tuple[MergeStep, ...], float], float] = {}
+
     def score(schedule: List[MergeStep], keep: float) -> float:
-        batch, teacher = reference()
-        unlabelled = torch.full((batch.shape[0],), -1, dtype=torch.long, device=batch.device)
-        variant = compressed_variant(base, schedule, keep, multiple)
-        with torch.inference_mode():
-            return float(distill_loss(variant(batch), teacher, unlabelled, 0.0))
+        key = (tuple(schedule), keep)
+        if key not in scores:
+            batch, teacher = reference()
+            unlabelled = torch.full((batch.shape[0],), -1, dtype=torch.long, device=batch.device)
+            variant = compressed_variant(base, schedule, keep, multiple)
+            with torch.inference_mode():
+                scores[key] = float(distill_loss(variant(batch), teacher, unlabelled, 0.0))
+        return scores[key]
 
     return score
 
