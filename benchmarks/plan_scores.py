@@ -20,26 +20,30 @@ from pathlib import Path
 
 import torch
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
-from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.data import open_data, resolve_data_config
 from cait_cli.pipeline.latency import calibrate_latency
 from cait_cli.pipeline.plan import PlanConfig, SpeedModel, candidate_schedules, make_plan
-from cait_cli.pipeline.scoring import feature_distortion, kl_score
+from cait_cli.pipeline.scoring import feature_score, kl_score
 
 KEEP_CAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
-def landing_plans(speed: SpeedModel, cfg: PlanConfig) -> dict:
-    """{(schedule, keep): predicted speedup} for every plan predicted to land on cfg.target."""
+def landing_plans(speed: SpeedModel, cfg: PlanConfig) -> list:
+    """(schedule, keep, predicted speedup) for every distinct plan predicted to land on cfg.target.
+
+    Caps that solve to the same budget (to 0.1%) give one plan, with the keep of the first
+    cap: 100%, as the planner solves it, so the scores computed here serve the planner too.
+    """
     plans = {}
     for schedule in candidate_schedules(speed.depth, speed.grid):
         for cap in KEEP_CAPS:
             keep = speed.solve_keep(schedule, cfg.target * cfg.margin, cfg.min_keep, cap)
             if keep is not None and speed.speedup(schedule, keep) <= cfg.target * cfg.ceiling:
-                plans[(tuple(schedule), round(keep, 3))] = speed.speedup(schedule, keep)
-    return plans
+                plans.setdefault((tuple(schedule), round(keep, 3)), (schedule, keep, speed.speedup(schedule, keep)))
+    return list(plans.values())
 
 
 def old_pick(speed: SpeedModel, cfg: PlanConfig, score) -> tuple:
@@ -77,19 +81,11 @@ def main() -> None:
     score = kl_score(base, lambda: batch, args.channel_multiple)
     depth = len(base.blocks)
     indices = [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
-    rows = []
-    for (schedule, keep), predicted in landing_plans(speed, cfg).items():
-        variant = compressed_variant(base, list(schedule), keep, args.channel_multiple)
-        rows.append((score(list(schedule), keep), feature_distortion(base, variant, batch, indices),
-                     predicted, keep, merges(schedule)))
-    rows.sort()
-    scores = {(r[4], r[3]): r[0] for r in rows}
-
-    def cached(schedule, keep):
-        return scores.get((merges(schedule), round(keep, 3))) or score(schedule, keep)
-
-    new = make_plan(base, table, cfg, cached)
-    old_kl, old_keep, old_merges = old_pick(speed, cfg, cached)
+    dense = feature_score(base, lambda: batch, args.channel_multiple, indices)
+    rows = sorted((score(schedule, keep), dense(schedule, keep), predicted, keep, merges(schedule))
+                  for schedule, keep, predicted in landing_plans(speed, cfg))
+    new = make_plan(base, table, cfg, score)
+    old_kl, old_keep, old_merges = old_pick(speed, cfg, score)
     lines = ["# Plan scores: every plan predicted to land, scored as the planner scores", "",
              f"Command: `python {' '.join(sys.argv)}`", "",
              f"{args.model} at {args.target:g}x, channel multiple {args.channel_multiple}, {args.images} calibration "
@@ -107,8 +103,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.cdcp import gates_of, gated_macs, full_gated_macs, set_budget
 from cait_cli.method.slim import slim
@@ -78,8 +79,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

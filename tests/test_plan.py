@@ -192,3 +192,11 @@ def test_kl_score_is_zero_for_the_original_and_computed_once_per_plan(make_vit, 
     first = score(merged, 0.6)
     assert first > 0 and score(list(merged), 0.6) == first
     assert len(built) == 2
+
+
+def test_feature_score_is_zero_for_the_original_and_grows_with_merging(make_vit):
+    import cait_cli.pipeline.scoring as scoring
+    model = make_vit().eval()
+    score = scoring.feature_score(model, lambda: torch.randn(4, 3, 32, 32), multiple=1, indices=[1, 3])
+    assert score([], 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert score([MergeStep(1, "w")], 1.0) > 0

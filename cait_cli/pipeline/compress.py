@@ -26,8 +26,8 @@ from .measure import resolve_device
 from .phases import calibrated_student, finetune, landed
 from .plan import Plan, PlanConfig, ScoreFn, describe_plan, make_plan
 from .progress import Progress, Silent
-from .scoring import kl_score
 from .report import build_report, measure_models, report_json
+from .scoring import kl_score
 from .state import RunDir, plan_from_dict
 from .train import TrainConfig
 

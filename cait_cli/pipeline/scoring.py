@@ -12,37 +12,53 @@ from ..method.variants import compressed_variant
 from .plan import ScoreFn
 from .train import distill_loss
 
+Outputs = Callable[[nn.Module, torch.Tensor], object]  # what a model gives on the batch
+Distance = Callable[[object, object], float]  # (compressed model's outputs, original's outputs)
 
-def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
-    """Score of a plan: KL of its untrained compressed model from the original on `images()`.
 
-    The images and the original's logits are computed at the first call, then reused, and so
+def plan_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int, outputs: Outputs,
+               distance: Distance) -> ScoreFn:
+    """Score of a plan: `distance` of its untrained compressed model's outputs from the original's.
+
+    The images and the original's outputs are computed at the first call, then reused, and so
     is each plan's score: landing's re-plans shortlist many of the same plans again.
     """
     @functools.cache
-    def reference() -> Tuple[torch.Tensor, torch.Tensor]:
+    def reference() -> Tuple[torch.Tensor, object]:
         batch = images()
         with torch.inference_mode():
-            return batch, base(batch)
+            return batch, outputs(base, batch)
 
     scores: Dict[Tuple[Tuple[MergeStep, ...], float], float] = {}
 
     def score(schedule: List[MergeStep], keep: float) -> float:
         key = (tuple(schedule), keep)
         if key not in scores:
-            batch, teacher = reference()
-            unlabelled = torch.full((batch.shape[0],), -1, dtype=torch.long, device=batch.device)
+            batch, want = reference()
             variant = compressed_variant(base, schedule, keep, multiple)
             with torch.inference_mode():
-                scores[key] = float(distill_loss(variant(batch), teacher, unlabelled, 0.0))
+                scores[key] = distance(outputs(variant, batch), want)
         return scores[key]
 
     return score
 
 
-def feature_distortion(base: nn.Module, variant: nn.Module, batch: torch.Tensor, indices: Sequence[int]) -> float:
-    """Mean relative squared error of the variant's full-grid features at `indices` (what a dense head reads)."""
-    with torch.inference_mode():
-        want = base.forward_intermediates(batch, indices=list(indices), intermediates_only=True)
-        got = variant.forward_intermediates(batch, indices=list(indices), intermediates_only=True)
-    return sum(float(((g - w) ** 2).mean() / (w ** 2).mean()) for g, w in zip(got, want)) / len(want)
+def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
+    """KL of the plan's logits from the original's (the planner's score)."""
+    def kl(logits: torch.Tensor, teacher: torch.Tensor) -> float:
+        unlabelled = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
+        return float(distill_loss(logits, teacher, unlabelled, 0.0))
+
+    return plan_score(base, images, multiple, lambda model, batch: model(batch), kl)
+
+
+def feature_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int,
+                  indices: Sequence[int]) -> ScoreFn:
+    """Mean relative squared error of the plan's full-grid features at `indices` (what a dense head reads)."""
+    def features(model: nn.Module, batch: torch.Tensor) -> List[torch.Tensor]:
+        return model.forward_intermediates(batch, indices=list(indices), intermediates_only=True)
+
+    def error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
+        return sum(float(((g - w) ** 2).mean() / (w ** 2).mean()) for g, w in zip(got, want)) / len(want)
+
+    return plan_score(base, images, multiple, features, error)
