@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.pipeline.compress import CompressConfig, compress
 
@@ -51,8 +52,7 @@ def main() -> None:
                          f"| {report['device']} ({report['threads']} threads) | {report['batch_size']} |")
             print(lines[-1], flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + f"\n\ntorch {torch.__version__}\n")
+        write_text_atomic(args.out, "\n".join(lines) + f"\n\ntorch {torch.__version__}\n")
 
 
 if __name__ == "__main__":

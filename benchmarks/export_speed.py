@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.compress import CompressConfig, compress
@@ -102,8 +103,7 @@ def main() -> None:
     for name in args.models:
         lines += bench(name, args.target, args.batch_sizes, args)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        write_text_atomic(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import List
 import torch
 
 from benchmarks.input_speed import fixed_plan, make_jpeg_folder, premade_inputs, training_rates
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.distributed import default_workers
@@ -114,8 +115,7 @@ def main() -> None:
         for model in args.models:
             lines += training_rows(model, data, args, tmp)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        write_text_atomic(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.pipeline import compress as compress_module
@@ -177,8 +178,7 @@ def main() -> None:
               f"({with_workers:.0%})", f"torch {torch.__version__}"]
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+        write_text_atomic(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.model import block_widths, token_counts
 from cait_cli.method.variants import compressed_variant
@@ -156,8 +157,7 @@ def main() -> None:
         name, _, weights = spec.rpartition(":")
         lines += study(name, weights, args.batch_size, args.repeats, args.channel_multiple, device)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines))
+        write_text_atomic(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

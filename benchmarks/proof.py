@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.peers.channel_pruning import SETTINGS, PruneSetting, prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
 from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
+from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.method.cost import model_macs  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
@@ -281,9 +281,8 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
             "reference_macs": model_macs(reference), "steps": args.steps, "batch_size": args.batch_size,
             "bench_batch_size": args.bench_batch_size, "lr": args.lr, "seed": args.seed,
             "seconds": round(seconds)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
-    args.out.with_suffix(".md").write_text(table(meta, [asdict(r) for r in rows]))
+    write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
+    write_text_atomic(args.out.with_suffix(".md"), table(meta, [asdict(r) for r in rows]))
     plot(meta, [asdict(r) for r in rows], args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+from cait_cli.atomic import write_text_atomic
+
 FLOOR_PT = 12  # the plot shows top-1 down to this many points under the reference
 CONTROL = "reference, same training"  # the uncompressed reference given every method's training budget
 MARKERS = {CONTROL: "*", "cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x",
@@ -100,7 +102,7 @@ def plot(meta: Dict[str, Any], rows: List[Dict[str, Any]], path: Path) -> None:
 def main() -> None:
     path = Path(sys.argv[1])
     data = json.loads(path.read_text())
-    path.with_suffix(".md").write_text(table(data["meta"], data["rows"]))
+    write_text_atomic(path.with_suffix(".md"), table(data["meta"], data["rows"]))
     plot(data["meta"], data["rows"], path.with_suffix(".png"))
 
 

@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cost import model_macs
@@ -80,8 +81,7 @@ def main() -> None:
     for name in args.models:
         rows += bench_architecture(name, cfg, device)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(header + rows) + "\n")
+        write_text_atomic(args.out, "\n".join(header + rows) + "\n")
 
 
 if __name__ == "__main__":

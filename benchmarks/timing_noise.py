@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
@@ -53,8 +54,7 @@ def main() -> None:
     lines += ["", f"keep 50% over the runs: {min(halves):.2f}x to {max(halves):.2f}x "
               f"({max(halves) / min(halves) - 1:.0%} apart).", ""]
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines))
+        write_text_atomic(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":
