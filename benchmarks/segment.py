@@ -21,7 +21,8 @@ benchmarks/proof.py makes them (same training budget, on `--data`):
 Protocol (benchmarks/segment_head.py): the backbone stays frozen; a light head
 (BatchNorm, 3x3 conv, ReLU, 1x1 conv on the patch grid, bilinear upsampling) is
 trained on the features of four blocks with the same steps, batches and init for
-every backbone. Reported: mIoU on the test scenes, and end-to-end speedup (backbone +
+every backbone, once per head seed (`--head-seeds`, on features computed once), so
+the table shows how far mIoU moves with the head's initialisation and batches alone. Reported: mIoU on the test scenes, and end-to-end speedup (backbone +
 head) at the scene size over the reference's, every model interleaved in one run.
 Writes OUT.md (table, command), OUT.json and OUT.png (test scenes with predicted masks).
 """
@@ -29,11 +30,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import proof  # noqa: E402
 from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
-from benchmarks.segment_head import (FrozenBackbone, HeadConfig, SceneSet, evaluate, predict,  # noqa: E402
-                                     train_head)
+from benchmarks.segment_head import (FrozenBackbone, HeadConfig, SceneSet, Segmenter, SegScore,  # noqa: E402
+                                     evaluate_head, features_of, fit_head, predict)
+from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.data import collate_skipping, dataset_from, eval_transform, resolve_data_config  # noqa: E402
@@ -64,9 +65,10 @@ class SegRow:
     method: str
     setting: str
     params: int = 0
-    miou: Optional[float] = None
+    miou: Optional[float] = None  # mean over the head seeds
     pixel_accuracy: Optional[float] = None
     iou: List[float] = field(default_factory=list)
+    miou_seeds: List[float] = field(default_factory=list)  # one per head seed
     speedup: Optional[float] = None
     speedup_range: List[float] = field(default_factory=list)
     note: str = ""
@@ -113,6 +115,19 @@ def at_scene_size(model: nn.Module, size: int, method: str) -> nn.Module:
     return model.eval()
 
 
+def heads_over_seeds(backbone: FrozenBackbone, train: SceneSet, test: SceneSet, cfg: HeadConfig,
+                     seeds: int) -> tuple[nn.Module, List[SegScore]]:
+    """Heads trained with `seeds` seeds (cfg.seed, cfg.seed + 1, ...) on one frozen backbone's cached
+    features: the first seed's head and every seed's test score (how far mIoU moves by the head alone)."""
+    train_features, test_features = features_of(backbone, train), features_of(backbone, test)
+    heads = [fit_head(train_features, NUM_CLASSES, train, replace(cfg, seed=cfg.seed + k)) for k in range(seeds)]
+    return heads[0], [evaluate_head(head, test_features, test, NUM_CLASSES) for head in heads]
+
+
+def mean(values: List[float]) -> float:
+    return sum(values) / len(values)
+
+
 def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict]:
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
@@ -140,11 +155,13 @@ def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict
             continue
         scene_model = at_scene_size(model, args.scene_size, row.method)
         backbone = FrozenBackbone(scene_model, feature_blocks(len(scene_model.blocks)), row.method == "tome")
-        segmenter = train_head(backbone, NUM_CLASSES, train_set, head_cfg)
-        score = evaluate(segmenter, test_set, NUM_CLASSES)
-        row.params, row.miou, row.pixel_accuracy, row.iou = count_params(model), score.miou, score.pixel_accuracy, score.iou
-        segmenters[row.key] = segmenter
-        print(f"{row.key}: {row.setting}; mIoU {100 * score.miou:.2f}", flush=True)
+        head, scores = heads_over_seeds(backbone, train_set, test_set, head_cfg, args.head_seeds)
+        row.params, row.miou_seeds = count_params(model), [s.miou for s in scores]
+        row.miou, row.pixel_accuracy = mean([s.miou for s in scores]), mean([s.pixel_accuracy for s in scores])
+        row.iou = np.nanmean([s.iou for s in scores], axis=0).tolist()
+        segmenters[row.key] = Segmenter(backbone, head).eval()
+        seeds = " / ".join(f"{100 * m:.2f}" for m in row.miou_seeds)
+        print(f"{row.key}: {row.setting}; mIoU {100 * row.miou:.2f} (head seeds: {seeds})", flush=True)
 
     print("measuring every segmenter end to end, interleaved", flush=True)
     speed = measure_throughput(segmenters, (3, args.scene_size, args.scene_size),
@@ -164,7 +181,8 @@ def table(meta: dict, rows: List[SegRow]) -> str:
         f"Device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}. Scenes {meta['scene_size']}x"
         f"{meta['scene_size']}, {meta['train_scenes']} train (official training split), {meta['test_scenes']} test "
         f"(official test split). Frozen backbone, light head (BN, 3x3 conv, ReLU, 1x1 conv, bilinear upsampling) on "
-        f"blocks {meta['blocks']}, {meta['head_steps']} steps of batch {meta['head_batch_size']}. Backbones compressed "
+        f"blocks {meta['blocks']}, {meta['head_steps']} steps of batch {meta['head_batch_size']}, "
+        f"{meta.get('head_seeds', 1)} head seed(s) per backbone (mIoU: their mean, range in brackets). Backbones compressed "
         f"for {meta['speedup']:g}x on classification at 56x56 as benchmarks/proof.py does ({meta['steps']} steps). "
         f"End-to-end speedup (backbone + head) at the scene size, batch {meta['bench_batch_size']}, fp32, "
         f"interleaved in one run (median of paired ratios). Total time {meta['seconds'] / 60:.0f} min.", "",
@@ -176,9 +194,16 @@ def table(meta: dict, rows: List[SegRow]) -> str:
             lines.append(f"| {r.method} | not reached: {r.note} | — | — | — | — | — |")
             continue
         lines.append(f"| {r.method} | {r.setting} | {r.speedup:.2f}x ({r.speedup_range[0]:.2f}-"
-                     f"{r.speedup_range[1]:.2f}) | {100 * r.miou:.2f} | {100 * (r.miou - ref):+.2f} | "
+                     f"{r.speedup_range[1]:.2f}) | {miou_cell(r)} | {100 * (r.miou - ref):+.2f} | "
                      f"{100 * r.pixel_accuracy:.2f} | {r.params / 1e6:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def miou_cell(row: SegRow) -> str:
+    """Mean mIoU (%), with the range over head seeds when there are several."""
+    if len(row.miou_seeds) < 2:
+        return f"{100 * row.miou:.2f}"
+    return f"{100 * row.miou:.2f} ({100 * min(row.miou_seeds):.2f}-{100 * max(row.miou_seeds):.2f})"
 
 
 def plot_scenes(segmenters: Dict[str, nn.Module], test: SceneSet, path: Path, count: int = 4) -> None:
@@ -226,6 +251,9 @@ def main() -> None:
     parser.add_argument("--head-steps", type=int, default=600)
     parser.add_argument("--head-batch-size", type=int, default=32)
     parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--head-seeds", type=int, default=1,
+                        help="heads trained per backbone (seeds --seed, --seed + 1, ...; about 4 CPU minutes "
+                             "each); mIoU is their mean")
     parser.add_argument("--bench-batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--seed", type=int, default=0)
@@ -234,6 +262,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scene_size % 4:
         raise CaitError(f"--scene-size must be a multiple of the patch size (4), got {args.scene_size}")
+    if args.head_seeds < 1:
+        raise CaitError(f"--head-seeds must be at least 1, got {args.head_seeds}")
     started = time.time()
     rows, segmenters, sets = run(args)
     reference = next(s for name, s in segmenters.items() if name == REFERENCE)
@@ -241,11 +271,10 @@ def main() -> None:
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "scene_size": args.scene_size, "train_scenes": args.train_scenes, "test_scenes": args.test_scenes,
             "blocks": feature_blocks(len(reference.backbone.model.blocks)), "head_steps": args.head_steps,
-            "head_batch_size": args.head_batch_size, "speedup": args.speedup, "steps": args.steps,
+            "head_batch_size": args.head_batch_size, "head_seeds": args.head_seeds, "speedup": args.speedup, "steps": args.steps,
             "bench_batch_size": args.bench_batch_size, "seconds": round(time.time() - started)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
-    args.out.with_suffix(".md").write_text(table(meta, rows))
+    write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
+    write_text_atomic(args.out.with_suffix(".md"), table(meta, rows))
     plot_scenes(segmenters, sets["test"], args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md").read_text())
 

@@ -101,9 +101,8 @@ def features_of(backbone: FrozenBackbone, scenes: SceneSet, batch_size: int = 50
                           for start in range(0, len(scenes), batch_size)])
 
 
-def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: HeadConfig) -> Segmenter:
-    """A head trained on the frozen backbone's features; the same batches and init for every backbone."""
-    features = features_of(backbone, train)
+def fit_head(features: torch.Tensor, classes: int, train: SceneSet, cfg: HeadConfig) -> SegHead:
+    """A head trained on cached features (N, C, h, w) of `train`'s scenes; the same batches and init per seed."""
     torch.manual_seed(cfg.seed)
     head = SegHead(features.shape[1], classes)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -118,7 +117,12 @@ def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: Hea
         loss.backward()
         optimizer.step()
         schedule.step()
-    return Segmenter(backbone, head.eval()).eval()
+    return head.eval()
+
+
+def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: HeadConfig) -> Segmenter:
+    """A head trained on the frozen backbone's features; the same batches and init for every backbone."""
+    return Segmenter(backbone, fit_head(features_of(backbone, train), classes, train, cfg)).eval()
 
 
 @dataclass
@@ -128,13 +132,30 @@ class SegScore:
     iou: List[float]  # per class, NaN where a class never occurs nor is predicted
 
 
-def evaluate(segmenter: Segmenter, test: SceneSet, classes: int, batch_size: int = 50) -> SegScore:
-    """mIoU over the classes present in truth or prediction, from one confusion matrix over all test pixels."""
+def evaluate(segmenter: Callable[[torch.Tensor], torch.Tensor], test: SceneSet, classes: int,
+             batch_size: int = 50) -> SegScore:
+    """The score of a segmenter (images -> logits) on the test scenes."""
+    return score(lambda start, stop: segmenter(test.batch(range(start, stop))[0]), test, classes, batch_size)
+
+
+def evaluate_head(head: SegHead, features: torch.Tensor, test: SceneSet, classes: int,
+                  batch_size: int = 50) -> SegScore:
+    """The same score for a head on cached features (N, C, h, w) of the test scenes (see features_of)."""
+    size = test.masks.shape[-2:]
+    return score(lambda start, stop: head(features[start:stop], size), test, classes, batch_size)
+
+
+def score(logits_of: Callable[[int, int], torch.Tensor], test: SceneSet, classes: int, batch_size: int) -> SegScore:
+    """mIoU over the classes present in truth or prediction, from one confusion matrix over all test pixels.
+
+    logits_of(start, stop) gives the logits (B, classes, S, S) of test scenes start..stop-1.
+    """
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     with torch.no_grad():
         for start in range(0, len(test), batch_size):
-            images, masks = test.batch(range(start, min(start + batch_size, len(test))))
-            predicted = segmenter(images).argmax(1)
+            stop = min(start + batch_size, len(test))
+            predicted = logits_of(start, stop).argmax(1)
+            masks = test.masks_of(range(start, stop))
             confusion += torch.bincount(masks.flatten() * classes + predicted.flatten(),
                                         minlength=classes * classes).reshape(classes, classes)
     hits = confusion.diag().double()

@@ -59,3 +59,21 @@ def test_a_head_trains_on_cached_features_of_a_frozen_backbone():
     segmenter = train_head(backbone, NUM_CLASSES, train, HeadConfig(steps=3, batch_size=4))
     assert segmenter(train.batch([0, 1])[0]).shape == (2, NUM_CLASSES, 32, 32)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the backbone stayed frozen
+
+
+def test_heads_over_seeds_score_on_cached_features_as_the_whole_segmenter_does():
+    from benchmarks.segment import heads_over_seeds, miou_cell, SegRow
+    from benchmarks.segment_head import FrozenBackbone, HeadConfig, Segmenter, evaluate
+    from support import tiny_vit
+
+    model = tiny_vit(img_size=32, patch_size=4, depth=2, embed_dim=16, num_heads=2, num_classes=3)
+    images, labels = garments(count=12)
+    train = SceneSet(*make_scenes(images, labels, 8, SceneConfig(size=32, scale=1), seed=0), 0.3, 0.3)
+    test = SceneSet(*make_scenes(images, labels, 5, SceneConfig(size=32, scale=1), seed=1), 0.3, 0.3)
+    backbone = FrozenBackbone(model, [0, 1])
+    head, scores = heads_over_seeds(backbone, train, test, HeadConfig(steps=5, batch_size=4, lr=0.05), seeds=2)
+    whole = evaluate(Segmenter(backbone, head).eval(), test, NUM_CLASSES, batch_size=2)
+    assert len(scores) == 2 and abs(whole.miou - scores[0].miou) < 1e-9  # the first seed's head is returned
+    assert (scores[0].miou, scores[0].pixel_accuracy) != (scores[1].miou, scores[1].pixel_accuracy)  # another head
+    row = SegRow("cait", "x", miou=0.5, miou_seeds=[0.4, 0.6])
+    assert miou_cell(row) == "50.00 (40.00-60.00)" and miou_cell(SegRow("a", "b", miou=0.5, miou_seeds=[0.5])) == "50.00"
