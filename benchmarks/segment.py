@@ -33,6 +33,7 @@ import copy
 import platform
 import sys
 import time
+from statistics import fmean
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -124,10 +125,6 @@ def heads_over_seeds(backbone: FrozenBackbone, train: SceneSet, test: SceneSet, 
     return heads[0], [evaluate_head(head, test_features, test, NUM_CLASSES) for head in heads]
 
 
-def mean(values: List[float]) -> float:
-    return sum(values) / len(values)
-
-
 def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict]:
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
@@ -157,7 +154,7 @@ def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict
         backbone = FrozenBackbone(scene_model, feature_blocks(len(scene_model.blocks)), row.method == "tome")
         head, scores = heads_over_seeds(backbone, train_set, test_set, head_cfg, args.head_seeds)
         row.params, row.miou_seeds = count_params(model), [s.miou for s in scores]
-        row.miou, row.pixel_accuracy = mean([s.miou for s in scores]), mean([s.pixel_accuracy for s in scores])
+        row.miou, row.pixel_accuracy = fmean(s.miou for s in scores), fmean(s.pixel_accuracy for s in scores)
         row.iou = np.nanmean([s.iou for s in scores], axis=0).tolist()
         segmenters[row.key] = Segmenter(backbone, head).eval()
         seeds = " / ".join(f"{100 * m:.2f}" for m in row.miou_seeds)

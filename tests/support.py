@@ -138,3 +138,24 @@ def save_compressed_tiny(root: Path, args: dict, merge_blocks) -> Dict[str, str]
                            {"base_model": str(base_dir)})
     data = make_image_folder(root / "data", classes=3, per_class=4)
     return {"base": str(base_dir), "ckpt": str(ckpt), "data": str(data)}
+
+
+def idx_bytes(array) -> bytes:
+    """An IDX file (unsigned bytes) holding `array`, as Fashion-MNIST ships them."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype("uint8").tobytes()
+
+
+def write_fashion_idx(root: Path, count: int = 12) -> Path:
+    """Fashion-MNIST's four gzipped IDX files under root, `count` random garments per split."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", rng.integers(0, 256, size=(count, 28, 28))),
+                            ("labels-idx1", rng.integers(0, 10, size=count))):
+            (root / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    return root

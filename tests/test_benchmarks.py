@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
+from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit, write_fashion_idx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import proof  # noqa: E402
@@ -41,3 +41,21 @@ def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypat
     assert rows and "fewest-pruned" in text and "spread over budgets" in text
     kls = [float(row.split("|")[2]) for row in rows]
     assert kls == sorted(kls)
+
+
+def test_segment_runs_end_to_end_with_head_seeds(tmp_path, monkeypatch):
+    from benchmarks import segment
+    from support import save_compressed_tiny
+
+    made = save_compressed_tiny(tmp_path, ARGS, merge_blocks=[1])
+    out = tmp_path / "segment"
+    monkeypatch.setattr(sys, "argv", [
+        "segment.py", "--reference", made["base"], "--data", made["data"], "--methods", "cait", "--cait", made["ckpt"],
+        "--fashion-root", str(write_fashion_idx(tmp_path / "fashion")), "--scene-size", "64", "--train-scenes", "6",
+        "--test-scenes", "4", "--head-steps", "2", "--head-batch-size", "2", "--head-seeds", "2",
+        "--bench-batch-size", "2", "--repeats", "1", "--out", str(out)])
+    segment.main()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["method"] for r in rows] == [segment.REFERENCE, "cait"]
+    assert all(len(r["miou_seeds"]) == 2 and r["speedup"] > 0 for r in rows)
+    assert "2 head seed(s)" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()

@@ -15,15 +15,10 @@ from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, l
 from cait_cli.pipeline.batches import StepBatches
 from cait_cli.pipeline.data import collate_skipping
 
-from support import make_image_folder, tiny_vit
+from support import idx_bytes, make_image_folder, tiny_vit
 
 FASHION = DEBIAN_FASHION_MNIST
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 @pytest.fixture
