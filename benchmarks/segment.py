@@ -22,8 +22,9 @@ Protocol (benchmarks/segment_head.py): the backbone stays frozen; a light head
 (BatchNorm, 3x3 conv, ReLU, 1x1 conv on the patch grid, bilinear upsampling) is
 trained on the features of four blocks with the same steps, batches and init for
 every backbone, once per head seed (`--head-seeds`, on features computed once), so
-the table shows how far mIoU moves with the head's initialisation and batches alone. Reported: mIoU on the test scenes, and end-to-end speedup (backbone +
-head) at the scene size over the reference's, every model interleaved in one run.
+the table shows how far mIoU moves with the head's initialisation and batches alone.
+Reported: mIoU on the test scenes, and end-to-end speedup (backbone + head) at the
+scene size over the reference's, every model interleaved in one run.
 Writes OUT.md (table, command), OUT.json and OUT.png (test scenes with predicted masks).
 """
 from __future__ import annotations
@@ -33,9 +34,9 @@ import copy
 import platform
 import sys
 import time
-from statistics import fmean
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from statistics import fmean
 from typing import Dict, List, Optional
 
 import numpy as np
