@@ -120,11 +120,6 @@ def fit_head(features: torch.Tensor, classes: int, train: SceneSet, cfg: HeadCon
     return head.eval()
 
 
-def train_head(backbone: FrozenBackbone, classes: int, train: SceneSet, cfg: HeadConfig) -> Segmenter:
-    """A head trained on the frozen backbone's features; the same batches and init for every backbone."""
-    return Segmenter(backbone, fit_head(features_of(backbone, train), classes, train, cfg)).eval()
-
-
 @dataclass
 class SegScore:
     miou: float

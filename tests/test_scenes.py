@@ -45,7 +45,7 @@ def test_miou_of_a_perfect_and_of_a_constant_segmenter():
 
 
 def test_a_head_trains_on_cached_features_of_a_frozen_backbone():
-    from benchmarks.segment_head import FrozenBackbone, HeadConfig, features_of, train_head
+    from benchmarks.segment_head import FrozenBackbone, HeadConfig, Segmenter, features_of, fit_head
     from support import tiny_vit
 
     model = tiny_vit(img_size=32, patch_size=4, depth=2, embed_dim=16, num_heads=2, num_classes=3)
@@ -56,7 +56,7 @@ def test_a_head_trains_on_cached_features_of_a_frozen_backbone():
     features = features_of(backbone, train, batch_size=4)
     assert features.shape == (6, 32, 8, 8)  # two blocks of 16 channels on the 8x8 patch grid
     before = [p.clone() for p in model.parameters()]
-    segmenter = train_head(backbone, NUM_CLASSES, train, HeadConfig(steps=3, batch_size=4))
+    segmenter = Segmenter(backbone, fit_head(features, NUM_CLASSES, train, HeadConfig(steps=3, batch_size=4)))
     assert segmenter(train.batch([0, 1])[0]).shape == (2, NUM_CLASSES, 32, 32)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the backbone stayed frozen
 
