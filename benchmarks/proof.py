@@ -23,6 +23,11 @@ then measured with all the others side by side in one interleaved run:
 `--second-seed N` runs every method at 1.9x again with seed N (data order, initialisation),
 so the table shows how far rows move by chance.
 
+A full run takes hours on a CPU. Every finished job (trained model and row) is kept under
+`--work`; run the same command again after a stop and it goes on from there. The speed of
+every model is measured at the end, in one interleaved run, so reused jobs are timed
+beside the new ones.
+
 Writes OUT.md (table and command), OUT.json and OUT.png (top-1 against measured speedup).
 """
 from __future__ import annotations
@@ -41,6 +46,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.job_cache import JobCache, settings_key  # noqa: E402
 from benchmarks.peers.channel_pruning import SETTINGS, PruneSetting, prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
 from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
@@ -207,22 +213,39 @@ def produce(bench: Bench, method: str, target: float) -> List[tuple[Row, Optiona
 
 
 def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_keeps: List[float],
-                with_control: bool, rows: List[Row], models: Dict[int, nn.Module]) -> None:
-    """Every method (and the control) at every target with bench's seed, appended to rows/models."""
-    jobs: List[Callable[[], List[tuple[Row, Optional[nn.Module]]]]] = []
+                keeps_at: Optional[List[float]], with_control: bool, cache: JobCache, rows: List[Row],
+                models: Dict[int, nn.Module]) -> None:
+    """Every method (and the control) at every target with bench's seed, appended to rows/models.
+
+    Forced keeps run at the targets in keeps_at (all when None). A job that finished in an
+    earlier run with the same settings is read back from the cache instead of trained again.
+    """
+    jobs: List[tuple[str, Callable[[], List[tuple[Row, Optional[nn.Module]]]]]] = []
     if with_control:
-        jobs.append(lambda: [control(bench)])
+        jobs.append(("control", lambda: [control(bench)]))
     for target in targets:
-        jobs += [lambda m=method, t=target: produce(bench, m, t) for method in methods]
-        jobs += [lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)] for keep in forced_keeps]
-    for job in jobs:
-        began = time.time()
-        for row, model in job():
-            row.seconds, row.seed = time.time() - began, bench.seed
+        jobs += [(f"{method}_{target:g}", lambda m=method, t=target: produce(bench, m, t)) for method in methods]
+        if keeps_at is None or any(abs(target - at) < 1e-9 for at in keeps_at):
+            jobs += [(f"cait-keep{keep:g}_{target:g}", lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)])
+                     for keep in forced_keeps]
+    for name, job in jobs:
+        done, cached = cache.run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
+        for row, model in done:
             if model is not None:
                 models[len(rows)] = model
             rows.append(row)
-            print(f"{row.method} @ {row.target:g}x (seed {row.seed}): {row.setting} {row.note}".rstrip(), flush=True)
+            source = " (finished in an earlier run)" if cached else ""
+            print(f"{row.method} @ {row.target:g}x (seed {row.seed}): {row.setting} {row.note}".rstrip() + source,
+                  flush=True)
+
+
+def stamped(job: Callable[[], List[tuple[Row, Optional[nn.Module]]]], seed: int) -> List[tuple[Row, Optional[nn.Module]]]:
+    """The job's rows, each marked with its seed and the seconds the job took."""
+    began = time.time()
+    done = job()
+    for row, _ in done:
+        row.seconds, row.seed = time.time() - began, seed
+    return done
 
 
 def main() -> None:
@@ -234,6 +257,8 @@ def main() -> None:
                         choices=["cait", "atme", "cdcp", "tome", "torch-pruning"])
     parser.add_argument("--forced-keeps", type=float, nargs="*", default=[],
                         help="also run cait with --max-keep K for each K (CDCP made to prune)")
+    parser.add_argument("--forced-keeps-at", type=float, nargs="+",
+                        help="run the forced keeps only at these targets (default: every target)")
     parser.add_argument("--second-seed", type=int, help="run every method again at --second-seed-speedup with it")
     parser.add_argument("--second-seed-speedup", type=float, default=1.9)
     parser.add_argument("--steps", type=int, default=300, help="training budget of every trained method")
@@ -242,7 +267,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-control", action="store_true", help="skip the uncompressed, equally trained control")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-proof"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-proof"),
+                        help="scratch folder; finished jobs kept there are reused by a later run with the "
+                             "same reference and budget (delete it to start again)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
     started = time.time()
@@ -261,13 +288,15 @@ def main() -> None:
 
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
+    budget = {k: getattr(args, k) for k in ("data", "steps", "batch_size", "bench_batch_size", "lr")}
+    cache = JobCache(args.work / f"jobs-{settings_key(reference, budget)}")
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
-    run_methods(bench_with(args.seed), args.speedups, args.methods, args.forced_keeps, not args.no_control,
-                rows, models)
+    run_methods(bench_with(args.seed), args.speedups, args.methods, args.forced_keeps, args.forced_keeps_at,
+                not args.no_control, cache, rows, models)
     if args.second_seed is not None:
         run_methods(bench_with(args.second_seed), [args.second_seed_speedup], args.methods, args.forced_keeps,
-                    not args.no_control, rows, models)
+                    args.forced_keeps_at, not args.no_control, cache, rows, models)
     print("measuring every model against the reference, interleaved", flush=True)
     measure_all(bench_with(args.seed), rows, models, test)
     write_results(args, rows, reference, reference_acc.top1, time.time() - started)

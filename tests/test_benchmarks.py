@@ -25,6 +25,34 @@ def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
         (proof.CONTROL, 0), ("cait", 0), (proof.CONTROL, 1), ("cait", 1)]
     assert "| seed |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
 
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished job was trained again")
+
+    monkeypatch.setattr(proof, "compress", no_training)
+    monkeypatch.setattr(proof, "finetune", no_training)
+    proof.main()  # the same command again: every job read back from --work
+    again = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["method"], r["seed"], r["setting"], r["params"]) for r in again] == [
+        (r["method"], r["seed"], r["setting"], r["params"]) for r in rows]
+    assert all(r["top1"] is not None and r["measured_speedup"] for r in again if r["setting"] != "-")
+    assert again[1]["top1"] is not None  # cait at 1.1x (1.9x may be out of the tiny model's reach)
+
+
+def test_proof_trains_again_when_the_budget_changes(tmp_path, monkeypatch):
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    argv = ["proof.py", "--reference", str(reference), "--data", str(data), "--speedups", "1.1", "--methods",
+            "cait", "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "proof")]
+    monkeypatch.setattr(sys, "argv", argv)
+    proof.main()
+    trained = []
+    real_finetune = proof.finetune
+    monkeypatch.setattr(proof, "finetune", lambda *a, **k: trained.append(1) or real_finetune(*a, **k))
+    monkeypatch.setattr(sys, "argv", [a if a != "2" else "3" for a in argv])  # --steps 3
+    proof.main()
+    assert trained  # the control was trained again with the new budget
+
 
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
     from benchmarks import plan_scores

@@ -107,3 +107,24 @@ def test_weights_that_do_not_match_the_config_are_one_clear_error(make_vit, tmp_
     from cait_cli import load
     with pytest.raises(CaitError, match="does not match its config.json"):
         load(str(path))
+
+
+def test_whole_model_pickles_for_torch_save_in_a_fresh_process(make_vit, tmp_path):
+    model, _ = slim_checkpoint(make_vit, tmp_path)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.save({"model": model, "x": x}, tmp_path / "whole.pt")
+    with torch.no_grad():
+        torch.save(model(x), tmp_path / "y.pt")
+    code = f"""
+import torch
+saved = torch.load({str(tmp_path / 'whole.pt')!r}, weights_only=False)
+y = torch.load({str(tmp_path / 'y.pt')!r})
+model = saved["model"]
+with torch.no_grad():
+    print(float((model(saved["x"]) - y).abs().max()), type(model).__name__)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    err, cls = result.stdout.split()
+    assert float(err) < 1e-6 and cls == "CaitVisionTransformerDistilled"

@@ -7,6 +7,7 @@ their attention, and may carry CDCP channel gates.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -36,6 +37,12 @@ class CaitMixin(DenseMixin):
     """Methods a patched VisionTransformer gains; see `patch_vit` (dense API: see DenseMixin)."""
 
     cait_schedule: List[MergeStep]
+
+    def __reduce_ex__(self, protocol: int):
+        # The class is made at run time (cait_class), so pickle cannot find it by name;
+        # rebuild it from the timm class it extends (torch.save(model), deepcopy).
+        base = next(c for c in type(self).__bases__ if not issubclass(c, CaitMixin))
+        return _new_cait_model, (base,), self.__getstate__()
 
     def embed(self, x: torch.Tensor) -> TokenState:
         """Images (B, 3, H, W) -> TokenState before the first block, on the images' own patch grid."""
@@ -75,11 +82,18 @@ class CaitMixin(DenseMixin):
         return tuple(self.patch_embed.dynamic_feat_size(tuple(img_size)))
 
 
+@functools.lru_cache(maxsize=None)
 def cait_class(base: type) -> type:
-    """The CAIT subclass of a timm VisionTransformer class."""
+    """The CAIT subclass of a timm VisionTransformer class (one per base class)."""
     if issubclass(base, CaitMixin):
         return base
     return type(f"Cait{base.__name__}", (CaitMixin, base), {})
+
+
+def _new_cait_model(base: type) -> nn.Module:
+    """An empty CAIT model of base's subclass; unpickling fills in its state."""
+    cls = cait_class(base)
+    return cls.__new__(cls)
 
 
 def is_cait(model: nn.Module) -> bool:
