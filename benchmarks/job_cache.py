@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from cait_cli.atomic import atomic_file
 
-Job = List[Tuple[Any, Optional[nn.Module]]]  # (row, model or None) pairs
+Finished = List[Tuple[Any, Optional[nn.Module]]]  # (row, model or None) pairs
 
 
 def settings_key(reference: nn.Module, settings: Dict[str, Any]) -> str:
@@ -38,7 +38,7 @@ class JobCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def run(self, key: str, job: Callable[[], Job]) -> Tuple[Job, bool]:
+    def run(self, key: str, job: Callable[[], Finished]) -> Tuple[Finished, bool]:
         """The job's rows and models, from disk when it finished before; True when they were."""
         path = self.path(key)
         if path.is_file():

@@ -167,12 +167,8 @@ def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
     return rows
 
 
-def torch_pruning(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
-    """torch-pruning in each of its settings, at the smallest ratio (to 1%) that reaches the target."""
-    return [pruned_at(bench, target, setting) for setting in SETTINGS]
-
-
 def pruned_at(bench: Bench, target: float, setting: PruneSetting) -> tuple[Row, Optional[nn.Module]]:
+    """torch-pruning in one setting, at the smallest ratio (to 1%) that reaches the target."""
     taylor_batches = [batch for _, batch in bench.batches.iterate(0, 4, bench.device)] if setting.importance == "taylor" else None
 
     def prune(ratio: float) -> nn.Module:
@@ -204,12 +200,18 @@ def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], tes
         bench.log(f"  {rows[i].method} @ {rows[i].target:g}x: {ratio:.2f}x, top-1 {acc.top1:.4f}")
 
 
-def produce(bench: Bench, method: str, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
+Job = Callable[[], List[tuple[Row, Optional[nn.Module]]]]
+
+
+def method_jobs(bench: Bench, method: str, target: float) -> List[tuple[str, Job]]:
+    """(name, job) pairs for one method at one target; torch-pruning is one job per setting."""
+    name = f"{method}_{target:g}"
     if method in ("cait", "atme", "cdcp"):
-        return [ours(bench, method, target)]
+        return [(name, lambda: [ours(bench, method, target)])]
     if method == "tome":
-        return tome(bench, target)
-    return torch_pruning(bench, target)
+        return [(name, lambda: tome(bench, target))]
+    return [(f"{method}-{s.label.replace(' ', '-')}_{target:g}", lambda s=s: [pruned_at(bench, target, s)])
+            for s in SETTINGS]
 
 
 def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_keeps: List[float],
@@ -220,11 +222,11 @@ def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_k
     Forced keeps run at the targets in keeps_at (all when None). A job that finished in an
     earlier run with the same settings is read back from the cache instead of trained again.
     """
-    jobs: List[tuple[str, Callable[[], List[tuple[Row, Optional[nn.Module]]]]]] = []
+    jobs: List[tuple[str, Job]] = []
     if with_control:
         jobs.append(("control", lambda: [control(bench)]))
     for target in targets:
-        jobs += [(f"{method}_{target:g}", lambda m=method, t=target: produce(bench, m, t)) for method in methods]
+        jobs += [job for method in methods for job in method_jobs(bench, method, target)]
         if keeps_at is None or any(abs(target - at) < 1e-9 for at in keeps_at):
             jobs += [(f"cait-keep{keep:g}_{target:g}", lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)])
                      for keep in forced_keeps]
@@ -239,7 +241,7 @@ def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_k
                   flush=True)
 
 
-def stamped(job: Callable[[], List[tuple[Row, Optional[nn.Module]]]], seed: int) -> List[tuple[Row, Optional[nn.Module]]]:
+def stamped(job: Job, seed: int) -> List[tuple[Row, Optional[nn.Module]]]:
     """The job's rows, each marked with its seed and the seconds the job took."""
     began = time.time()
     done = job()
