@@ -274,6 +274,11 @@ def main() -> None:
                              "same reference and budget (delete it to start again)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
+    targets = args.speedups + ([args.second_seed_speedup] if args.second_seed is not None else [])
+    unknown = [t for t in args.forced_keeps_at or [] if all(abs(t - known) > 1e-9 for known in targets)]
+    if unknown:
+        known = " ".join(f"{t:g}" for t in targets)
+        parser.error(f"--forced-keeps-at {unknown[0]:g} is not a target of this run ({known})")
     started = time.time()
     torch.manual_seed(args.seed)
     device = torch.device("cpu")

@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit, write_fashion_idx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,6 +53,16 @@ def test_proof_trains_again_when_the_budget_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [a if a != "2" else "3" for a in argv])  # --steps 3
     proof.main()
     assert trained  # the control was trained again with the new budget
+
+
+def test_proof_refuses_forced_keeps_at_a_target_it_does_not_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--speedups", "1.5", "--forced-keeps",
+                                      "0.8", "--forced-keeps-at", "1.9", "--out", str(tmp_path / "proof")])
+    with pytest.raises(SystemExit) as exit_info:
+        proof.main()
+    assert exit_info.value.code != 0
+    assert "--forced-keeps-at 1.9 is not a target of this run (1.5)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
