@@ -20,8 +20,10 @@ then measured with all the others side by side in one interleaved run:
 - a control: the reference itself given the same training budget, uncompressed (does a
   row gain from its compression or from the extra training?)
 
-`--second-seed N` runs every method at 1.9x again with seed N (data order, initialisation),
-so the table shows how far rows move by chance.
+`--second-seed N` runs every method and the control at 1.9x again with seed N (data order,
+initialisation), so the table shows how far rows move by chance. `--prune-search-at T` tries
+torch-pruning's four settings at T only and runs the best of them (test top-1, which favours
+the peer) at the other targets and with the second seed, which saves hours on a CPU.
 
 A full run takes hours on a CPU. Every finished job (trained model and row) is kept under
 `--work`; run the same command again after a stop and it goes on from there. The speed of
@@ -39,7 +41,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -203,7 +205,8 @@ def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], tes
 Job = Callable[[], List[tuple[Row, Optional[nn.Module]]]]
 
 
-def method_jobs(bench: Bench, method: str, target: float) -> List[tuple[str, Job]]:
+def method_jobs(bench: Bench, method: str, target: float,
+                settings: Sequence[PruneSetting] = SETTINGS) -> List[tuple[str, Job]]:
     """(name, job) pairs for one method at one target; torch-pruning is one job per setting."""
     name = f"{method}_{target:g}"
     if method in ("cait", "atme", "cdcp"):
@@ -211,25 +214,81 @@ def method_jobs(bench: Bench, method: str, target: float) -> List[tuple[str, Job
     if method == "tome":
         return [(name, lambda: tome(bench, target))]
     return [(f"{method}-{s.label.replace(' ', '-')}_{target:g}", lambda s=s: [pruned_at(bench, target, s)])
-            for s in SETTINGS]
+            for s in settings]
 
 
-def run_methods(bench: Bench, targets: List[float], methods: List[str], forced_keeps: List[float],
-                keeps_at: Optional[List[float]], with_control: bool, cache: JobCache, rows: List[Row],
-                models: Dict[int, nn.Module]) -> None:
-    """Every method (and the control) at every target with bench's seed, appended to rows/models.
+@dataclass
+class Protocol:
+    """The jobs of one seed: every method at every target, plus the optional extras."""
 
-    Forced keeps run at the targets in keeps_at (all when None). A job that finished in an
-    earlier run with the same settings is read back from the cache instead of trained again.
+    targets: List[float]
+    methods: List[str]
+    forced_keeps: List[float] = field(default_factory=list)
+    keeps_at: Optional[List[float]] = None  # forced keeps only at these targets (None: every target)
+    with_control: bool = True
+
+    def ordered_targets(self, first: Optional[float]) -> List[float]:
+        """The targets with `first` (where torch-pruning's setting is chosen) moved to the front."""
+        return sorted(self.targets, key=lambda t: first is None or abs(t - first) > 1e-9)
+
+    def forced_at(self, target: float) -> List[float]:
+        if self.keeps_at is None or any(abs(target - at) < 1e-9 for at in self.keeps_at):
+            return self.forced_keeps
+        return []
+
+
+@dataclass
+class PruneChoice:
+    """torch-pruning's setting: all four are tried at `search_at` (main seed); elsewhere only the one
+    whose fine-tuned model scored the best top-1 there. None tries all four everywhere.
+
+    The choice is made on the test set, which favours the peer: a CAIT win over it is conservative.
     """
-    jobs: List[tuple[str, Job]] = []
-    if with_control:
-        jobs.append(("control", lambda: [control(bench)]))
-    for target in targets:
-        jobs += [job for method in methods for job in method_jobs(bench, method, target)]
-        if keeps_at is None or any(abs(target - at) < 1e-9 for at in keeps_at):
-            jobs += [(f"cait-keep{keep:g}_{target:g}", lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)])
-                     for keep in forced_keeps]
+
+    search_at: Optional[float]
+    main_seed: int
+    score: Callable[[nn.Module], float]
+    best: Optional[PruneSetting] = None
+
+    def settings(self, target: float, seed: int, rows: List[Row],
+                 models: Dict[int, nn.Module]) -> Sequence[PruneSetting]:
+        if self.search_at is None or (abs(target - self.search_at) < 1e-9 and seed == self.main_seed):
+            return SETTINGS
+        if self.best is None:
+            self.best = self.choose(rows, models)
+        return SETTINGS if self.best is None else (self.best,)
+
+    def choose(self, rows: List[Row], models: Dict[int, nn.Module]) -> Optional[PruneSetting]:
+        scored = [(self.score(models[i]), s) for i, row in enumerate(rows) if i in models
+                  and row.method == "torch-pruning" and abs(row.target - self.search_at) < 1e-9
+                  for s in SETTINGS if row.setting.startswith(s.label + ",")]
+        if not scored:
+            return None
+        top1, best = max(scored, key=lambda pair: pair[0])
+        print(f"torch-pruning: {best.label} scored best at {self.search_at:g}x (top-1 {top1:.4f}); "
+              "only it runs elsewhere", flush=True)
+        return best
+
+
+def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, cache: JobCache, rows: List[Row],
+                models: Dict[int, nn.Module]) -> None:
+    """Every job of `protocol` with bench's seed, appended to rows/models.
+
+    A job that finished in an earlier run with the same settings is read back from the cache
+    instead of trained again.
+    """
+    if protocol.with_control:
+        run_jobs(bench, [("control", lambda: [control(bench)])], cache, rows, models)
+    for target in protocol.ordered_targets(prune.search_at):
+        settings = prune.settings(target, bench.seed, rows, models)
+        jobs = [job for method in protocol.methods for job in method_jobs(bench, method, target, settings)]
+        jobs += [(f"cait-keep{keep:g}_{target:g}", lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)])
+                 for keep in protocol.forced_at(target)]
+        run_jobs(bench, jobs, cache, rows, models)
+
+
+def run_jobs(bench: Bench, jobs: List[tuple[str, Job]], cache: JobCache, rows: List[Row],
+             models: Dict[int, nn.Module]) -> None:
     for name, job in jobs:
         done, cached = cache.run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
         for row, model in done:
@@ -261,7 +320,11 @@ def main() -> None:
                         help="also run cait with --max-keep K for each K (CDCP made to prune)")
     parser.add_argument("--forced-keeps-at", type=float, nargs="+",
                         help="run the forced keeps only at these targets (default: every target)")
-    parser.add_argument("--second-seed", type=int, help="run every method again at --second-seed-speedup with it")
+    parser.add_argument("--prune-search-at", type=float,
+                        help="try torch-pruning's four settings only at this target; elsewhere (and with the "
+                             "second seed) only the one with the best top-1 there (default: all four everywhere)")
+    parser.add_argument("--second-seed", type=int,
+                        help="run every method and the control again at --second-seed-speedup with it")
     parser.add_argument("--second-seed-speedup", type=float, default=1.9)
     parser.add_argument("--steps", type=int, default=300, help="training budget of every trained method")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -274,11 +337,11 @@ def main() -> None:
                              "same reference and budget (delete it to start again)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
-    targets = args.speedups + ([args.second_seed_speedup] if args.second_seed is not None else [])
-    unknown = [t for t in args.forced_keeps_at or [] if all(abs(t - known) > 1e-9 for known in targets)]
-    if unknown:
-        known = " ".join(f"{t:g}" for t in targets)
-        parser.error(f"--forced-keeps-at {unknown[0]:g} is not a target of this run ({known})")
+    for flag, values in (("--forced-keeps-at", args.forced_keeps_at), ("--prune-search-at", [args.prune_search_at])):
+        unknown = [t for t in values or [] if t is not None and all(abs(t - k) > 1e-9 for k in args.speedups)]
+        if unknown:
+            known = " ".join(f"{t:g}" for t in args.speedups)
+            parser.error(f"{flag} {unknown[0]:g} is not a target of this run ({known})")
     started = time.time()
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
@@ -299,11 +362,12 @@ def main() -> None:
     cache = JobCache(args.work / f"jobs-{settings_key(reference, budget)}")
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
-    run_methods(bench_with(args.seed), args.speedups, args.methods, args.forced_keeps, args.forced_keeps_at,
-                not args.no_control, cache, rows, models)
-    if args.second_seed is not None:
-        run_methods(bench_with(args.second_seed), [args.second_seed_speedup], args.methods, args.forced_keeps,
-                    args.forced_keeps_at, not args.no_control, cache, rows, models)
+    prune = PruneChoice(args.prune_search_at, args.seed, lambda model: measure_accuracy(model, test, device).top1)
+    main_jobs = Protocol(args.speedups, args.methods, args.forced_keeps, args.forced_keeps_at, not args.no_control)
+    run_methods(bench_with(args.seed), main_jobs, prune, cache, rows, models)
+    if args.second_seed is not None:  # the noise: every method and the control again, no forced keeps
+        again = Protocol([args.second_seed_speedup], args.methods, with_control=not args.no_control)
+        run_methods(bench_with(args.second_seed), again, prune, cache, rows, models)
     print("measuring every model against the reference, interleaved", flush=True)
     measure_all(bench_with(args.seed), rows, models, test)
     write_results(args, rows, reference, reference_acc.top1, time.time() - started)

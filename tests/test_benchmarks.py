@@ -55,14 +55,38 @@ def test_proof_trains_again_when_the_budget_changes(tmp_path, monkeypatch):
     assert trained  # the control was trained again with the new budget
 
 
-def test_proof_refuses_forced_keeps_at_a_target_it_does_not_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("flag", ["--forced-keeps-at", "--prune-search-at"])
+def test_proof_refuses_a_target_it_does_not_run(tmp_path, monkeypatch, capsys, flag):
     monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--speedups", "1.5", "--forced-keeps",
-                                      "0.8", "--forced-keeps-at", "1.9", "--out", str(tmp_path / "proof")])
+                                      "0.8", flag, "1.9", "--out", str(tmp_path / "proof")])
     with pytest.raises(SystemExit) as exit_info:
         proof.main()
     assert exit_info.value.code != 0
-    assert "--forced-keeps-at 1.9 is not a target of this run (1.5)" in capsys.readouterr().err
+    assert f"{flag} 1.9 is not a target of this run (1.5)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_proof_runs_only_the_best_torch_pruning_setting_away_from_its_search(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.nn as nn
+    from benchmarks.job_cache import JobCache
+
+    def fake_pruned_at(bench, target, setting):  # a model whose "top-1" says which setting made it
+        model = nn.Linear(1, 1)
+        model.top1 = 0.9 if setting.label == "global L2" else 0.5
+        return proof.Row("torch-pruning", target, f"{setting.label}, ratio 0.50", True, True), model
+
+    monkeypatch.setattr(proof, "pruned_at", fake_pruned_at)
+    prune = proof.PruneChoice(search_at=1.9, main_seed=0, score=lambda model: model.top1)
+    rows, models, cache = [], {}, JobCache(tmp_path)
+    main_jobs = proof.Protocol([1.5, 1.9], ["torch-pruning"], with_control=False)
+    proof.run_methods(SimpleNamespace(seed=0), main_jobs, prune, cache, rows, models)
+    again = proof.Protocol([1.9], ["torch-pruning"], with_control=False)
+    proof.run_methods(SimpleNamespace(seed=1), again, prune, cache, rows, models)
+    assert [(r.target, r.seed, r.setting.split(",")[0]) for r in rows] == [
+        (1.9, 0, "uniform L2"), (1.9, 0, "uniform Taylor"), (1.9, 0, "global L2"), (1.9, 0, "global Taylor"),
+        (1.5, 0, "global L2"), (1.9, 1, "global L2")]  # the search target first, then only its best
 
 
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
