@@ -21,9 +21,9 @@ then measured with all the others side by side in one interleaved run:
   row gain from its compression or from the extra training?)
 
 `--second-seed N` runs every method and the control at 1.9x again with seed N (data order,
-initialisation), so the table shows how far rows move by chance. `--prune-search-at T` tries
-torch-pruning's four settings at T only and runs the best of them (test top-1, which favours
-the peer) at the other targets and with the second seed, which saves hours on a CPU.
+initialisation), so the table shows how far rows move by chance. `--prune-search-at T ...` tries
+torch-pruning's four settings at those targets only and runs the best of them (test top-1, which
+favours the peer) at the other targets and with the second seed, which saves hours on a CPU.
 
 A full run takes hours on a CPU. Every finished job (trained model and row) is kept under
 `--work`; run the same command again after a stop and it goes on from there. The speed of
@@ -227,47 +227,55 @@ class Protocol:
     keeps_at: Optional[List[float]] = None  # forced keeps only at these targets (None: every target)
     with_control: bool = True
 
-    def ordered_targets(self, first: Optional[float]) -> List[float]:
-        """The targets with `first` (where torch-pruning's setting is chosen) moved to the front."""
-        return sorted(self.targets, key=lambda t: first is None or abs(t - first) > 1e-9)
+    def ordered_targets(self, first: Optional[List[float]]) -> List[float]:
+        """The targets, those in `first` (where torch-pruning's setting is chosen) at the front."""
+        return sorted(self.targets, key=lambda t: first is None or not _within(t, first))
 
     def forced_at(self, target: float) -> List[float]:
-        if self.keeps_at is None or any(abs(target - at) < 1e-9 for at in self.keeps_at):
-            return self.forced_keeps
-        return []
+        return self.forced_keeps if self.keeps_at is None or _within(target, self.keeps_at) else []
 
 
 @dataclass
 class PruneChoice:
-    """torch-pruning's setting: all four are tried at `search_at` (main seed); elsewhere only the one
-    whose fine-tuned model scored the best top-1 there. None tries all four everywhere.
+    """torch-pruning's settings: all four are tried at the `search_at` targets (main seed); elsewhere
+    only the one whose fine-tuned model scored the best top-1 at the nearest of them. None tries all
+    four everywhere.
 
     The choice is made on the test set, which favours the peer: a CAIT win over it is conservative.
     """
 
-    search_at: Optional[float]
+    search_at: Optional[List[float]]
     main_seed: int
     score: Callable[[nn.Module], float]
-    best: Optional[PruneSetting] = None
+    best: Dict[float, Optional[PruneSetting]] = field(default_factory=dict)  # per search target
+
+    def searched(self, target: float, seed: int) -> bool:
+        return self.search_at is None or (seed == self.main_seed and _within(target, self.search_at))
 
     def settings(self, target: float, seed: int, rows: List[Row],
                  models: Dict[int, nn.Module]) -> Sequence[PruneSetting]:
-        if self.search_at is None or (abs(target - self.search_at) < 1e-9 and seed == self.main_seed):
+        if self.searched(target, seed):
             return SETTINGS
-        if self.best is None:
-            self.best = self.choose(rows, models)
-        return SETTINGS if self.best is None else (self.best,)
+        nearest = min(self.search_at, key=lambda at: abs(at - target))
+        if nearest not in self.best:
+            self.best[nearest] = self.choose(nearest, rows, models)
+        best = self.best[nearest]
+        return SETTINGS if best is None else (best,)
 
-    def choose(self, rows: List[Row], models: Dict[int, nn.Module]) -> Optional[PruneSetting]:
+    def choose(self, at: float, rows: List[Row], models: Dict[int, nn.Module]) -> Optional[PruneSetting]:
         scored = [(self.score(models[i]), s) for i, row in enumerate(rows) if i in models
-                  and row.method == "torch-pruning" and abs(row.target - self.search_at) < 1e-9
+                  and row.method == "torch-pruning" and _within(row.target, [at])
                   for s in SETTINGS if row.setting.startswith(s.label + ",")]
         if not scored:
             return None
         top1, best = max(scored, key=lambda pair: pair[0])
-        print(f"torch-pruning: {best.label} scored best at {self.search_at:g}x (top-1 {top1:.4f}); "
-              "only it runs elsewhere", flush=True)
+        print(f"torch-pruning: {best.label} scored best at {at:g}x (top-1 {top1:.4f}); "
+              "only it runs at the targets nearest it", flush=True)
         return best
+
+
+def _within(target: float, targets: Sequence[float]) -> bool:
+    return any(abs(target - t) < 1e-9 for t in targets)
 
 
 def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, cache: JobCache, rows: List[Row],
@@ -320,9 +328,10 @@ def main() -> None:
                         help="also run cait with --max-keep K for each K (CDCP made to prune)")
     parser.add_argument("--forced-keeps-at", type=float, nargs="+",
                         help="run the forced keeps only at these targets (default: every target)")
-    parser.add_argument("--prune-search-at", type=float,
-                        help="try torch-pruning's four settings only at this target; elsewhere (and with the "
-                             "second seed) only the one with the best top-1 there (default: all four everywhere)")
+    parser.add_argument("--prune-search-at", type=float, nargs="+",
+                        help="try torch-pruning's four settings only at these targets; elsewhere (and with the "
+                             "second seed) only the one with the best top-1 at the nearest of them "
+                             "(default: all four everywhere)")
     parser.add_argument("--second-seed", type=int,
                         help="run every method and the control again at --second-seed-speedup with it")
     parser.add_argument("--second-seed-speedup", type=float, default=1.9)
@@ -337,8 +346,8 @@ def main() -> None:
                              "same reference and budget (delete it to start again)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
-    for flag, values in (("--forced-keeps-at", args.forced_keeps_at), ("--prune-search-at", [args.prune_search_at])):
-        unknown = [t for t in values or [] if t is not None and all(abs(t - k) > 1e-9 for k in args.speedups)]
+    for flag, values in (("--forced-keeps-at", args.forced_keeps_at), ("--prune-search-at", args.prune_search_at)):
+        unknown = [t for t in values or [] if all(abs(t - k) > 1e-9 for k in args.speedups)]
         if unknown:
             known = " ".join(f"{t:g}" for t in args.speedups)
             parser.error(f"{flag} {unknown[0]:g} is not a target of this run ({known})")

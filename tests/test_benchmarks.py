@@ -72,21 +72,25 @@ def test_proof_runs_only_the_best_torch_pruning_setting_away_from_its_search(tmp
     import torch.nn as nn
     from benchmarks.job_cache import JobCache
 
+    best_at = {1.9: "global L2", 1.5: "uniform Taylor"}
+
     def fake_pruned_at(bench, target, setting):  # a model whose "top-1" says which setting made it
         model = nn.Linear(1, 1)
-        model.top1 = 0.9 if setting.label == "global L2" else 0.5
+        model.top1 = 0.9 if setting.label == best_at[target] else 0.5
         return proof.Row("torch-pruning", target, f"{setting.label}, ratio 0.50", True, True), model
 
     monkeypatch.setattr(proof, "pruned_at", fake_pruned_at)
-    prune = proof.PruneChoice(search_at=1.9, main_seed=0, score=lambda model: model.top1)
+    prune = proof.PruneChoice(search_at=[1.9, 1.5], main_seed=0, score=lambda model: model.top1)
     rows, models, cache = [], {}, JobCache(tmp_path)
-    main_jobs = proof.Protocol([1.5, 1.9], ["torch-pruning"], with_control=False)
+    best_at[2.5] = best_at[1.9]
+    main_jobs = proof.Protocol([2.5, 1.5, 1.9], ["torch-pruning"], with_control=False)
     proof.run_methods(SimpleNamespace(seed=0), main_jobs, prune, cache, rows, models)
     again = proof.Protocol([1.9], ["torch-pruning"], with_control=False)
     proof.run_methods(SimpleNamespace(seed=1), again, prune, cache, rows, models)
+    every = ["uniform L2", "uniform Taylor", "global L2", "global Taylor"]
     assert [(r.target, r.seed, r.setting.split(",")[0]) for r in rows] == [
-        (1.9, 0, "uniform L2"), (1.9, 0, "uniform Taylor"), (1.9, 0, "global L2"), (1.9, 0, "global Taylor"),
-        (1.5, 0, "global L2"), (1.9, 1, "global L2")]  # the search target first, then only its best
+        *[(1.5, 0, label) for label in every], *[(1.9, 0, label) for label in every],
+        (2.5, 0, "global L2"), (1.9, 1, "global L2")]  # searched targets first, then the best at the nearest
 
 
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
