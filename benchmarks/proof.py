@@ -15,8 +15,9 @@ then measured with all the others side by side in one interleaved run:
 - tome:  ToMe bipartite soft matching, r tokens per block (off the shelf, and fine-tuned)
 - torch-pruning: channel pruning with the torch-pruning package, fine-tuned, in each of its four
   settings (uniform or global ranking x L2 or Taylor importance); the plot shows the best
-- cait (keep <= K): `cait compress --max-keep K` for each `--forced-keeps` K: CDCP made to prune
-  at least 1 - K, merging less (does pruning help accuracy at equal speed?)
+- cait (keep K-K'): `cait compress --min-keep K --max-keep K'` (K' = K + 0.1) for each
+  `--keep-bands` K: CDCP's budget held in a band, the merging set to match (how much pruning
+  helps accuracy at equal speed, against the budget the planner picks itself)
 - a control: the reference itself given the same training budget, uncompressed (does a
   row gain from its compression or from the extra training?)
 
@@ -66,6 +67,7 @@ from cait_cli.pipeline.batches import StepBatches  # noqa: E402
 from cait_cli.pipeline.train import LogitsOnly, TrainConfig, make_optimizer, train_step  # noqa: E402
 
 CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
+KEEP_BAND = 0.1  # width of each --keep-bands band of CDCP budgets
 
 
 @dataclass
@@ -128,16 +130,18 @@ def control(bench: Bench) -> tuple[Row, nn.Module]:
     return row, model
 
 
-def ours(bench: Bench, method: str, target: float, max_keep: float = 1.0) -> tuple[Row, Optional[nn.Module]]:
+def ours(bench: Bench, method: str, target: float,
+         keep_band: Optional[tuple[float, float]] = None) -> tuple[Row, Optional[nn.Module]]:
     """`cait compress` (or one of its ablations) end to end, with the shared budget."""
     calib = bench.steps // 4 if method != "atme" else 0
-    out = bench.work / f"{method}_{target:g}_{max_keep:g}_{bench.seed}"
-    name = method if max_keep >= 1.0 else f"{method} (keep <= {max_keep:.0%})"
+    low, high = keep_band or (0.25, 1.0)
+    out = bench.work / f"{method}_{target:g}_{low:g}-{high:g}_{bench.seed}"
+    name = method if keep_band is None else f"{method} (keep {low:.0%}-{high:.0%})"
     cfg = CompressConfig(model=bench.reference_path, target_speedup=target, out=out, data=bench.data,
                          calib_steps=calib, finetune_steps=bench.steps - calib, batch_size=bench.batch_size,
                          bench_batch_size=bench.bench_batch, lr=bench.lr, device=str(bench.device), workers=0,
                          seed=bench.seed, overwrite=True, method=method, max_val_images=500,
-                         latency_cache=bench.work / "latency", max_keep=max_keep)
+                         latency_cache=bench.work / "latency", min_keep=low, max_keep=high)
     try:
         result = compress(cfg)
     except CaitError as err:
@@ -223,16 +227,18 @@ class Protocol:
 
     targets: List[float]
     methods: List[str]
-    forced_keeps: List[float] = field(default_factory=list)
-    keeps_at: Optional[List[float]] = None  # forced keeps only at these targets (None: every target)
+    keep_bands: List[float] = field(default_factory=list)  # K: cait with keep held in [K, K + KEEP_BAND]
+    bands_at: Optional[List[float]] = None  # keep bands only at these targets (None: every target)
     with_control: bool = True
 
     def ordered_targets(self, first: Optional[List[float]]) -> List[float]:
         """The targets, those in `first` (where torch-pruning's setting is chosen) at the front."""
         return sorted(self.targets, key=lambda t: first is None or not _within(t, first))
 
-    def forced_at(self, target: float) -> List[float]:
-        return self.forced_keeps if self.keeps_at is None or _within(target, self.keeps_at) else []
+    def bands(self, target: float) -> List[tuple[float, float]]:
+        if self.bands_at is not None and not _within(target, self.bands_at):
+            return []
+        return [(low, min(1.0, round(low + KEEP_BAND, 6))) for low in self.keep_bands]
 
 
 @dataclass
@@ -290,8 +296,8 @@ def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, cache: Job
     for target in protocol.ordered_targets(prune.search_at):
         settings = prune.settings(target, bench.seed, rows, models)
         jobs = [job for method in protocol.methods for job in method_jobs(bench, method, target, settings)]
-        jobs += [(f"cait-keep{keep:g}_{target:g}", lambda k=keep, t=target: [ours(bench, "cait", t, max_keep=k)])
-                 for keep in protocol.forced_at(target)]
+        jobs += [(f"cait-keep{low:g}-{high:g}_{target:g}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
+                 for low, high in protocol.bands(target)]
         run_jobs(bench, jobs, cache, rows, models)
 
 
@@ -324,10 +330,11 @@ def main() -> None:
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 1.9, 2.5])
     parser.add_argument("--methods", nargs="+", default=["cait", "atme", "cdcp", "tome", "torch-pruning"],
                         choices=["cait", "atme", "cdcp", "tome", "torch-pruning"])
-    parser.add_argument("--forced-keeps", type=float, nargs="*", default=[],
-                        help="also run cait with --max-keep K for each K (CDCP made to prune)")
-    parser.add_argument("--forced-keeps-at", type=float, nargs="+",
-                        help="run the forced keeps only at these targets (default: every target)")
+    parser.add_argument("--keep-bands", type=float, nargs="*", default=[],
+                        help=f"also run cait with CDCP's keep held in [K, K + {KEEP_BAND:g}] for each K "
+                             "(--min-keep/--max-keep): what pruning more or less buys at equal speed")
+    parser.add_argument("--keep-bands-at", type=float, nargs="+",
+                        help="run the keep bands only at these targets (default: every target)")
     parser.add_argument("--prune-search-at", type=float, nargs="+",
                         help="try torch-pruning's four settings only at these targets; elsewhere (and with the "
                              "second seed) only the one with the best top-1 at the nearest of them "
@@ -346,7 +353,7 @@ def main() -> None:
                              "same reference and budget (delete it to start again)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
-    for flag, values in (("--forced-keeps-at", args.forced_keeps_at), ("--prune-search-at", args.prune_search_at)):
+    for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
         unknown = [t for t in values or [] if all(abs(t - k) > 1e-9 for k in args.speedups)]
         if unknown:
             known = " ".join(f"{t:g}" for t in args.speedups)
@@ -372,9 +379,9 @@ def main() -> None:
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
     prune = PruneChoice(args.prune_search_at, args.seed, lambda model: measure_accuracy(model, test, device).top1)
-    main_jobs = Protocol(args.speedups, args.methods, args.forced_keeps, args.forced_keeps_at, not args.no_control)
+    main_jobs = Protocol(args.speedups, args.methods, args.keep_bands, args.keep_bands_at, not args.no_control)
     run_methods(bench_with(args.seed), main_jobs, prune, cache, rows, models)
-    if args.second_seed is not None:  # the noise: every method and the control again, no forced keeps
+    if args.second_seed is not None:  # the noise: every method and the control again, no keep bands
         again = Protocol([args.second_seed_speedup], args.methods, with_control=not args.no_control)
         run_methods(bench_with(args.second_seed), again, prune, cache, rows, models)
     print("measuring every model against the reference, interleaved", flush=True)

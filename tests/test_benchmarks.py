@@ -55,9 +55,9 @@ def test_proof_trains_again_when_the_budget_changes(tmp_path, monkeypatch):
     assert trained  # the control was trained again with the new budget
 
 
-@pytest.mark.parametrize("flag", ["--forced-keeps-at", "--prune-search-at"])
+@pytest.mark.parametrize("flag", ["--keep-bands-at", "--prune-search-at"])
 def test_proof_refuses_a_target_it_does_not_run(tmp_path, monkeypatch, capsys, flag):
-    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--speedups", "1.5", "--forced-keeps",
+    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--speedups", "1.5", "--keep-bands",
                                       "0.8", flag, "1.9", "--out", str(tmp_path / "proof")])
     with pytest.raises(SystemExit) as exit_info:
         proof.main()
@@ -91,6 +91,23 @@ def test_proof_runs_only_the_best_torch_pruning_setting_away_from_its_search(tmp
     assert [(r.target, r.seed, r.setting.split(",")[0]) for r in rows] == [
         *[(1.5, 0, label) for label in every], *[(1.9, 0, label) for label in every],
         (2.5, 0, "global L2"), (1.9, 1, "global L2")]  # searched targets first, then the best at the nearest
+
+
+def test_proof_holds_cait_in_each_keep_band_at_the_chosen_targets(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks.job_cache import JobCache
+
+    def fake_ours(bench, method, target, keep_band=None):
+        return proof.Row(method, target, f"band {keep_band}", True, True), None
+
+    monkeypatch.setattr(proof, "ours", fake_ours)
+    rows = []
+    protocol = proof.Protocol([1.9, 1.5], ["cait"], keep_bands=[0.9, 0.7], bands_at=[1.9], with_control=False)
+    proof.run_methods(SimpleNamespace(seed=0), protocol, proof.PruneChoice(None, 0, score=len), JobCache(tmp_path),
+                      rows, {})
+    assert [(r.target, r.setting) for r in rows] == [
+        (1.9, "band None"), (1.9, "band (0.9, 1.0)"), (1.9, "band (0.7, 0.8)"), (1.5, "band None")]
 
 
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):

@@ -212,6 +212,8 @@ def run_cli(*args):
      "--max-keep must be between"),
     (lambda a, t: [a["model"], "--max-keep", "0.8", "--method", "atme", "--data", a["data"], "--out", t / "o"],
      "atme does not prune"),
+    (lambda a, t: [a["model"], "--max-keep", "0.8", "--min-keep", "0.9", "--data", a["data"], "--out", t / "o"],
+     r"--min-keep must be between 0.25 and --max-keep \(0.8\), got 0.9"),
     (lambda a, t: [a["model"], "--target-speedup", "500", "--data", a["data"], "--out", t / "o",
                    "--device", "cpu", "--bench-batch-size", "8"], r"beyond .*at most"),
     (lambda a, t: [a["model"], "--data", t / "missing", "--out", t / "o"], "does not exist"),

@@ -146,6 +146,17 @@ def test_max_keep_makes_cdcp_prune_and_the_schedule_merge_less(make_vit):
     assert 1.5 * 1.02 - 1e-6 <= forced.predicted_speedup <= 1.5 * 1.08
 
 
+def test_min_keep_caps_the_pruning_and_the_schedule_merges_more(make_vit):
+    model = make_vit()
+    table = synthetic_table(model)
+    free = make_plan(model, table, PlanConfig(target=1.5, max_keep=0.7))
+    held = make_plan(model, table, PlanConfig(target=1.5, min_keep=0.9))
+    assert free.keep <= 0.7 and held.keep >= 0.9
+    assert len(held.schedule) >= len(free.schedule)
+    with pytest.raises(CaitError, match="keeping at least 90% of the channels"):
+        make_plan(model, table, PlanConfig.for_method("cdcp", 1.5, min_keep=0.9))
+
+
 def test_shortlist_spreads_over_budgets_and_puts_late_merges_first():
     late, early, two = [MergeStep(9, "w")], [MergeStep(2, "w")], [MergeStep(3, "w"), MergeStep(9, "h")]
     merge_only = [(1.95, 1.0, early), (1.96, 1.0, two), (1.94, 1.0, late), (1.95, 0.97, two)]

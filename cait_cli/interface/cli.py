@@ -75,6 +75,8 @@ def compress(
                                          "1 keeps any width"),
     max_keep: float = typer.Option(1.0, help="CDCP keeps at most this fraction of the prunable channel MACs "
                                    "(e.g. 0.8: prune at least 20%, merge less); 1.0 lets the planner decide"),
+    min_keep: float = typer.Option(0.25, help="CDCP keeps at least this fraction of the prunable channel MACs "
+                                   "(e.g. 0.9: prune at most 10%, merge more); 0.25 is the planner's floor"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""
@@ -90,7 +92,7 @@ def compress(
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
         bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, augment=augment,
         seed=seed, resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
-        method=method, channel_multiple=channel_multiple, max_keep=max_keep,
+        method=method, channel_multiple=channel_multiple, max_keep=max_keep, min_keep=min_keep,
     )
     progress = RichProgress(console) if is_main_process() else Silent()  # under torchrun, rank 0 speaks
     result = run_or_exit(lambda: run_compress(cfg, progress), err_console())

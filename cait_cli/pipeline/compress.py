@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -61,10 +61,11 @@ class CompressConfig:
     method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
     channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
     max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
+    min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
         return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
-                                     **kwargs)
+                                     min_keep=self.min_keep, **kwargs)
 
 
 @dataclass
@@ -116,6 +117,8 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--channel-multiple must be at least 1, got {cfg.channel_multiple}")
     if not 0.25 <= cfg.max_keep <= 1.0:
         raise CaitError(f"--max-keep must be between 0.25 and 1.0, got {cfg.max_keep:g}")
+    if not 0.25 <= cfg.min_keep <= cfg.max_keep:
+        raise CaitError(f"--min-keep must be between 0.25 and --max-keep ({cfg.max_keep:g}), got {cfg.min_keep:g}")
     if cfg.max_keep < 1.0 and cfg.method == "atme":
         raise CaitError("--max-keep asks CDCP to prune; --method atme does not prune")
     if cfg.workers is not None and cfg.workers < 0:
@@ -239,12 +242,13 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "augment", "channel_multiple", "max_keep")
+                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep")
 
 
 def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig, cluster: Cluster) -> None:
     saved, now = meta.get("config", {}), _jsonable_config(cfg)
-    changed = [k for k in _RESUME_KEYS if saved.get(k) != now.get(k)]
+    defaults = {f.name: f.default for f in fields(CompressConfig)}  # options older runs did not record
+    changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != now.get(k)]
     if changed:
         raise CaitError(f"cannot resume: {', '.join('--' + k.replace('_', '-') for k in changed)} "
                         "differ from the interrupted run")

@@ -163,7 +163,8 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
             feasible.append((predicted, keep, schedule))
     if not feasible:
         best = max(speed.speedup(s, min_keep) for s in schedules)
-        raise CaitError(f"a {cfg.target:g}x speedup is beyond what this model can reach on this device "
+        floor = f" keeping at least {min_keep:.0%} of the channels" if min_keep > PlanConfig.min_keep else ""
+        raise CaitError(f"a {cfg.target:g}x speedup is beyond what this model can reach on this device{floor} "
                         f"(about {best:.2f}x at most)")
     # a plan that overshoots is never preferred over one that lands
     landing = [c for c in feasible if c[0] <= cfg.target * cfg.ceiling]
