@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from cait_cli.atomic import write_text_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from cait_cli.atomic import write_text_atomic  # noqa: E402
 
 FLOOR_PT = 12  # the plot shows top-1 down to this many points under the reference
 CONTROL = "reference, same training"  # the uncompressed reference given every method's training budget
@@ -52,7 +55,54 @@ def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
     lines += ["", "2-D grid out: whether the patch tokens after the last block still form a regular grid that a "
               "dense head (segmentation, detection) can take: ATME halves grid axes, channel pruning keeps every "
               "token, ToMe merges image-dependent pairs anywhere in the image.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + keep_sweep(rows, ref) + seed_spread(rows))
+
+
+def _measured(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [r for r in rows if r["measured_speedup"] is not None and r["top1"] is not None]
+
+
+def _keep(row: Dict[str, Any]) -> float:
+    """CDCP's kept fraction from a CAIT row's setting ("merge after 3+7, keep 63%")."""
+    match = re.search(r"keep (\d+)%", row["setting"])
+    return int(match.group(1)) / 100 if match else 1.0
+
+
+def keep_sweep(rows: List[Dict[str, Any]], ref: float) -> List[str]:
+    """At each target with keep-band rows: CAIT at every budget (ATME alone keeps 100%), least pruned first."""
+    banded = {r["target"] for r in rows if r["method"].startswith("cait (keep")}
+    lines: List[str] = []
+    for target in sorted(banded):
+        sweep = [r for r in _measured(rows) if r["target"] == target and r.get("seed", 0) == 0
+                 and (r["method"].startswith("cait") or r["method"] == "atme")]
+        lines += [f"## What pruning buys at {target:g}x: CAIT at every CDCP budget (seed 0)", "",
+                  "| budget | plan | measured speedup | top-1 (%) | Δ top-1 (pt) |", "|---|---|---|---|---|"]
+        for r in sorted(sweep, key=_keep, reverse=True):
+            budget = "planner's choice" if r["method"] == "cait" else r["method"].replace("cait ", "")
+            lines.append(f"| {budget} | {r['setting']} | {r['measured_speedup']:.2f}x | {_pct(r['top1'])} | "
+                         f"{100 * (r['top1'] - ref):+.2f} |")
+        lines.append("")
+    return lines
+
+
+def seed_spread(rows: List[Dict[str, Any]]) -> List[str]:
+    """Top-1 of every method (and setting) run with two seeds, side by side: the noise a gap must beat."""
+    by_seed: Dict[tuple, Dict[int, float]] = {}
+    for r in _measured(rows):
+        key = (r["target"], r["method"], r["setting"].split(",")[0] if r["method"] == "torch-pruning" else "")
+        by_seed.setdefault(key, {})[r.get("seed", 0)] = r["top1"]
+    pairs = {k: v for k, v in by_seed.items() if len(v) == 2}
+    if not pairs:
+        return []
+    first, second = sorted(next(iter(pairs.values())))
+    lines = [f"## Seed spread (seeds {first} and {second})", "",
+             f"| target | method | top-1 seed {first} (%) | top-1 seed {second} (%) | difference (pt) |",
+             "|---|---|---|---|---|"]
+    for (target, method, setting), top1 in pairs.items():
+        name = f"{method} ({setting})" if setting else method
+        lines.append(f"| {target:g}x | {name} | {_pct(top1[first])} | {_pct(top1[second])} | "
+                     f"{100 * (top1[second] - top1[first]):+.2f} |")
+    return lines + [""]
 
 
 def best_points(rows: List[Dict[str, Any]], method: str, seed: int) -> List[tuple]:

@@ -110,6 +110,29 @@ def test_proof_holds_cait_in_each_keep_band_at_the_chosen_targets(tmp_path, monk
         (1.9, "band None"), (1.9, "band (0.9, 1.0)"), (1.9, "band (0.7, 0.8)"), (1.5, "band None")]
 
 
+def test_proof_report_sweeps_the_keep_bands_and_pairs_the_seeds():
+    from benchmarks.proof_report import table
+
+    def row(method, setting, top1, seed=0, target=1.9):
+        return dict(method=method, target=target, setting=setting, seed=seed, measured_speedup=1.9,
+                    speedup_range=[1.8, 2.0], top1=top1, agreement=0.9, params=1e5, macs=1e6, keeps_grid=True, note="")
+
+    meta = dict(command="proof.py", device="cpu", threads=2, torch="2", bench_batch_size=64, steps=250,
+                batch_size=64, lr=1e-4, seconds=60, reference="ref", reference_top1=0.8, reference_params=1e5,
+                reference_macs=1e6)
+    rows = [row("cait", "merge after 6, keep 63%", 0.81), row("atme", "merge after 3+7, keep 100%", 0.79),
+            row("cait (keep 80%-90%)", "merge after 4, keep 85%", 0.80),
+            row("torch-pruning", "uniform L2, ratio 0.68", 0.70), row("cait", "merge after 5, keep 60%", 0.815, 1),
+            row("torch-pruning", "uniform L2, ratio 0.66", 0.69, 1), row("cait", "keep 70%", 0.82, 0, 1.5)]
+    text = table(meta, rows)
+    sweep = text.split("## What pruning buys at 1.9x")[1].split("##")[0]
+    assert [line.split("|")[1].strip() for line in sweep.splitlines() if "merge after" in line] == [
+        "atme", "(keep 80%-90%)", "planner's choice"]  # least pruned first; 1.5x is not swept
+    spread = text.split("## Seed spread (seeds 0 and 1)")[1]
+    assert "| 1.9x | cait | 81.00 | 81.50 | +0.50 |" in spread
+    assert "| 1.9x | torch-pruning (uniform L2) | 70.00 | 69.00 | -1.00 |" in spread
+
+
 def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypatch):
     from benchmarks import plan_scores
     reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
