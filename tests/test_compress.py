@@ -256,3 +256,15 @@ def test_unwritable_out_is_one_clear_line(assets, tmp_path, monkeypatch):
     with pytest.raises(CaitError, match="Permission denied"):
         compress(config(assets, tmp_path / "o", calib_steps=0, finetune_steps=0, replan=False))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_from_before_min_keep_resumes_at_its_default(tmp_path):
+    from cait_cli.pipeline.compress import _check_resumable, _jsonable_config
+    from cait_cli.pipeline.distributed import Cluster
+
+    cfg = CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", data="d")
+    older = {k: v for k, v in _jsonable_config(cfg).items() if k != "min_keep"}  # an older run did not record it
+    _check_resumable({"config": older}, cfg, Cluster())
+    cfg.min_keep = 0.9
+    with pytest.raises(CaitError, match="--min-keep differ"):
+        _check_resumable({"config": older}, cfg, Cluster())
