@@ -134,7 +134,7 @@ def ours(bench: Bench, method: str, target: float,
          keep_band: Optional[tuple[float, float]] = None) -> tuple[Row, Optional[nn.Module]]:
     """`cait compress` (or one of its ablations) end to end, with the shared budget."""
     calib = bench.steps // 4 if method != "atme" else 0
-    low, high = keep_band or (0.25, 1.0)
+    low, high = keep_band or (CompressConfig.min_keep, CompressConfig.max_keep)  # None: the planner's own range
     out = bench.work / f"{method}_{target:g}_{low:g}-{high:g}_{bench.seed}"
     name = method if keep_band is None else f"{method} (keep {low:.0%}-{high:.0%})"
     cfg = CompressConfig(model=bench.reference_path, target_speedup=target, out=out, data=bench.data,
@@ -354,7 +354,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
     for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
-        unknown = [t for t in values or [] if all(abs(t - k) > 1e-9 for k in args.speedups)]
+        unknown = [t for t in values or [] if not _within(t, args.speedups)]
         if unknown:
             known = " ".join(f"{t:g}" for t in args.speedups)
             parser.error(f"{flag} {unknown[0]:g} is not a target of this run ({known})")

@@ -55,7 +55,7 @@ def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
     lines += ["", "2-D grid out: whether the patch tokens after the last block still form a regular grid that a "
               "dense head (segmentation, detection) can take: ATME halves grid axes, channel pruning keeps every "
               "token, ToMe merges image-dependent pairs anywhere in the image.", ""]
-    return "\n".join(lines + keep_sweep(rows, ref) + seed_spread(rows))
+    return "\n".join(lines + keep_sweep(rows, ref, meta.get("seed", 0)) + seed_spread(rows))
 
 
 def _measured(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -68,14 +68,15 @@ def _keep(row: Dict[str, Any]) -> float:
     return int(match.group(1)) / 100 if match else 1.0
 
 
-def keep_sweep(rows: List[Dict[str, Any]], ref: float) -> List[str]:
-    """At each target with keep-band rows: CAIT at every budget (ATME alone keeps 100%), least pruned first."""
+def keep_sweep(rows: List[Dict[str, Any]], ref: float, seed: int) -> List[str]:
+    """At each target with keep-band rows: CAIT at every budget (ATME alone keeps 100%), least pruned first,
+    with the run's main seed (the keep bands run with it only)."""
     banded = {r["target"] for r in rows if r["method"].startswith("cait (keep")}
     lines: List[str] = []
     for target in sorted(banded):
-        sweep = [r for r in _measured(rows) if r["target"] == target and r.get("seed", 0) == 0
+        sweep = [r for r in _measured(rows) if r["target"] == target and r.get("seed", 0) == seed
                  and (r["method"].startswith("cait") or r["method"] == "atme")]
-        lines += [f"## What pruning buys at {target:g}x: CAIT at every CDCP budget (seed 0)", "",
+        lines += [f"## What pruning buys at {target:g}x: CAIT at every CDCP budget (seed {seed})", "",
                   "| budget | plan | measured speedup | top-1 (%) | Δ top-1 (pt) |", "|---|---|---|---|---|"]
         for r in sorted(sweep, key=_keep, reverse=True):
             budget = "planner's choice" if r["method"] == "cait" else r["method"].replace("cait ", "")
