@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--images", type=int, default=4096, help="generated 224x224 JPEGs")
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--parts", nargs="+", choices=["speed", "training"], default=["speed", "training"],
+                        help="which tables to measure (one call each fits a short GPU lease better)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -97,25 +99,37 @@ def main() -> None:
 
     lines = [f"command: python -m benchmarks.gpu {' '.join(sys.argv[1:])}", "",
              f"device: {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}, "
-             f"torch {torch.__version__}, random weights", "",
-             f"compressed vs original (batch {args.bench_batch_size}, bf16 autocast, interleaved):", "",
-             "| model | target | original img/s | compressed img/s | measured (repeats) | predicted "
-             "| peak MB orig / comp |", "|---|---|---|---|---|---|---|"]
+             f"torch {torch.__version__}, random weights"]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        for model in args.models:
-            lines += speed_rows(model, args.targets, args, tmp)
-        data = str(make_jpeg_folder(tmp / "jpegs", args.images))
-        head = ["", f"training images/s through compress's loop (batch {args.batch_size} per step, "
-                f"{args.steps} steps, first {args.warmup} not timed):", "",
-                "| model | input | calibration img/s | fine-tuning img/s | peak MB |", "|---|---|---|---|---|"]
-        print("\n".join(head), flush=True)
-        lines += head
-        for model in args.models:
-            lines += training_rows(model, data, args, tmp)
+        if "speed" in args.parts:
+            lines += speed_table(args, tmp)
+        if "training" in args.parts:
+            lines += training_table(args, tmp)
     if args.out:
         write_text_atomic(args.out, "\n".join(lines) + "\n")
+
+
+def speed_table(args, tmp: Path) -> List[str]:
+    lines = ["", f"compressed vs original (batch {args.bench_batch_size}, bf16 autocast, interleaved):", "",
+             "| model | target | original img/s | compressed img/s | measured (repeats) | predicted "
+             "| peak MB orig / comp |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for model in args.models:
+        lines += speed_rows(model, args.targets, args, tmp)
+    return lines
+
+
+def training_table(args, tmp: Path) -> List[str]:
+    data = str(make_jpeg_folder(tmp / "jpegs", args.images))
+    lines = ["", f"training images/s through compress's loop (batch {args.batch_size} per step, "
+             f"{args.steps} steps, first {args.warmup} not timed):", "",
+             "| model | input | calibration img/s | fine-tuning img/s | peak MB |", "|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    for model in args.models:
+        lines += training_rows(model, data, args, tmp)
+    return lines
 
 
 if __name__ == "__main__":
