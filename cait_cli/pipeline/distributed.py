@@ -53,8 +53,10 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
     """The cluster this process belongs to, and its device (cuda:LOCAL_RANK under torchrun)."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if device.type == "cuda" and device.index is None and (dist.is_initialized() or launched_by_torchrun()):
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index is None:
+        # set_device needs an index: "cuda" alone raises ValueError there
+        grouped = dist.is_initialized() or launched_by_torchrun()
+        device = torch.device("cuda", local_rank if grouped else torch.cuda.current_device())
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if dist.is_initialized():
