@@ -68,7 +68,8 @@ def stand_in_speed(monkeypatch, factor):
     monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: synthetic_table(model))
     seen = []
 
-    def measure(base, slim_model, device, batch):
+    def measure(base, slim_model, device, batch, amp):
+        assert amp is False  # the job's precision, passed on: bf16 autocast is GPU only
         seen.append(model_macs(base) / model_macs(slim_model) * factor)
         return seen[-1]
 
@@ -104,7 +105,7 @@ def test_landing_pushes_or_backs_off_into_the_band(assets, tmp_path, monkeypatch
 def test_a_band_that_cannot_be_reached_keeps_the_slowest_plan_that_meets_the_target(assets, tmp_path, monkeypatch):
     stand_in_speed(monkeypatch, 1.0)
     measured = iter([3.0, 2.0, 5.0, 2.5, 4.0, 3.5])  # always far above the band, whatever is planned
-    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", lambda *args: next(measured))
+    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", lambda *args, **kwargs: next(measured))
     progress = Recorder()
     compress(config(assets, tmp_path / "o", target_speedup=1.2, calib_steps=0, finetune_steps=0), progress)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -121,8 +122,8 @@ def test_a_landing_near_the_edge_of_the_band_is_measured_again(assets, tmp_path,
     by_macs = cait_cli.pipeline.landing.quick_speedup
     calls = []
 
-    def measure(*args):  # the first plan measures inside the band but near its edge, the rest by MACs
-        calls.append(1.3 * 1.07 if not calls else by_macs(*args))
+    def measure(*args, **kwargs):  # the first plan measures inside the band but near its edge, the rest by MACs
+        calls.append(1.3 * 1.07 if not calls else by_macs(*args, **kwargs))
         return calls[-1]
 
     monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", measure)

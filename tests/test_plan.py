@@ -32,6 +32,13 @@ def test_latency_table_is_monotone_and_cached(make_vit, table, tmp_path, monkeyp
     assert again == table
 
 
+def test_a_table_timed_under_autocast_is_cached_apart(make_vit):
+    # GPU measurements run in bf16 (compress's --amp): a table timed in fp32 must not stand in for them
+    model, cpu = make_vit(), torch.device("cpu")
+    assert latency.table_key(model, cpu, 4, torch.float32, 8) != latency.table_key(model, cpu, 4, torch.float32, 8,
+                                                                                    amp=True)
+
+
 def test_whole_model_fit_recovers_its_costs_and_refuses_negative_ones():
     # halves x 1.5 + 0.002 ms per hidden activation, exactly: the fit finds both
     design = torch.tensor([[4.0, 800.0], [2.0, 300.0], [3.0, 100.0], [1.0, 50.0]], dtype=torch.float64)

@@ -184,10 +184,12 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
         batches = StepBatches(bundle.train, cfg.batch_size, cfg.seed, collate_skipping, workers=workers,
                               pin_memory=True, rank=cluster.rank, world=cluster.world)
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
+    amp = cfg.amp and device.type == "cuda"  # bf16 autocast: training and every speed measurement
 
     def timed_table():
         progress.message(f"timing blocks on {device} (batch {bench_batch}) to calibrate the planner")
-        return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple)
+        return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple,
+                                 amp=amp)
 
     table = on_main(cluster, timed_table)
     run = RunDir.beside(cfg.out, writes=cluster.is_main)
@@ -195,7 +197,7 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
     scored = batches is not None and cfg.weights == "pretrained"
     score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
-               cfg.amp and device.type == "cuda", table, run, state, meta, score, cluster,
+               amp, table, run, state, meta, score, cluster,
                bundle.why_unlabelled if bundle else None)
 
 

@@ -158,7 +158,7 @@ def _measure(job: "Job", student: nn.Module, plan: Plan, goal: float, speed: Spe
     _apply(student, plan)
     widths = [(b.attn.gate_qk.keep, b.mlp.gate.keep) for b in student.blocks]
     predicted = speed.speedup_of(plan.schedule, widths)
-    measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch)
+    measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch, amp=job.amp)
     return Attempt(copy.deepcopy(plan), goal, predicted, measured)
 
 

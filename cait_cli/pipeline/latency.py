@@ -104,13 +104,14 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
     return max(0.0, _interp1(xs, column, x))
 
 
-def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int) -> str:
+def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int,
+              amp: bool = False) -> str:
     block = model.blocks[0]
     shape = (block.attn.qkv.in_features, block.attn.num_heads, block.attn.qkv.out_features,
              block.mlp.fc1.out_features, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
              len(model.blocks), model.num_classes)
     raw = (f"v{TABLE_VERSION}|{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|"
-           f"{multiple}|{shape}")
+           f"{multiple}|{shape}" + ("|bf16-autocast" if amp else ""))
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -120,19 +121,21 @@ def default_cache_dir() -> Path:
 
 
 def calibrate_latency(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype = torch.float32,
-                      cache_dir: Optional[Path] = None, repeats: int = 5, multiple: int = 1) -> LatencyTable:
+                      cache_dir: Optional[Path] = None, repeats: int = 5, multiple: int = 1,
+                      amp: bool = False) -> LatencyTable:
     """Measure (or read from the cache) the latency table of `model`'s block shape.
 
     multiple: the channel multiple of the widths CDCP will keep; widths are timed in it.
+    amp: time under bf16 autocast (GPU), as compress measures the models it compares.
     """
-    key = table_key(model, device, batch, dtype, multiple)
+    key = table_key(model, device, batch, dtype, multiple, amp)
     cache_file = (cache_dir or default_cache_dir()) / f"{key}.json"
     if cache_file.is_file():
         try:
             return LatencyTable(**json.loads(cache_file.read_text()))
         except (ValueError, TypeError):
             pass  # a corrupt or outdated cache entry is measured again
-    table = _measure_table(model, device, batch, dtype, key, repeats, multiple)
+    table = _measure_table(model, device, batch, dtype, key, repeats, multiple, amp and device.type == "cuda")
     _write_cache(cache_file, table)
     return table
 
@@ -171,7 +174,16 @@ def timing_batch(batch: int, tokens: int) -> int:
 
 @torch.inference_mode()
 def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
-                   key: str, repeats: int, multiple: int) -> LatencyTable:
+                   key: str, repeats: int, multiple: int, amp: bool) -> LatencyTable:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        table = _block_table(model, device, batch, dtype, key, repeats, multiple)
+    _fit_to_whole_models(table, model, batch, multiple, device, dtype, repeats, amp)
+    return table
+
+
+def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
+                 key: str, repeats: int, multiple: int) -> LatencyTable:
+    """Block halves and merges timed alone, by token count and kept width."""
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block, prefix = probe.blocks[0], probe.num_prefix_tokens
     tokens = token_chain(model)
@@ -195,10 +207,8 @@ def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: to
     pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
     probe.blocks = nn.Sequential()  # patch embedding, norms and head alone
     fixed = best_ms(lambda: probe(pixels), device, repeats=repeats) / images
-    table = LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
-                         _running_max(merge_ms), fixed)
-    _fit_to_whole_models(table, model, pixels, multiple, device, dtype, repeats)
-    return table
+    return LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
+                        _running_max(merge_ms), fixed)
 
 
 def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
@@ -225,8 +235,8 @@ def schedule_at(model: nn.Module, fractions: Sequence[float]) -> List[MergeStep]
     return alternating_schedule(blocks, tuple(model.patch_embed.grid_size))
 
 
-def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Tensor, multiple: int,
-                         device: torch.device, dtype: torch.dtype, rounds: int) -> None:
+def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, multiple: int, device: torch.device,
+                         dtype: torch.dtype, rounds: int, amp: bool) -> None:
     """Fit the table to whole slimmed models, timed as the landing measurement times them.
 
     Block halves timed alone, over and over on the same tensors, run with warm caches; in a
@@ -248,8 +258,9 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, pixels: torch.Te
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
         attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
         design.append([attn + mlp, hidden])
-    cfg = SpeedConfig(batch_size=pixels.shape[0], warmup=1, repeats=2 * rounds, iters_per_repeat=1, dtype=dtype)
-    speed = measure_throughput(variants, tuple(pixels.shape[1:]), cfg, device)
+    images = timing_batch(batch, table.tokens[-1])
+    cfg = SpeedConfig(batch_size=images, warmup=1, repeats=2 * rounds, iters_per_repeat=1, amp=amp, dtype=dtype)
+    speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
     measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in variants], dtype=torch.float64)
     table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)
 

@@ -23,13 +23,15 @@ def _input_size(model: nn.Module) -> tuple:
 FINAL_REPEATS = 21
 
 
-def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, batch: int) -> float:
+def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, batch: int,
+                  amp: bool = False) -> float:
     """A short interleaved measurement (for landing), median of paired ratios.
 
     Nine pairs: a shared CPU's single timings scatter by +-20%, and landing needs the
-    median to within a few percent.
+    median to within a few percent. amp: bf16 autocast on GPU, as the final measurement
+    runs (a merged or pruned model gains less over the original in bf16 than in fp32).
     """
-    cfg = SpeedConfig(batch_size=batch, warmup=1, repeats=9, iters_per_repeat=2)
+    cfg = SpeedConfig(batch_size=batch, amp=amp, warmup=1, repeats=9, iters_per_repeat=2)
     results = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device)
     return paired_speedup(results, "compressed", "original")[0]
 
