@@ -102,3 +102,16 @@ def test_the_cli_under_a_real_torchrun_launch(assets, tmp_path):
     assert done.stdout.count("wrote ") == 1 and done.stdout.count("original vs compressed") == 1
     assert "global batch 8 (4 per process)" in done.stdout
     assert json.loads((out / "report.json").read_text())["training"]["processes"] == 2
+
+
+def test_a_plain_cuda_device_gets_an_index_before_set_device(monkeypatch):
+    # torch.cuda.set_device(torch.device("cuda")) raises ValueError: found on the first GPU run
+    import cait_cli.pipeline.distributed as distributed
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device))
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    cluster, device = distributed.join(torch.device("cuda"))
+    assert chosen == [torch.device("cuda", 0)] and device == torch.device("cuda", 0) and not cluster.parallel
