@@ -3,9 +3,11 @@
 For DeiT-T/S/B with random weights (speed does not depend on them):
   1. `cait compress` at targets 1.5/1.9/2.5 with no training: the exported model's
      throughput against the original (batch 256, bf16 autocast, interleaved);
-  2. images/s of CDCP calibration and of fine-tuning through compress's own loop, from
-     pre-made tensors (the model step alone) and from a generated JPEG folder decoded
-     by --workers processes (data stalls show as the gap), with peak GPU memory.
+  2. training images/s: the fine-tuning step alone (a batch already on the device, compress's
+     train_step on a slimmed student), then CDCP calibration and fine-tuning through compress's
+     own loop from pre-made tensors (collated by the main process) and from a generated JPEG
+     folder decoded by --workers processes, with peak GPU memory. The gaps say what holds the
+     GPU back: the loop (step alone vs pre-made) or the input (pre-made vs JPEG).
 
     python -m benchmarks.gpu --out benchmarks/results/gpu_h100.md
     python -m benchmarks.gpu --device cpu --models deit_tiny --targets 1.5 --images 16 \\
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import List
 
@@ -26,8 +29,13 @@ import torch
 from benchmarks.input_speed import fixed_plan, make_jpeg_folder, premade_inputs, training_rates
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
+from cait_cli.method.variants import compressed_variant
+from cait_cli.models.loading import load_model
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.distributed import default_workers
+from cait_cli.pipeline.latency import schedule_at
+from cait_cli.pipeline.measure import synchronize
+from cait_cli.pipeline.train import LogitsOnly, TrainConfig, make_optimizer, train_step
 
 
 def peak_mb(device: str) -> float:
@@ -60,14 +68,36 @@ def speed_rows(model: str, targets: List[float], args, tmp: Path) -> List[str]:
     return rows
 
 
+def step_alone_rate(model: str, args) -> float:
+    """Images/s of compress's fine-tuning step on a batch that is already on the device."""
+    device = torch.device(args.device)
+    base = load_model(model, weights="random").model.to(device).eval()
+    student = compressed_variant(base, schedule_at(base, (0.5,)), keep=0.7, multiple=8).to(device)
+    student = LogitsOnly(student).train()
+    cfg = TrainConfig(steps=args.steps + args.warmup, amp=True)
+    optimizer = make_optimizer(student, cfg)
+    images = torch.randn(args.batch_size, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        train_step(student, base, images, labels, optimizer, cfg, step)
+    synchronize(device)
+    return args.steps * args.batch_size / (time.perf_counter() - start)
+
+
 def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
-    rows = []
+    reset_peak(args.device)
+    rows = [f"| {model} | fine-tuning step alone (batch on the device) | | {step_alone_rate(model, args):.0f} | "
+            f"{peak_mb(args.device):.0f} |"]
+    print(rows[-1], flush=True)
     run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp, device=args.device,
                calib_steps=args.steps, target=1.9, method="cait", bench_batch=args.bench_batch_size)
-    for label, workers in (("pre-made tensors", 0), (f"JPEG folder, {args.workers} workers", args.workers)):
+    for label, workers in (("pre-made tensors, main process", 0), (f"JPEG folder, {args.workers} workers", args.workers)):
         reset_peak(args.device)
         with fixed_plan(keep=0.7):  # a plan that prunes, so calibration runs
-            if label == "pre-made tensors":
+            if workers == 0:
                 with premade_inputs(args.images, 224):
                     rates = training_rates(model, data, workers=0, **run)
             else:
