@@ -182,3 +182,19 @@ def test_proof_gives_torch_pruning_one_row_per_setting(tmp_path, monkeypatch):
     assert len(rows) == 4 and [label.split(",")[0].split(":")[0] for label in labels] == [
         "uniform L2", "uniform Taylor", "global L2", "global Taylor"]
     assert len(list((tmp_path / "work").glob("jobs-*/torch-pruning-*_1.1_seed0.pt"))) == 4
+
+
+def test_gpu_benchmark_refuses_without_cuda_and_its_step_alone_runs(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import torch
+    from benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--models", "deit_tiny"])
+    with pytest.raises(SystemExit) as exit_info:
+        gpu.run_script(gpu.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.count("\n") == 1 and "CUDA GPU" in err
+    args = SimpleNamespace(device="cpu", batch_size=2, steps=1, warmup=1)
+    assert gpu.step_alone_rate("deit_tiny", args) > 0
