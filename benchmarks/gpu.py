@@ -142,7 +142,8 @@ def main() -> None:
 
 
 def speed_table(args, tmp: Path) -> List[str]:
-    lines = ["", f"compressed vs original (batch {args.bench_batch_size}, bf16 autocast, interleaved):", "",
+    precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
+    lines = ["", f"compressed vs original (batch {args.bench_batch_size}, {precision}, interleaved):", "",
              "| model | target | original img/s | compressed img/s | measured (repeats) | predicted "
              "| peak MB orig / comp |", "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
