@@ -33,3 +33,15 @@ def test_two_ranks_split_the_global_batch_of_one_process(tmp_path):
     for step in range(3):
         joined = torch.cat([parts[0][step][1], parts[1][step][1]])
         assert torch.equal(joined, whole[step][1])
+
+
+def test_each_epoch_is_shuffled_once_and_in_the_same_order_as_asked_afresh(tmp_path, monkeypatch):
+    source = batches(tmp_path)  # 12 images, batch 4: 3 steps an epoch
+    fresh = [StepBatches(source.dataset, 4, 1, collate_skipping).indices(step) for step in range(7)]
+    shuffles = []
+    real = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: shuffles.append(1) or real(*a, **k))
+    kept = [source.indices(step) for step in range(7)]
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh))
+    assert len(shuffles) == 3  # epochs 0, 1 and 2, not one shuffle a step
+    assert not torch.equal(source.order(0), source.order(1))
