@@ -94,7 +94,8 @@ def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
     print(rows[-1], flush=True)
     run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp, device=args.device,
                calib_steps=args.steps, target=1.9, method="cait", bench_batch=args.bench_batch_size)
-    for label, workers in (("pre-made tensors, main process", 0), (f"JPEG folder, {args.workers} workers", args.workers)):
+    inputs = (("pre-made tensors, main process", 0), (f"JPEG folder, {args.workers} workers", args.workers))
+    for label, workers in inputs:
         reset_peak(args.device)
         with fixed_plan(keep=0.7):  # a plan that prunes, so calibration runs
             if workers == 0:

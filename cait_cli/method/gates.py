@@ -89,7 +89,8 @@ def rank_groups(scores: Sequence[torch.Tensor], min_fraction: float = 0.125, mul
         floor = next(c for c in counts if c >= max(1, math.ceil(min_fraction * vec.numel())))
         floors.append(floor)
         bounds = torch.tensor([floor] + [c for c in counts if c > floor])
-        sums = torch.cat([torch.zeros(1), normalised(vec.detach().float().cpu()).sort(descending=True).values.cumsum(0)])
+        ranked = normalised(vec.detach().float().cpu()).sort(descending=True).values  # CPU: gates may be on a GPU
+        sums = torch.cat([torch.zeros(1), ranked.cumsum(0)])
         means = ((sums[bounds[1:]] - sums[bounds[:-1]]) / (bounds[1:] - bounds[:-1])).tolist()
         sizes = (bounds[1:] - bounds[:-1]).tolist()
         valued += [(mean, gate, rank, size) for rank, (mean, size) in enumerate(zip(means, sizes))]
