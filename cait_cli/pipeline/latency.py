@@ -128,6 +128,7 @@ def calibrate_latency(model: nn.Module, device: torch.device, batch: int, dtype:
     multiple: the channel multiple of the widths CDCP will keep; widths are timed in it.
     amp: time under bf16 autocast (GPU), as compress measures the models it compares.
     """
+    amp = amp and device.type == "cuda"  # autocast to bf16 is GPU only: a CPU table is fp32 under either key
     key = table_key(model, device, batch, dtype, multiple, amp)
     cache_file = (cache_dir or default_cache_dir()) / f"{key}.json"
     if cache_file.is_file():
@@ -135,7 +136,7 @@ def calibrate_latency(model: nn.Module, device: torch.device, batch: int, dtype:
             return LatencyTable(**json.loads(cache_file.read_text()))
         except (ValueError, TypeError):
             pass  # a corrupt or outdated cache entry is measured again
-    table = _measure_table(model, device, batch, dtype, key, repeats, multiple, amp and device.type == "cuda")
+    table = _measure_table(model, device, batch, dtype, key, repeats, multiple, amp)
     _write_cache(cache_file, table)
     return table
 
