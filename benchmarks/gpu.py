@@ -77,7 +77,7 @@ def step_alone_rate(model: str, args) -> float:
     cfg = TrainConfig(steps=args.steps + args.warmup, amp=True)
     optimizer = make_optimizer(student, cfg)
     images = torch.randn(args.batch_size, 3, 224, 224, device=device)
-    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
+    labels = torch.randint(0, base.num_classes, (args.batch_size,), device=device)
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             synchronize(device)
