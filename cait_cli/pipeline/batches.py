@@ -83,8 +83,8 @@ class StepBatches:
         return self.order(epoch)[slot * self.batch_size:(slot + 1) * self.batch_size]
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's shuffled dataset indices. Kept: a shuffle of ImageNet's 1.28M images takes
-        0.2-0.4 s on a CPU, and the sampler asks in the main process before every step."""
+        """The epoch's shuffled dataset indices. Kept: a shuffle costs time in proportion to the dataset
+        (1.28M indices for ImageNet), and the sampler asks in the main process before every step."""
         if self._order is None or self._order[0] != epoch:
             generator = torch.Generator().manual_seed(self.seed + epoch)
             self._order = (epoch, torch.randperm(len(self.dataset), generator=generator))
