@@ -54,7 +54,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
               {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
     if scores:
         groups.append({"params": scores, "weight_decay": 0.0, "lr": cfg.score_lr})
-    return torch.optim.AdamW(groups)
+    return torch.optim.AdamW(groups, fused=_all_on_cuda(scores + decay + no_decay) or None)
+
+
+def _all_on_cuda(params: list) -> bool:
+    """Whether AdamW can take its fused kernels: on an H100 they made a fine-tuning step of
+    DeiT-S 1.8x faster than the default foreach ones (benchmarks/results/gpu_h100.md)."""
+    return bool(params) and all(p.is_cuda for p in params)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from cait_cli.method.cdcp import attach_gates
+from cait_cli.method.model import patch_vit
+from cait_cli.pipeline.train import TrainConfig, make_optimizer
+
+from support import tiny_vit
+
+
+def gated_vit() -> torch.nn.Module:
+    model = patch_vit(tiny_vit())
+    attach_gates(model)
+    return model
+
+
+def test_scores_train_at_their_own_rate_without_decay():
+    cfg = TrainConfig(steps=10, lr=1e-4, score_lr=2e-2)
+    optimizer = make_optimizer(gated_vit(), cfg)
+    score_group = optimizer.param_groups[-1]
+    assert score_group["lr"] == cfg.score_lr and score_group["weight_decay"] == 0.0
+    assert optimizer.param_groups[0]["weight_decay"] == cfg.weight_decay
+
+
+def test_adamw_keeps_its_default_kernels_off_the_gpu():
+    optimizer = make_optimizer(gated_vit(), TrainConfig(steps=10))
+    assert not optimizer.defaults["fused"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_adamw_takes_the_fused_kernels_on_the_gpu():
+    optimizer = make_optimizer(gated_vit().cuda(), TrainConfig(steps=10))
+    assert optimizer.defaults["fused"]
