@@ -68,6 +68,7 @@ from cait_cli.pipeline.train import LogitsOnly, TrainConfig, make_optimizer, tra
 
 CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
 KEEP_BAND = 0.1  # width of each --keep-bands band of CDCP budgets
+RATIO_RESOLUTION = 0.01  # torch-pruning's ratio is searched to within this
 
 
 @dataclass
@@ -174,7 +175,7 @@ def tome(bench: Bench, target: float) -> List[tuple[Row, Optional[nn.Module]]]:
 
 
 def pruned_at(bench: Bench, target: float, setting: PruneSetting) -> tuple[Row, Optional[nn.Module]]:
-    """torch-pruning in one setting, at the smallest ratio (to 1%) that reaches the target."""
+    """torch-pruning in one setting, at the smallest ratio (to RATIO_RESOLUTION) that reaches the target."""
     taylor_batches = [batch for _, batch in bench.batches.iterate(0, 4, bench.device)] if setting.importance == "taylor" else None
 
     def prune(ratio: float) -> nn.Module:
@@ -184,7 +185,7 @@ def pruned_at(bench: Bench, target: float, setting: PruneSetting) -> tuple[Row, 
     if bench.quick(prune(high)) < target * CLEAR:
         return Row("torch-pruning", target, setting.label, True, True,
                    note=f"{setting.label}: ratio {high} stays under {target:g}x"), None
-    while high - low > 0.01:
+    while high - low > RATIO_RESOLUTION:
         mid = (low + high) / 2
         low, high = (low, mid) if bench.quick(prune(mid)) >= target * CLEAR else (mid, high)
     model = prune(high)

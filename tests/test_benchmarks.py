@@ -169,6 +169,7 @@ def test_segment_runs_end_to_end_with_head_seeds(tmp_path, monkeypatch):
 
 
 def test_proof_gives_torch_pruning_one_row_per_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(proof, "RATIO_RESOLUTION", 0.3)  # two halvings of the search, not seven
     reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
     data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
     out = tmp_path / "proof"
