@@ -102,11 +102,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rows", type=int, default=18)
     parser.add_argument("--sweep", action="store_true", help="only train_step's ms by batch and AdamW kind")
+    parser.add_argument("--batches", type=int, nargs="+", default=[128, 256], help="batch sizes of --sweep")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.sweep:
         for model in args.models:
-            for batch in (128, 256):
+            for batch in args.batches:
                 for fused in (False, True):
                     ms = step_ms(model, batch, device, fused)
                     print(f"{model} batch {batch} fused={fused}: {ms:.1f} ms, {1000 * batch / ms:.0f} img/s", flush=True)
