@@ -45,6 +45,7 @@ part cli 200 bash -c "
     test -d $work/tiny.cait &&
     python3 -m cait_cli eval $work/tiny.cait --data $work/jpegs/train --device $device --batch-size $bench &&
     python3 -m cait_cli export $work/tiny.cait --out $work/tiny.onnx"
+part tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_train.py  # the GPU-only test runs there
 part training 150 python3 -m benchmarks.gpu --device "$device" --models deit_small deit_tiny --parts training \
     "${train[@]}" --out "$out/gpu_training.md"
 part step 60 python3 -m benchmarks.profile_step --device "$device" --models deit_tiny --sweep "${step[@]}"
