@@ -28,14 +28,20 @@ def ms_per_call(fn: Callable[[], object], device: torch.device, calls: int = 10)
     return 1000 * (time.perf_counter() - start) / calls
 
 
-def parts(model_name: str, batch: int, device: torch.device, merge: bool, keep: float) -> None:
+def setup(model_name: str, batch: int, device: torch.device, merge: bool, keep: float):
+    """(teacher, student, images, labels) on `device`: the student merged at half depth if `merge`."""
     base = load_model(model_name, weights="random").model.to(device).eval()
-    schedule = schedule_at(base, (0.5,)) if merge else schedule_at(base, ())
+    schedule = schedule_at(base, (0.5,) if merge else ())
     student = LogitsOnly(compressed_variant(base, schedule, keep=keep, multiple=8).to(device)).train()
-    cfg = TrainConfig(steps=100, amp=True)
-    optimizer = make_optimizer(student, cfg)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = torch.randint(0, base.num_classes, (batch,), device=device)
+    return base, student, images, labels
+
+
+def parts(model_name: str, batch: int, device: torch.device, merge: bool, keep: float) -> Callable[[], None]:
+    base, student, images, labels = setup(model_name, batch, device, merge, keep)
+    cfg = TrainConfig(steps=100, amp=True)
+    optimizer = make_optimizer(student, cfg)
     auto = lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
     def teacher() -> None:
@@ -73,14 +79,11 @@ def parts(model_name: str, batch: int, device: torch.device, merge: bool, keep: 
 
 def step_ms(model_name: str, batch: int, device: torch.device, fused: bool) -> float:
     """ms per train_step of a merged, 70%-kept student, with AdamW's foreach or fused kernels."""
-    base = load_model(model_name, weights="random").model.to(device).eval()
-    student = LogitsOnly(compressed_variant(base, schedule_at(base, (0.5,)), keep=0.7, multiple=8).to(device)).train()
+    base, student, images, labels = setup(model_name, batch, device, merge=True, keep=0.7)
     cfg = TrainConfig(steps=100, amp=True)
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")}
               for g in make_optimizer(student, cfg).param_groups]
     optimizer = torch.optim.AdamW(groups, fused=fused)
-    images = torch.randn(batch, 3, 224, 224, device=device)
-    labels = torch.randint(0, base.num_classes, (batch,), device=device)
     return ms_per_call(lambda: train_step(student, base, images, labels, optimizer, cfg, 3), device)
 
 
