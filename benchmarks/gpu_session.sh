@@ -10,7 +10,8 @@
 #    export to ONNX (several GPUs under torchrun need a machine with several);
 # 2. training images/s: the step alone, the loop from pre-made tensors and from JPEGs; the step by
 #    batch size and AdamW's kernels (foreach, fused);
-# 3. original vs compressed throughput at batch 256 in bf16, DeiT-S/T/B at 1.5/1.9/2.5x.
+# 3. original vs compressed throughput at batch 256 in bf16, DeiT-S/T/B at 1.5/1.9/2.5x, eager and
+#    replayed from CUDA graphs.
 set -uo pipefail
 out=${OUT:-gpu-out}
 device=${DEVICE:-cuda}
@@ -45,8 +46,8 @@ part cli 200 bash -c "
     test -d $work/tiny.cait &&
     python3 -m cait_cli eval $work/tiny.cait --data $work/jpegs/train --device $device --batch-size $bench &&
     python3 -m cait_cli export $work/tiny.cait --out $work/tiny.onnx"
-part tests 60 python3 -m pytest -q -p no:cacheprovider tests/test_train.py  # the GPU-only test runs there
+part tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_eval.py  # GPU-only tests run there
 part training 150 python3 -m benchmarks.gpu --device "$device" --models deit_small deit_tiny --parts training \
     "${train[@]}" --out "$out/gpu_training.md"
 part step 60 python3 -m benchmarks.profile_step --device "$device" --models deit_tiny --sweep "${step[@]}"
-part speed 240 python3 -m benchmarks.gpu --device "$device" --parts speed "${speed[@]}" --out "$out/gpu_speed.md"
+part speed 300 python3 -m benchmarks.gpu --device "$device" --parts speed "${speed[@]}" --out "$out/gpu_speed.md"

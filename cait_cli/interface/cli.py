@@ -116,6 +116,8 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, help="batch size (default 64 on CPU, 256 on GPU)"),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="GPU only: time forwards replayed from CUDA "
+                                     "graphs, as served without per-op launch cost"),
     workers: int = typer.Option(4, help="data loading processes"),
     repeats: int = typer.Option(7, help="timed repeats (median and min-max reported)"),
     weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
@@ -128,7 +130,7 @@ def eval_(
 
     console = Console()
     cfg = EvalConfig(model=model, data=data, baseline=baseline, batch_size=batch_size, device=device, amp=amp,
-                     workers=workers, repeats=repeats, weights=weights)
+                     cuda_graphs=cuda_graphs, workers=workers, repeats=repeats, weights=weights)
     report = run_or_exit(lambda: evaluate(cfg, RichProgress(console)), err_console())
     print_eval_report(console, report)
     if json_out is not None:

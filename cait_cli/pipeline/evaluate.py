@@ -29,6 +29,7 @@ class EvalConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on GPU
+    cuda_graphs: bool = False  # GPU only: time forwards replayed from CUDA graphs
     workers: int = 4
     repeats: int = 7
     warmup: int = 2
@@ -40,6 +41,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
     """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
     progress = progress or Silent()
     device = _device(cfg)
+    if cfg.cuda_graphs and device.type != "cuda":  # say so before the accuracy pass, not after it
+        raise CaitError(f"--cuda-graphs needs a CUDA GPU; this run measures on {device.type}")
     models = {"model": load_model(cfg.model, cfg.weights, require_vit=False).model.to(device).eval()}
     if cfg.baseline:
         models["baseline"] = load_model(cfg.baseline, cfg.weights, require_vit=False).model.to(device).eval()
@@ -59,7 +62,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
             sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
         report["skipped_images"] = loader.skipped
     progress.message(f"throughput on {device}, interleaved")
-    speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp)
+    speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp,
+                            cuda_graphs=cfg.cuda_graphs)
     speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
     for name, result in speed.items():
         sides[name].update(throughput=result.throughput, throughput_min=result.throughput_min,

@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise CaitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaitError(f"device {name!r} asked for, but no CUDA GPU is available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CaitError(f"device {name!r} asked for, but there is no CUDA GPU {device.index} here "
+                        f"({torch.cuda.device_count()} found)")
     if device.type not in ("cpu", "cuda"):
         raise CaitError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
@@ -55,6 +58,7 @@ class SpeedConfig:
     min_run_seconds: float = 0.2  # every timed run of the fastest model lasts about this long
     amp: bool = False  # bfloat16 autocast, GPU only
     dtype: torch.dtype = torch.float32  # of the input images (the models' own precision)
+    cuda_graphs: bool = False  # GPU only: replay each model's forward from a CUDA graph (no per-op launch cost)
 
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
@@ -86,47 +90,81 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
 
     The round-robin order reverses every other repeat, so no model always runs first.
     """
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise CaitError(f"CUDA graphs need a CUDA device, not {device.type}")
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
     images = torch.randn(batch, *input_size, device=device, dtype=cfg.dtype)
-    for model in models.values():
-        model.eval()
     times: Dict[str, List[float]] = {name: [] for name in models}
     peaks: Dict[str, float] = {}
+    forwards: Dict[str, Callable[[], object]] = {}
 
-    def run(model: nn.Module, iters: int) -> float:
+    def run(forward: Callable[[], object], iters: int) -> float:
         synchronize(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            for _ in range(iters):
-                model(images)
+        for _ in range(iters):
+            forward()
         synchronize(device)
         return time.perf_counter() - start
 
     for name, model in models.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        forwards[name] = forward_pass(model.eval(), images, amp, cfg.cuda_graphs)
         for _ in range(cfg.warmup):
-            run(model, cfg.iters_per_repeat)
+            run(forwards[name], cfg.iters_per_repeat)
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
     # short runs (a small model, a small batch) are mostly timer and scheduler noise
-    shortest = min(run(model, 1) for model in models.values())
+    shortest = min(run(forward, 1) for forward in forwards.values())
     iters = max(cfg.iters_per_repeat, math.ceil(cfg.min_run_seconds / max(shortest, 1e-6)))
-    order = list(models.items())
+    order = list(forwards.items())
     for repeat in range(cfg.repeats):
         # A B, then B A: whatever running second costs (or gains) falls on every model alike
-        for name, model in order if repeat % 2 == 0 else order[::-1]:
-            times[name].append(run(model, iters))
-    return {name: _speed_result(name, t, batch * iters, batch, device, amp, peaks.get(name))
+        for name, forward in order if repeat % 2 == 0 else order[::-1]:
+            times[name].append(run(forward, iters))
+    precision = ("bf16" if amp else "fp32") + (", CUDA graphs" if cfg.cuda_graphs else "")
+    return {name: _speed_result(name, t, batch * iters, batch, device, precision, peaks.get(name))
             for name, t in times.items()}
 
 
+def forward_pass(model: nn.Module, images: torch.Tensor, amp: bool, cuda_graph: bool) -> Callable[[], object]:
+    """A call that runs `model` on `images` once: eagerly, or by replaying a CUDA graph captured here.
+
+    A graph replays every kernel of the forward in one launch, so a small model at a large batch is
+    timed by its GPU work instead of by the host launching its ops one by one (what serving with
+    CUDA graphs, torch.compile's reduce-overhead mode or TensorRT gives).
+    """
+    def forward():  # autocast's weight cache cannot outlive a graph capture
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not cuda_graph):
+            return model(images)
+
+    if not cuda_graph:
+        return forward
+    side = torch.cuda.Stream(images.device)  # capture wants warmed-up kernels, run off the default stream
+    side.wait_stream(torch.cuda.current_stream(images.device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            forward()
+    torch.cuda.current_stream(images.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            output = forward()  # lives in the graph's memory; every replay rewrites it
+    except RuntimeError as err:
+        raise CaitError(f"this model cannot be captured in a CUDA graph: {str(err).splitlines()[0]}") from None
+
+    def replay():
+        graph.replay()
+        return output
+    return replay
+
+
 def _speed_result(name: str, seconds: List[float], images: int, batch: int, device: torch.device,
-                  amp: bool, peak: Optional[float]) -> SpeedResult:
+                  precision: str, peak: Optional[float]) -> SpeedResult:
     rates = [images / s for s in seconds]
     return SpeedResult(name, statistics.median(rates), min(rates), max(rates), rates, batch,
-                       device_name(device), "bf16" if amp else "fp32", torch.get_num_threads(), peak)
+                       device_name(device), precision, torch.get_num_threads(), peak)
 
 
 def paired_speedup(results: Dict[str, SpeedResult], num: str, den: str) -> Tuple[float, float, float]:
