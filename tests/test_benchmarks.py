@@ -1,5 +1,6 @@
 """The proof script runs end to end on a tiny reference (its numbers are the benchmark's business)."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
     assert [(r["method"], r["seed"]) for r in rows] == [
         (proof.CONTROL, 0), ("cait", 0), (proof.CONTROL, 1), ("cait", 1)]
     assert "| seed |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").is_file()
+    planned = rows[1]["setting"]  # compress's own measurement, and whether it fell under the target
+    assert planned == "-" or re.search(r"; \d+\.\d\dx in compress(, under the target)?$", planned), planned
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished job was trained again")
