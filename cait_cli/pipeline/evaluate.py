@@ -41,8 +41,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
     """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
     progress = progress or Silent()
     device = _device(cfg)
-    if cfg.cuda_graphs and device.type != "cuda":  # say so before the accuracy pass, not after it
-        raise CaitError(f"--cuda-graphs needs a CUDA GPU; this run measures on {device.type}")
+    SpeedConfig(cuda_graphs=cfg.cuda_graphs).check(device)  # before the accuracy pass, not after it
     models = {"model": load_model(cfg.model, cfg.weights, require_vit=False).model.to(device).eval()}
     if cfg.baseline:
         models["baseline"] = load_model(cfg.baseline, cfg.weights, require_vit=False).model.to(device).eval()

@@ -63,6 +63,11 @@ class SpeedConfig:
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
 
+    def check(self, device: torch.device) -> None:
+        """CaitError if these settings cannot run on `device` (callers may check before slow work)."""
+        if self.cuda_graphs and device.type != "cuda":
+            raise CaitError(f"--cuda-graphs needs a CUDA GPU; this run measures on {device.type}")
+
 
 @dataclass
 class SpeedResult:
@@ -90,8 +95,7 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
 
     The round-robin order reverses every other repeat, so no model always runs first.
     """
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise CaitError(f"CUDA graphs need a CUDA device, not {device.type}")
+    cfg.check(device)
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
     images = torch.randn(batch, *input_size, device=device, dtype=cfg.dtype)
