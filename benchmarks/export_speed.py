@@ -24,8 +24,13 @@ from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.compress import CompressConfig, compress
-from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
-from cait_cli.pipeline.onnx_export import ExportConfig, export_file
+from cait_cli.pipeline.export.onnx_export import ExportConfig, export_file
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    paired_speedup,
+)
 
 SIDES = ("eager original", "eager compressed", "ORT original", "ORT compressed")
 

@@ -27,15 +27,20 @@ from typing import List
 
 import torch
 
-from benchmarks.input_speed import fixed_plan, make_jpeg_folder, premade_inputs, training_rates
+from benchmarks.input_speed import (
+    fixed_plan,
+    make_jpeg_folder,
+    premade_inputs,
+    training_rates,
+)
 from benchmarks.profile_step import setup
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.distributed import default_workers
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
-from cait_cli.pipeline.measure import synchronize
-from cait_cli.pipeline.train import TrainConfig, make_optimizer, train_step
+from cait_cli.pipeline.measuring.measure import synchronize
+from cait_cli.pipeline.training.train import TrainConfig, make_optimizer, train_step
 
 
 def peak_mb(device: str) -> float:

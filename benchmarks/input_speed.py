@@ -32,7 +32,7 @@ from cait_cli.errors import run_script
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.pipeline import compress as compress_module
 from cait_cli.pipeline.compress import CompressConfig, compress
-from cait_cli.pipeline.plan import Plan
+from cait_cli.pipeline.planning.plan import Plan
 from cait_cli.pipeline.progress import Silent
 
 # decoding dominates: a 224x224 input, 16x16 patches, but only 2 narrow blocks

@@ -23,10 +23,15 @@ import torch
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.data import open_data, resolve_data_config
-from cait_cli.pipeline.latency import calibrate_latency
-from cait_cli.pipeline.plan import PlanConfig, SpeedModel, candidate_schedules, make_plan
-from cait_cli.pipeline.scoring import feature_score, kl_score
+from cait_cli.pipeline.data.sources import open_data, resolve_data_config
+from cait_cli.pipeline.planning.latency import calibrate_latency
+from cait_cli.pipeline.planning.plan import (
+    PlanConfig,
+    SpeedModel,
+    candidate_schedules,
+    make_plan,
+)
+from cait_cli.pipeline.planning.scoring import feature_score, kl_score
 
 KEEP_CAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 

@@ -34,9 +34,19 @@ from cait_cli.errors import run_script
 from cait_cli.method.model import block_widths, token_counts
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.latency import FIT_MODELS, LatencyTable, calibrate_latency, schedule_at
-from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
-from cait_cli.pipeline.plan import SpeedModel
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    paired_speedup,
+)
+from cait_cli.pipeline.planning.latency import (
+    FIT_MODELS,
+    LatencyTable,
+    calibrate_latency,
+    schedule_at,
+)
+from cait_cli.pipeline.planning.plan import SpeedModel
 
 # merge blocks as fractions of the depth: none, one, two, three and four steps
 SCHEDULES = [(), (0.5,), (0.33, 0.67), (0.25, 0.5, 0.75), (0.1, 0.35, 0.6, 0.85), (0.1, 0.2)]

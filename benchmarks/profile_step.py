@@ -13,9 +13,15 @@ from torch import nn
 
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.latency import schedule_at
-from cait_cli.pipeline.measure import synchronize
-from cait_cli.pipeline.train import LogitsOnly, TrainConfig, distill_loss, make_optimizer, train_step
+from cait_cli.pipeline.measuring.measure import synchronize
+from cait_cli.pipeline.planning.latency import schedule_at
+from cait_cli.pipeline.training.train import (
+    LogitsOnly,
+    TrainConfig,
+    distill_loss,
+    make_optimizer,
+    train_step,
+)
 
 
 def ms_per_call(fn: Callable[[], object], device: torch.device, calls: int = 10) -> float:
@@ -88,7 +94,8 @@ def step_ms(model_name: str, batch: int, device: torch.device, fused: bool) -> f
 
 
 def profile(step: Callable[[], None], device: torch.device, rows: int) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             step()

@@ -58,13 +58,30 @@ from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.method.cost import model_macs  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.compress import CompressConfig, compress  # noqa: E402
-from cait_cli.pipeline.data import collate_skipping, dataset_from, eval_loader, eval_transform  # noqa: E402
-from cait_cli.pipeline.data import resolve_data_config, split_roots  # noqa: E402
-from cait_cli.pipeline.measure import (SpeedConfig, count_params, device_name, measure_accuracy,  # noqa: E402
-                                       measure_throughput, paired_speedup)
-from cait_cli.pipeline.report import quick_speedup  # noqa: E402
-from cait_cli.pipeline.batches import StepBatches  # noqa: E402
-from cait_cli.pipeline.train import LogitsOnly, TrainConfig, make_optimizer, train_step  # noqa: E402
+from cait_cli.pipeline.data.batches import StepBatches  # noqa: E402
+from cait_cli.pipeline.data.sources import (  # noqa: E402  # noqa: E402
+    collate_skipping,
+    dataset_from,
+    eval_loader,
+    eval_transform,
+    resolve_data_config,
+    split_roots,
+)
+from cait_cli.pipeline.measuring.measure import (  # noqa: E402
+    SpeedConfig,
+    count_params,
+    device_name,
+    measure_accuracy,
+    measure_throughput,
+    paired_speedup,
+)
+from cait_cli.pipeline.measuring.report import quick_speedup  # noqa: E402
+from cait_cli.pipeline.training.train import (  # noqa: E402
+    LogitsOnly,
+    TrainConfig,
+    make_optimizer,
+    train_step,
+)
 
 CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
 KEEP_BAND = 0.1  # width of each --keep-bands band of CDCP budgets

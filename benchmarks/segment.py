@@ -47,17 +47,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import proof  # noqa: E402
 from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
-from benchmarks.segment_head import (FrozenBackbone, HeadConfig, SceneSet, Segmenter, SegScore,  # noqa: E402
-                                     evaluate_head, features_of, fit_head, predict)
+from benchmarks.segment_head import (  # noqa: E402
+    FrozenBackbone,
+    HeadConfig,
+    SceneSet,
+    Segmenter,
+    SegScore,
+    evaluate_head,
+    features_of,
+    fit_head,
+    predict,
+)
 from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
-from cait_cli.pipeline.data import collate_skipping, dataset_from, eval_transform, resolve_data_config  # noqa: E402
-from cait_cli.pipeline.data import split_roots  # noqa: E402
-from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST  # noqa: E402
-from cait_cli.pipeline.measure import SpeedConfig, count_params, device_name, measure_throughput  # noqa: E402
-from cait_cli.pipeline.measure import paired_speedup  # noqa: E402
-from cait_cli.pipeline.batches import StepBatches  # noqa: E402
+from cait_cli.pipeline.data.batches import StepBatches  # noqa: E402
+from cait_cli.pipeline.data.idx import DEBIAN_FASHION_MNIST  # noqa: E402
+from cait_cli.pipeline.data.sources import (  # noqa: E402
+    collate_skipping,
+    dataset_from,
+    eval_transform,
+    resolve_data_config,
+    split_roots,  # noqa: E402
+)
+from cait_cli.pipeline.measuring.measure import (  # noqa: E402
+    SpeedConfig,
+    count_params,
+    device_name,
+    measure_throughput,
+    paired_speedup,  # noqa: E402
+)
 
 REFERENCE = "reference (uncompressed)"
 

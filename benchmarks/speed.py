@@ -21,7 +21,12 @@ from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cost import model_macs
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, resolve_device
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    resolve_device,
+)
 
 # name -> (blocks merging after their attention, kept fraction of CDCP channels)
 VARIANTS: Dict[str, Tuple[Tuple[int, ...], float]] = {

@@ -21,7 +21,12 @@ from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    paired_speedup,
+)
 
 
 def main() -> None:

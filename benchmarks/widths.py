@@ -21,11 +21,16 @@ import torch.nn as nn
 
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
-from cait_cli.method.cdcp import gates_of, gated_macs, full_gated_macs, set_budget
+from cait_cli.method.cdcp import full_gated_macs, gated_macs, gates_of, set_budget
 from cait_cli.method.slim import slim
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.calibrate import gated_student
-from cait_cli.pipeline.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    paired_speedup,
+)
+from cait_cli.pipeline.training.calibrate import gated_student
 
 
 def round_widths(student: nn.Module, multiple: int) -> None:

@@ -15,7 +15,11 @@ from PIL import Image
 
 from cait_cli.atomic import atomic_directory
 from cait_cli.errors import run_script
-from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist
+from cait_cli.pipeline.data.idx import (
+    DEBIAN_FASHION_MNIST,
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+)
 
 
 def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

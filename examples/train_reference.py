@@ -23,11 +23,15 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from teacher import load_teacher, save_teacher, train_teacher
 
 from cait_cli.atomic import atomic_directory, atomic_file
 from cait_cli.errors import run_script
-from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist
-from teacher import load_teacher, save_teacher, train_teacher
+from cait_cli.pipeline.data.idx import (
+    DEBIAN_FASHION_MNIST,
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+)
 
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 

@@ -6,10 +6,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-
-from cait_cli.pipeline.latency import table_key
-
 from support import synthetic_table
+
+from cait_cli.pipeline.planning.latency import table_key
 
 
 def write_ideal_tables(cache: Path, model: torch.nn.Module, batch: int) -> Path:

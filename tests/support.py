@@ -59,8 +59,8 @@ def write_json(path: Path, data) -> None:
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 32,
                       splits=("train", "val"), seed: int = 0) -> Path:
     """An ImageFolder whose classes differ in colour, so a tiny ViT can tell them apart."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     for split in splits:
@@ -93,7 +93,7 @@ def synthetic_table(model: torch.nn.Module) -> "LatencyTable":
     For tiny_vit's shape (8x8 grid, one class token, head width 16): per block half,
     tokens x width / full width milliseconds per image.
     """
-    from cait_cli.pipeline.latency import LatencyTable
+    from cait_cli.pipeline.planning.latency import LatencyTable
 
     tokens = [1 + 64 // 2 ** k for k in range(6, -1, -1)]
     head, hidden = 16, model.blocks[0].mlp.fc1.out_features

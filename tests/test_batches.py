@@ -1,10 +1,13 @@
 """Training batches by step: the same images and augmentations whoever decodes them."""
 import torch
-
-from cait_cli.pipeline.batches import StepBatches
-from cait_cli.pipeline.data import collate_skipping, open_data, resolve_data_config
-
 from support import make_image_folder, tiny_vit
+
+from cait_cli.pipeline.data.batches import StepBatches
+from cait_cli.pipeline.data.sources import (
+    collate_skipping,
+    open_data,
+    resolve_data_config,
+)
 
 
 def batches(tmp_path, **kwargs):

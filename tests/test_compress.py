@@ -5,16 +5,21 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import (
+    StopAt,
+    make_image_folder,
+    save_tiny_timm_dir,
+    synthetic_table,
+    tiny_vit,
+)
 from typer.testing import CliRunner
 
 import cait_cli
 from cait_cli.errors import CaitError, Interrupted
 from cait_cli.interface.cli import app
 from cait_cli.pipeline.compress import CompressConfig, compress
-from cait_cli.pipeline.latency import calibrate_latency
+from cait_cli.pipeline.planning.latency import calibrate_latency
 from cait_cli.pipeline.progress import Silent
-
-from support import StopAt, make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 
@@ -73,7 +78,7 @@ def stand_in_speed(monkeypatch, factor):
         seen.append(model_macs(base) / model_macs(slim_model) * factor)
         return seen[-1]
 
-    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", measure)
+    monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup", measure)
     return seen
 
 
@@ -105,7 +110,7 @@ def test_landing_pushes_or_backs_off_into_the_band(assets, tmp_path, monkeypatch
 def test_a_band_that_cannot_be_reached_keeps_the_slowest_plan_that_meets_the_target(assets, tmp_path, monkeypatch):
     stand_in_speed(monkeypatch, 1.0)
     measured = iter([3.0, 2.0, 5.0, 2.5, 4.0, 3.5])  # always far above the band, whatever is planned
-    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", lambda *args, **kwargs: next(measured))
+    monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup", lambda *args, **kwargs: next(measured))
     progress = Recorder()
     compress(config(assets, tmp_path / "o", target_speedup=1.2, calib_steps=0, finetune_steps=0), progress)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -119,14 +124,14 @@ def test_a_band_that_cannot_be_reached_keeps_the_slowest_plan_that_meets_the_tar
 
 def test_a_landing_near_the_edge_of_the_band_is_measured_again(assets, tmp_path, monkeypatch):
     stand_in_speed(monkeypatch, 1.0)
-    by_macs = cait_cli.pipeline.landing.quick_speedup
+    by_macs = cait_cli.pipeline.planning.landing.quick_speedup
     calls = []
 
     def measure(*args, **kwargs):  # the first plan measures inside the band but near its edge, the rest by MACs
         calls.append(1.3 * 1.07 if not calls else by_macs(*args, **kwargs))
         return calls[-1]
 
-    monkeypatch.setattr("cait_cli.pipeline.landing.quick_speedup", measure)
+    monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup", measure)
     compress(config(assets, tmp_path / "o", target_speedup=1.3, calib_steps=0, finetune_steps=0), Recorder())
     attempts = json.loads((tmp_path / "o" / "report.json").read_text())["attempts"]
     assert len(attempts) >= 2 and attempts[1]["goal"] < attempts[0]["goal"]  # backed off from the edge

@@ -8,14 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import idx_bytes, make_image_folder, tiny_vit
 
 from cait_cli.errors import CaitError
-from cait_cli.pipeline.data import eval_loader, open_data, resolve_data_config, scan_folder
-from cait_cli.pipeline.idx import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
-from cait_cli.pipeline.batches import StepBatches
-from cait_cli.pipeline.data import collate_skipping
-
-from support import idx_bytes, make_image_folder, tiny_vit
+from cait_cli.pipeline.data.batches import StepBatches
+from cait_cli.pipeline.data.idx import (
+    DEBIAN_FASHION_MNIST,
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+    read_idx,
+)
+from cait_cli.pipeline.data.sources import (
+    collate_skipping,
+    eval_loader,
+    open_data,
+    resolve_data_config,
+    scan_folder,
+)
 
 FASHION = DEBIAN_FASHION_MNIST
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "fashion_mnist"
@@ -111,7 +120,7 @@ def test_data_errors_are_one_line(tmp_path, data_cfg):
 
 
 def test_unreadable_folder(tmp_path, monkeypatch):
-    import cait_cli.pipeline.data as data
+    import cait_cli.pipeline.data.sources as data
 
     def denied(path):
         raise PermissionError(13, "Permission denied")

@@ -3,15 +3,14 @@ import json
 
 import pytest
 import torch
+from support import save_compressed_tiny
 from typer.testing import CliRunner
 
 from cait_cli.errors import CaitError
 from cait_cli.interface.cli import app
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
-from cait_cli.pipeline.measure import forward_pass
-
-from support import save_compressed_tiny
+from cait_cli.pipeline.measuring.measure import forward_pass
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 

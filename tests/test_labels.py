@@ -4,15 +4,14 @@ import re
 from pathlib import Path
 
 import pytest
+from ideal_latency import write_ideal_tables
+from support import make_image_folder, save_tiny_timm_dir, tiny_vit
 from typer.testing import CliRunner
 
 from cait_cli.interface.cli import app
 from cait_cli.pipeline.compress import CompressConfig, compress
-from cait_cli.pipeline.data import labels_belong, open_data, resolve_data_config
+from cait_cli.pipeline.data.sources import labels_belong, open_data, resolve_data_config
 from cait_cli.pipeline.progress import Silent
-
-from ideal_latency import write_ideal_tables
-from support import make_image_folder, save_tiny_timm_dir, tiny_vit
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 

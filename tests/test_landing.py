@@ -1,6 +1,6 @@
 """Landing rules that need no model: which attempt is kept, and where the next goal goes."""
-from cait_cli.pipeline.landing import Attempt, Bracket, choose
-from cait_cli.pipeline.plan import Plan
+from cait_cli.pipeline.planning.landing import Attempt, Bracket, choose
+from cait_cli.pipeline.planning.plan import Plan
 
 INNER, OUTER = (1.88, 2.01), (1.84, 2.05)  # 1.9x: LANDING_BAND and BAND
 

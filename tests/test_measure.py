@@ -4,7 +4,11 @@ import time
 import torch
 import torch.nn as nn
 
-from cait_cli.pipeline.measure import SpeedConfig, measure_throughput, paired_speedup
+from cait_cli.pipeline.measuring.measure import (
+    SpeedConfig,
+    measure_throughput,
+    paired_speedup,
+)
 
 
 class Logged(nn.Module):

@@ -7,6 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 import torch
+from support import save_compressed_tiny
 from typer.testing import CliRunner
 
 import cait_cli
@@ -17,9 +18,13 @@ from cait_cli.method.model import block_widths
 from cait_cli.models.loading import load_model
 from cait_cli.models.onnx_model import load_onnx
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
-from cait_cli.pipeline.onnx_export import ExportConfig, default_out, export, export_checked, random_batches
-
-from support import save_compressed_tiny
+from cait_cli.pipeline.export.onnx_export import (
+    ExportConfig,
+    default_out,
+    export,
+    export_checked,
+    random_batches,
+)
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 QUICK = dict(repeats=2, warmup=1, check_images=8)

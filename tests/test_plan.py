@@ -1,16 +1,20 @@
 """The planner: latency tables measured and cached, plans that reach the target."""
 import pytest
 import torch
-
-import cait_cli.pipeline.latency as latency
-from cait_cli.errors import CaitError
-from cait_cli.method.atme import grid_after
-from cait_cli.pipeline.latency import calibrate_latency
-from cait_cli.method.atme import MergeStep
-from cait_cli.pipeline.plan import (PlanConfig, SpeedModel, candidate_schedules, make_plan, max_speedup,
-                                     shortlist_by_budget)
-
 from support import synthetic_table
+
+import cait_cli.pipeline.planning.latency as latency
+from cait_cli.errors import CaitError
+from cait_cli.method.atme import MergeStep, grid_after
+from cait_cli.pipeline.planning.latency import calibrate_latency
+from cait_cli.pipeline.planning.plan import (
+    PlanConfig,
+    SpeedModel,
+    candidate_schedules,
+    make_plan,
+    max_speedup,
+    shortlist_by_budget,
+)
 
 
 @pytest.fixture
@@ -194,7 +198,7 @@ def test_score_can_choose_pruning_when_merging_alone_lands(make_vit):
 
 
 def test_kl_score_is_zero_for_the_original_and_computed_once_per_plan(make_vit, monkeypatch):
-    import cait_cli.pipeline.scoring as scoring
+    import cait_cli.pipeline.planning.scoring as scoring
     model = make_vit().eval()
     built = []
 
@@ -213,7 +217,7 @@ def test_kl_score_is_zero_for_the_original_and_computed_once_per_plan(make_vit, 
 
 
 def test_feature_score_is_zero_for_the_original_and_grows_with_merging(make_vit):
-    import cait_cli.pipeline.scoring as scoring
+    import cait_cli.pipeline.planning.scoring as scoring
     model = make_vit().eval()
     score = scoring.feature_score(model, lambda: torch.randn(4, 3, 32, 32), multiple=1, indices=[1, 3])
     assert score([], 1.0) == pytest.approx(0.0, abs=1e-6)

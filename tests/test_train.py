@@ -1,11 +1,10 @@
 import pytest
 import torch
+from support import tiny_vit
 
 from cait_cli.method.cdcp import attach_gates
 from cait_cli.method.model import patch_vit
-from cait_cli.pipeline.train import TrainConfig, make_optimizer
-
-from support import tiny_vit
+from cait_cli.pipeline.training.train import TrainConfig, make_optimizer
 
 
 def gated_vit() -> torch.nn.Module:

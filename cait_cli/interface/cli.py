@@ -80,7 +80,8 @@ def compress(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""
-    from ..pipeline.compress import CompressConfig, compress as run_compress
+    from ..pipeline.compress import CompressConfig
+    from ..pipeline.compress import compress as run_compress
     from ..pipeline.distributed import is_main_process
     from ..pipeline.progress import Silent
     from .progress import RichProgress
@@ -161,7 +162,7 @@ def export_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Export a model to ONNX, refusing a file whose ONNX Runtime outputs differ from PyTorch's."""
-    from ..pipeline.onnx_export import ExportConfig, export
+    from ..pipeline.export.onnx_export import ExportConfig, export
     from .progress import RichProgress
     from .report import print_export_report
 

@@ -44,7 +44,7 @@ def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False) ->
 
 def _export_onnx(directory: Path, out: Path) -> dict:
     """model.onnx with a dynamic batch, checked against PyTorch; what the card says of it."""
-    from ..pipeline.onnx_export import ExportConfig, export_file
+    from ..pipeline.export.onnx_export import ExportConfig, export_file
 
     _, report = export_file(ExportConfig(model=str(directory), out=out, dynamic_batch=True))
     return {key: report[key] for key in ("opset", "input_size", "max_difference", "tolerance")}

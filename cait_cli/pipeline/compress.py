@@ -18,79 +18,26 @@ from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
-from .batches import StepBatches
-from .data import collate_skipping, open_data, resolve_data_config
-from .distributed import Cluster, default_workers, join, leave, main_first, on_main, total
-from .latency import calibrate_latency
-from .measure import resolve_device
+from .data.batches import StepBatches
+from .data.sources import collate_skipping, open_data, resolve_data_config
+from .distributed import (
+    Cluster,
+    default_workers,
+    join,
+    leave,
+    main_first,
+    on_main,
+    total,
+)
+from .job import CompressConfig, Job
+from .measuring.measure import resolve_device
+from .measuring.report import build_report, measure_models, report_json
 from .phases import calibrated_student, finetune, landed
-from .plan import Plan, PlanConfig, ScoreFn, describe_plan, make_plan
+from .planning.latency import calibrate_latency
+from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
+from .planning.scoring import kl_score
 from .progress import Progress, Silent
-from .report import build_report, measure_models, report_json
-from .scoring import kl_score
 from .state import RunDir, plan_from_dict
-from .train import TrainConfig
-
-
-@dataclass
-class CompressConfig:
-    model: str
-    target_speedup: float
-    out: Path
-    data: Optional[str] = None
-    val_data: Optional[str] = None
-    calib_steps: int = 300
-    finetune_steps: int = 1000
-    batch_size: int = 64
-    bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
-    lr: float = 1e-4
-    device: str = "auto"
-    amp: bool = True
-    workers: Optional[int] = None  # data processes per training process; None: CPU cores / processes, at most 8
-    augment: bool = False  # light augmentation of training images (random resized crop, flip)
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-    weights: str = "pretrained"
-    plan_only: bool = False
-    checkpoint_every: int = 50
-    max_val_images: Optional[int] = 5000
-    tolerance: float = 0.03  # a measured speedup this far below the target still counts as reached
-    replan: bool = True  # measure the slimmed model and re-plan if it misses the target
-    latency_cache: Optional[Path] = None
-    method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
-    channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
-    max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
-    min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
-
-    def plan_config(self, target: float, **kwargs) -> PlanConfig:
-        return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
-                                     min_keep=self.min_keep, **kwargs)
-
-
-@dataclass
-class Job:
-    """Everything one compression run works with."""
-
-    cfg: CompressConfig
-    progress: Progress
-    device: torch.device
-    loaded: LoadedModel
-    base: nn.Module  # the original model: teacher and speed reference
-    batches: Optional[StepBatches]
-    val: Any  # held-out batches or None
-    bench_batch: int
-    amp: bool
-    table: Any  # LatencyTable
-    run: RunDir
-    state: Dict[str, Any] = field(default_factory=dict)
-    meta: Dict[str, Any] = field(default_factory=dict)
-    score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
-    cluster: Cluster = field(default_factory=Cluster)  # the torchrun processes; one without torchrun
-    labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
-
-    def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
-        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))
 
 
 @dataclass

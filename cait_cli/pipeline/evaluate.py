@@ -15,9 +15,16 @@ import torch.nn as nn
 from ..errors import CaitError
 from ..models.loading import load_model
 from ..models.onnx_model import is_onnx_path
-from .data import eval_loader, resolve_data_config
-from .measure import (SpeedConfig, count_macs, count_params, measure_accuracy, measure_throughput, paired_speedup,
-                      resolve_device)
+from .data.sources import eval_loader, resolve_data_config
+from .measuring.measure import (
+    SpeedConfig,
+    count_macs,
+    count_params,
+    measure_accuracy,
+    measure_throughput,
+    paired_speedup,
+    resolve_device,
+)
 from .progress import Progress, Silent
 
 

@@ -7,15 +7,15 @@ import torch.nn as nn
 
 from ..method.cdcp import gates_of, set_budget
 from ..method.model import patch_vit
-from .calibrate import apply_budget, gated_student
 from .distributed import copy_from_main, on_main
-from .landing import fit_to_target
-from .plan import Plan
+from .planning.landing import fit_to_target
+from .planning.plan import Plan
 from .state import plan_from_dict
-from .training import run_phase
+from .training.calibrate import apply_budget, gated_student
+from .training.loop import run_phase
 
 if TYPE_CHECKING:
-    from .compress import Job
+    from .job import Job
 
 
 def calibrated_student(job: "Job", plan: Plan) -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CaitError
 from ..method.atme import MergeStep
-from .plan import Plan
+from .planning.plan import Plan
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch.nn as nn
 
-from ..method.atme import MergeStep
-from ..method.cdcp import attach_gates, set_budget
-from ..method.model import patch_vit
+from ...method.atme import MergeStep
+from ...method.cdcp import attach_gates, set_budget
+from ...method.model import patch_vit
 
 
 def gated_student(base: nn.Module, schedule: Sequence[MergeStep], multiple: int = 1) -> nn.Module:

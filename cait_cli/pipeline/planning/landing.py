@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch.nn as nn
 
-from ..errors import CaitError
-from ..method.cdcp import gates_of, set_budget
-from ..method.model import patch_vit
-from ..method.slim import slim
+from ...errors import CaitError
+from ...method.cdcp import gates_of, set_budget
+from ...method.model import patch_vit
+from ...method.slim import slim
+from ..measuring.report import quick_speedup
 from .plan import BAND, LANDING_BAND, Plan, SpeedModel, describe_plan, make_plan
-from .report import quick_speedup
 
 if TYPE_CHECKING:
-    from .compress import Job
+    from ..job import Job
 
 MAX_MEASUREMENTS = 6
 

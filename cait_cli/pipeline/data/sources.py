@@ -17,7 +17,7 @@ from timm.data import create_transform
 from timm.data import resolve_data_config as timm_data_config
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import CaitError, first_line
+from ...errors import CaitError, first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 

@@ -8,10 +8,16 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..method.cost import model_macs
-from .measure import (AccuracyResult, SpeedConfig, count_params, measure_accuracy, measure_throughput,
-                      paired_speedup)
-from .plan import BAND, Plan
+from ...method.cost import model_macs
+from ..planning.plan import BAND, Plan
+from .measure import (
+    AccuracyResult,
+    SpeedConfig,
+    count_params,
+    measure_accuracy,
+    measure_throughput,
+    paired_speedup,
+)
 
 
 def _input_size(model: nn.Module) -> tuple:

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 import torch.nn as nn
 
-from ..errors import Interrupted
-from .distributed import data_parallel
+from ...errors import Interrupted
+from ..distributed import data_parallel
 from .train import LogitsOnly, TrainConfig, make_optimizer, train_step
 
 if TYPE_CHECKING:
-    from .compress import Job
+    from ..job import Job
 
 
 def run_phase(job: "Job", student: nn.Module, tcfg: TrainConfig, phase: str,

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import CaitError
+from ...errors import CaitError
 
 Key = Tuple[int, int, int]  # (step, position in the global batch, dataset index)
 

@@ -28,13 +28,18 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..method.atme import MergeStep, TokenMerge, alternating_schedule, grid_after
-from ..method.cdcp import attach_gates, detach_gates
-from ..method.gates import allowed_counts
-from ..method.model import block_widths, patch_vit, token_counts
-from ..method.slim import slim_block
-from ..method.tokens import TokenState
-from .measure import SpeedConfig, device_name, measure_throughput, synchronize
+from ...method.atme import MergeStep, TokenMerge, alternating_schedule, grid_after
+from ...method.cdcp import attach_gates, detach_gates
+from ...method.gates import allowed_counts
+from ...method.model import block_widths, patch_vit, token_counts
+from ...method.slim import slim_block
+from ...method.tokens import TokenState
+from ..measuring.measure import (
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    synchronize,
+)
 
 TABLE_VERSION = 6
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
@@ -249,7 +254,9 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
     negative cost) falls back to the scale alone.
     """
-    from ..method.variants import compressed_variant  # variants build on the modules this one uses
+    from ...method.variants import (
+        compressed_variant,  # variants build on the modules this one uses
+    )
 
     variants, design = {}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):

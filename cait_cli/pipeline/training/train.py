@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .measure import logits_of
+from ..measuring.measure import logits_of
 
 
 @dataclass

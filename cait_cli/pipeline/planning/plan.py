@@ -19,11 +19,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ..errors import CaitError
-from ..method.atme import MergeStep, alternating_schedule, grid_after
-from ..method.cdcp import WidthAllocator, weight_norm_scores
-from ..method.cost import BlockShape
-from ..method.model import tokens_per_block
+from ...errors import CaitError
+from ...method.atme import MergeStep, alternating_schedule, grid_after
+from ...method.cdcp import WidthAllocator, weight_norm_scores
+from ...method.cost import BlockShape
+from ...method.model import tokens_per_block
 from .latency import LatencyTable
 
 ScoreFn = Callable[[List[MergeStep], float], float]

@@ -7,10 +7,10 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..method.atme import MergeStep
-from ..method.variants import compressed_variant
+from ...method.atme import MergeStep
+from ...method.variants import compressed_variant
+from ..training.train import distill_loss
 from .plan import ScoreFn
-from .train import distill_loss
 
 Outputs = Callable[[nn.Module, torch.Tensor], object]  # what a model gives on the batch
 Distance = Callable[[object, object], float]  # (compressed model's outputs, original's outputs)

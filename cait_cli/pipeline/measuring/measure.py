@@ -14,9 +14,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import CaitError
-from ..method.cost import model_macs
-from ..models.onnx_model import OnnxModel
+from ...errors import CaitError
+from ...method.cost import model_macs
+from ...models.onnx_model import OnnxModel
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -21,14 +21,29 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..atomic import atomic_file
-from ..errors import CaitError, first_line
-from ..models.loading import load_model, model_stem
-from ..models.onnx_model import (META_DATA_CFG, META_MACS, META_PARAMS, META_SOURCE, OnnxModel, is_onnx_path,
-                                 load_onnx, require_onnx)
-from .data import eval_loader, resolve_data_config
-from .measure import SpeedConfig, count_macs, count_params, logits_of, measure_throughput, paired_speedup
-from .progress import Progress, Silent
+from ...atomic import atomic_file
+from ...errors import CaitError, first_line
+from ...models.loading import load_model, model_stem
+from ...models.onnx_model import (
+    META_DATA_CFG,
+    META_MACS,
+    META_PARAMS,
+    META_SOURCE,
+    OnnxModel,
+    is_onnx_path,
+    load_onnx,
+    require_onnx,
+)
+from ..data.sources import eval_loader, resolve_data_config
+from ..measuring.measure import (
+    SpeedConfig,
+    count_macs,
+    count_params,
+    logits_of,
+    measure_throughput,
+    paired_speedup,
+)
+from ..progress import Progress, Silent
 
 FORMATS = ("onnx",)
 MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer without version conversion

@@ -1,0 +1,82 @@
+"""What one compression run works with: its options (`CompressConfig`) and its state (`Job`).
+
+Kept apart from the orchestrator (compress.py) so the phases it calls (landing,
+training, calibration) depend on this, not on the orchestrator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..models.loading import LoadedModel
+from .data.batches import StepBatches
+from .distributed import Cluster
+from .planning.plan import PlanConfig, ScoreFn
+from .progress import Progress
+from .state import RunDir
+from .training.train import TrainConfig
+
+
+@dataclass
+class CompressConfig:
+    model: str
+    target_speedup: float
+    out: Path
+    data: Optional[str] = None
+    val_data: Optional[str] = None
+    calib_steps: int = 300
+    finetune_steps: int = 1000
+    batch_size: int = 64
+    bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
+    lr: float = 1e-4
+    device: str = "auto"
+    amp: bool = True
+    workers: Optional[int] = None  # data processes per training process; None: CPU cores / processes, at most 8
+    augment: bool = False  # light augmentation of training images (random resized crop, flip)
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    weights: str = "pretrained"
+    plan_only: bool = False
+    checkpoint_every: int = 50
+    max_val_images: Optional[int] = 5000
+    tolerance: float = 0.03  # a measured speedup this far below the target still counts as reached
+    replan: bool = True  # measure the slimmed model and re-plan if it misses the target
+    latency_cache: Optional[Path] = None
+    method: str = "cait"  # "atme" or "cdcp": one part alone, for ablations
+    channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
+    max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
+    min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
+
+    def plan_config(self, target: float, **kwargs) -> PlanConfig:
+        return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
+                                     min_keep=self.min_keep, **kwargs)
+
+
+@dataclass
+class Job:
+    """Everything one compression run works with."""
+
+    cfg: CompressConfig
+    progress: Progress
+    device: torch.device
+    loaded: LoadedModel
+    base: nn.Module  # the original model: teacher and speed reference
+    batches: Optional[StepBatches]
+    val: Any  # held-out batches or None
+    bench_batch: int
+    amp: bool
+    table: Any  # LatencyTable
+    run: RunDir
+    state: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+    score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
+    cluster: Cluster = field(default_factory=Cluster)  # the torchrun processes; one without torchrun
+    labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
+
+    def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
+        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))
