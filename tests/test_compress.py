@@ -73,8 +73,9 @@ def stand_in_speed(monkeypatch, factor):
     monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: synthetic_table(model))
     seen = []
 
-    def measure(base, slim_model, device, batch, amp):
+    def measure(base, slim_model, device, batch, amp, **kwargs):
         assert amp is False  # the job's precision, passed on: bf16 autocast is GPU only
+        assert kwargs["forwards"].runtime == "eager" and kwargs["band"][0] < 1.3 < kwargs["band"][1]
         seen.append(model_macs(base) / model_macs(slim_model) * factor)
         return seen[-1]
 
@@ -99,8 +100,8 @@ def test_landing_pushes_or_backs_off_into_the_band(assets, tmp_path, monkeypatch
     assert [a["measured"] for a in attempts] == seen and 2 <= len(attempts) <= 6
     assert not 1.3 * 0.97 <= attempts[0]["measured"] <= 1.3 * 1.08  # the first plan missed the band
     assert 1.3 * 0.97 <= attempts[-1]["measured"] <= 1.3 * 1.08  # and the last landed
-    goals = [a["goal"] for a in attempts]
-    assert (goals[1] > goals[0]) if factor < 1 else (goals[1] < goals[0])  # pushed, or backed off
+    table = [a["predicted"] for a in attempts]  # the latency table's own prediction of each plan
+    assert (table[1] > table[0]) if factor < 1 else (table[1] < table[0])  # pushed, or backed off
     assert {"plan", "predicted", "measured"} <= set(attempts[0]) and attempts[0]["plan"]["schedule"] is not None
     chosen = json.loads(json.dumps(result.plan.to_dict()))
     assert chosen == attempts[-1]["plan"] | {"predicted_speedup": attempts[-1]["predicted"]}
@@ -134,7 +135,7 @@ def test_a_landing_near_the_edge_of_the_band_is_measured_again(assets, tmp_path,
     monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup", measure)
     compress(config(assets, tmp_path / "o", target_speedup=1.3, calib_steps=0, finetune_steps=0), Recorder())
     attempts = json.loads((tmp_path / "o" / "report.json").read_text())["attempts"]
-    assert len(attempts) >= 2 and attempts[1]["goal"] < attempts[0]["goal"]  # backed off from the edge
+    assert len(attempts) >= 2 and attempts[1]["predicted"] < attempts[0]["predicted"]  # backed off from the edge
 
 
 def test_plan_only_prints_plan_and_writes_nothing(assets, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from cait_cli.errors import CaitError
 from cait_cli.interface.cli import app
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
-from cait_cli.pipeline.measuring.measure import forward_pass
+from cait_cli.pipeline.measuring.runtimes import build_forward
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 
@@ -60,7 +60,9 @@ def test_cli_prints_table_and_writes_json(models, tmp_path):
     ({"model": "no_such_model"}, "unknown model"),
     ({"data": "/nonexistent/folder"}, "does not exist"),
     ({"device": "cuda:7"}, "no CUDA GPU"),
-    ({"cuda_graphs": True}, "--cuda-graphs needs a CUDA GPU"),
+    ({"runtime": "cuda-graphs"}, "--runtime cuda-graphs needs a CUDA GPU"),
+    ({"runtime": "tensorrt"}, "--runtime tensorrt needs a CUDA GPU"),
+    ({"runtime": "jit"}, "unknown runtime 'jit'"),
 ])
 def test_eval_bad_input(models, kw, message):
     with pytest.raises(CaitError, match=message):
@@ -73,13 +75,13 @@ def test_a_compressed_model_replays_from_a_cuda_graph_as_it_runs_eagerly(models)
     with torch.inference_mode():
         images = torch.randn(4, 3, 32, 32, device="cuda")
         eager = model(images)
-        replay = forward_pass(model, images, amp=False, cuda_graph=True)
+        replay = build_forward(model, images, "cuda-graphs", amp=False)
         images.copy_(torch.randn_like(images))  # the graph reads the same input tensor, new values
         assert torch.allclose(replay(), model(images), atol=1e-4) and not torch.allclose(replay(), eager)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_eval_times_cuda_graphs_against_the_baseline(models):
-    report = evaluate(quick(model=models["ckpt"], baseline=models["base"], device="cuda", cuda_graphs=True))
+    report = evaluate(quick(model=models["ckpt"], baseline=models["base"], device="cuda", runtime="cuda-graphs"))
     low, high = report["speedup_range"]
-    assert low <= report["speedup"] <= high and report["precision"] == "bf16, CUDA graphs"
+    assert low <= report["speedup"] <= high and report["precision"] == "bf16, cuda-graphs"

@@ -4,11 +4,16 @@ import time
 import torch
 import torch.nn as nn
 
+import pytest
+
+from cait_cli.errors import CaitError
 from cait_cli.pipeline.measuring.measure import (
     SpeedConfig,
     measure_throughput,
     paired_speedup,
+    speedup_estimate,
 )
+from cait_cli.pipeline.measuring.report import band_stop
 
 
 class Logged(nn.Module):
@@ -48,3 +53,44 @@ def test_short_passes_are_repeated_until_a_run_lasts_long_enough():
     runs = len(log) - 2  # after the warm-up pass and the sizing pass
     assert runs % 3 == 0 and 2 <= runs // 3 <= 5  # about 0.05 s / 0.01 s passes per run
     assert result["a"].throughput < 2 / 0.01  # images counted per pass, not per run
+
+
+def test_the_fastest_run_of_each_model_gives_the_speedup():
+    # a neighbour's load only slows runs down: repeat 2 of "a" and repeat 3 of "b" were disturbed
+    a, b = [200.0, 120.0, 198.0], [100.0, 101.0, 60.0]
+    assert speedup_estimate(a, b, "fastest") == 200.0 / 101.0
+    assert speedup_estimate(a, b, "median") == sorted(x / y for x, y in zip(a, b))[1]
+
+
+def stop_after(rates_a, rates_b, band, least=3):
+    stop = band_stop("a", "b", band, "fastest", least)
+    for n in range(1, len(rates_a) + 1):
+        if stop({"a": rates_a[:n], "b": rates_b[:n]}):
+            return n
+    return None
+
+
+def test_a_clear_answer_stops_early_and_a_close_one_runs_on():
+    steady_a, steady_b = [300.0] * 12, [100.0] * 12  # 3.0x, far above a 1.84-2.05x band
+    assert stop_after(steady_a, steady_b, (1.84, 2.05)) == 3
+    near_a = [204.0, 202.0, 205.0, 203.0, 206.0, 204.0]  # 2.03-2.06x: on the band's upper edge
+    assert stop_after(near_a, [100.0] * 6, (1.84, 2.05)) is None
+    settling = [150.0, 190.0, 195.0, 196.0, 196.0, 196.0, 196.0]  # a disturbed start, then 1.96x
+    # 1.90, 1.95, 1.96: inside, and moving by 3%, less than the 4.5% to the nearest edge
+    assert stop_after(settling, [100.0] * 7, (1.84, 2.05)) == 4
+
+
+def test_measurement_stops_when_the_rule_says_so():
+    log = []
+    cfg = SpeedConfig(batch_size=2, warmup=0, repeats=9, iters_per_repeat=1, min_run_seconds=0.0)
+    result = measure_throughput({"a": Logged("a", log)}, (3, 4, 4), cfg, torch.device("cpu"),
+                                stop=lambda rates: len(rates["a"]) == 4)
+    assert len(result["a"].per_repeat) == 4
+
+
+def test_unknown_runtimes_and_estimators_are_refused_in_one_line():
+    for cfg, message in ((SpeedConfig(runtime="jit"), "unknown runtime 'jit'"),
+                         (SpeedConfig(runtime="cuda-graphs"), "needs a CUDA GPU"),
+                         (SpeedConfig(estimator="mean"), "unknown speed estimator")):
+        with pytest.raises(CaitError, match=message):
+            cfg.check(torch.device("cpu"))

@@ -25,6 +25,7 @@ from .measuring.measure import (
     paired_speedup,
     resolve_device,
 )
+from .measuring.runtimes import resolve_runtime
 from .progress import Progress, Silent
 
 
@@ -36,7 +37,7 @@ class EvalConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on GPU
-    cuda_graphs: bool = False  # GPU only: time forwards replayed from CUDA graphs
+    runtime: str = "auto"  # runtimes.RUNTIMES; auto: the device's default (an ONNX file: onnxruntime)
     workers: int = 4
     repeats: int = 7
     warmup: int = 2
@@ -48,7 +49,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
     """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
     progress = progress or Silent()
     device = _device(cfg)
-    SpeedConfig(cuda_graphs=cfg.cuda_graphs).check(device)  # before the accuracy pass, not after it
+    runtime = _runtime(cfg, device)  # before the accuracy pass, not after it
     models = {"model": load_model(cfg.model, cfg.weights, require_vit=False).model.to(device).eval()}
     if cfg.baseline:
         models["baseline"] = load_model(cfg.baseline, cfg.weights, require_vit=False).model.to(device).eval()
@@ -68,15 +69,14 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
             sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
         report["skipped_images"] = loader.skipped
     progress.message(f"throughput on {device}, interleaved")
-    speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp,
-                            cuda_graphs=cfg.cuda_graphs)
+    speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp, runtime=runtime)
     speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
     for name, result in speed.items():
         sides[name].update(throughput=result.throughput, throughput_min=result.throughput_min,
                            throughput_max=result.throughput_max, peak_memory_mb=result.peak_memory_mb)
     first = speed["model"]
     report.update(device=first.device, batch_size=first.batch_size, precision=first.precision,
-                  threads=first.threads, results=sides)
+                  runtime=first.runtime, estimator=first.estimator, threads=first.threads, results=sides)
     if "baseline" in speed:
         ratio, low, high = paired_speedup(speed, "model", "baseline")
         report.update(speedup=ratio, speedup_range=[low, high])
@@ -91,6 +91,17 @@ def _device(cfg: EvalConfig) -> torch.device:
         raise CaitError(f"ONNX files run on ONNX Runtime's CPU provider here, not on {cfg.device!r}; "
                         "use --device cpu (or auto)")
     return torch.device("cpu")
+
+
+def _runtime(cfg: EvalConfig, device: torch.device) -> str:
+    """The runtime to time under: an exported ONNX file runs on ONNX Runtime, and so does the
+    baseline beside it (exported the same way)."""
+    if any(name and is_onnx_path(name) for name in (cfg.model, cfg.baseline)):
+        if cfg.runtime not in ("auto", "onnxruntime"):
+            raise CaitError(f"an ONNX file runs on ONNX Runtime, not under --runtime {cfg.runtime}; "
+                            "use --runtime onnxruntime (or auto)")
+        return resolve_runtime("onnxruntime", device)
+    return resolve_runtime(cfg.runtime, device)
 
 
 def _check_inputs(models: Dict[str, nn.Module], data_cfg: Dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn as nn
 from ...errors import CaitError
 from ...method.cost import model_macs
 from ...models.onnx_model import OnnxModel
+from .runtimes import Forwards, precision, resolve_runtime
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -49,30 +50,39 @@ def device_name(device: torch.device) -> str:
     return "CPU"
 
 
+# How a speedup is read from repeated timings (compared in benchmarks/results/timing_noise_cpu.md):
+# "fastest", the ratio of each model's fastest run: a neighbour's load only ever slows a run, so
+# the fastest run is the least disturbed one; "median", the median of the paired per-repeat ratios.
+ESTIMATORS = ("fastest", "median")
+DEFAULT_ESTIMATOR = "fastest"
+
+
 @dataclass
 class SpeedConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
     warmup: int = 2
-    repeats: int = 7
+    repeats: int = 7  # at most; fewer when `stop` (measure_throughput's) says the answer is known
     iters_per_repeat: int = 2  # at least; more when a pass is shorter than min_run_seconds allows
     min_run_seconds: float = 0.2  # every timed run of the fastest model lasts about this long
     amp: bool = False  # bfloat16 autocast, GPU only
     dtype: torch.dtype = torch.float32  # of the input images (the models' own precision)
-    cuda_graphs: bool = False  # GPU only: replay each model's forward from a CUDA graph (no per-op launch cost)
+    runtime: str = "eager"  # runtimes.RUNTIMES: what serves the models while they are timed
+    estimator: str = DEFAULT_ESTIMATOR
 
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
 
     def check(self, device: torch.device) -> None:
         """CaitError if these settings cannot run on `device` (callers may check before slow work)."""
-        if self.cuda_graphs and device.type != "cuda":
-            raise CaitError(f"--cuda-graphs needs a CUDA GPU; this run measures on {device.type}")
+        resolve_runtime(self.runtime, device)
+        if self.estimator not in ESTIMATORS:
+            raise CaitError(f"unknown speed estimator {self.estimator!r}; use one of {', '.join(ESTIMATORS)}")
 
 
 @dataclass
 class SpeedResult:
     name: str
-    throughput: float  # images/s, median over repeats
+    throughput: float  # images/s, by the estimator (fastest run or median over repeats)
     throughput_min: float
     throughput_max: float
     per_repeat: List[float] = field(default_factory=list)
@@ -81,6 +91,8 @@ class SpeedResult:
     precision: str = "fp32"
     threads: int = 0
     peak_memory_mb: Optional[float] = None  # CUDA only: max allocated during this model's runs
+    runtime: str = "eager"
+    estimator: str = DEFAULT_ESTIMATOR
 
 
 def synchronize(device: torch.device) -> None:
@@ -88,20 +100,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Called after every round of repeats with the images/s measured so far, per model; True ends the
+# measurement early (the answer is known well enough to decide).
+StopRule = Callable[[Dict[str, List[float]]], bool]
+
+
 @torch.inference_mode()
 def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int, int], cfg: SpeedConfig,
-                       device: torch.device) -> Dict[str, SpeedResult]:
+                       device: torch.device, forwards: Optional[Forwards] = None,
+                       stop: Optional[StopRule] = None) -> Dict[str, SpeedResult]:
     """Images/s of every model, timed round-robin so machine noise hits all of them alike.
 
-    The round-robin order reverses every other repeat, so no model always runs first.
+    Each model runs under cfg.runtime (its forward built, compiled or exported first, untimed;
+    `forwards` keeps built forwards for models timed again). The round-robin order reverses every
+    other repeat, so no model always runs first.
     """
     cfg.check(device)
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
-    images = torch.randn(batch, *input_size, device=device, dtype=cfg.dtype)
+    forwards = forwards or Forwards(resolve_runtime(cfg.runtime, device), amp)
+    images = forwards.images(batch, input_size, cfg.dtype, device)
     times: Dict[str, List[float]] = {name: [] for name in models}
     peaks: Dict[str, float] = {}
-    forwards: Dict[str, Callable[[], object]] = {}
+    built: Dict[str, Callable[[], object]] = {}
 
     def run(forward: Callable[[], object], iters: int) -> float:
         synchronize(device)
@@ -114,67 +135,50 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
     for name, model in models.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        forwards[name] = forward_pass(model.eval(), images, amp, cfg.cuda_graphs)
+        built[name] = forwards.of(model, images)
         for _ in range(cfg.warmup):
-            run(forwards[name], cfg.iters_per_repeat)
+            run(built[name], cfg.iters_per_repeat)
         if device.type == "cuda":
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
     # short runs (a small model, a small batch) are mostly timer and scheduler noise
-    shortest = min(run(forward, 1) for forward in forwards.values())
+    shortest = min(run(forward, 1) for forward in built.values())
     iters = max(cfg.iters_per_repeat, math.ceil(cfg.min_run_seconds / max(shortest, 1e-6)))
-    order = list(forwards.items())
+    order = list(built.items())
     for repeat in range(cfg.repeats):
         # A B, then B A: whatever running second costs (or gains) falls on every model alike
         for name, forward in order if repeat % 2 == 0 else order[::-1]:
             times[name].append(run(forward, iters))
-    precision = ("bf16" if amp else "fp32") + (", CUDA graphs" if cfg.cuda_graphs else "")
-    return {name: _speed_result(name, t, batch * iters, batch, device, precision, peaks.get(name))
-            for name, t in times.items()}
+        if stop is not None and stop({name: [batch * iters / t for t in ts] for name, ts in times.items()}):
+            break
+    label = precision(forwards.runtime, amp)
+    return {name: _speed_result(name, t, batch * iters, batch, device, label, peaks.get(name), forwards.runtime,
+                                cfg.estimator) for name, t in times.items()}
 
 
-def forward_pass(model: nn.Module, images: torch.Tensor, amp: bool, cuda_graph: bool) -> Callable[[], object]:
-    """A call that runs `model` on `images` once: eagerly, or by replaying a CUDA graph captured here.
+def estimate(rates: Sequence[float], estimator: str = DEFAULT_ESTIMATOR) -> float:
+    """One throughput from repeated runs: the fastest run, or the median."""
+    return max(rates) if estimator == "fastest" else statistics.median(rates)
 
-    A graph replays every kernel of the forward in one launch, so a small model at a large batch is
-    timed by its GPU work instead of by the host launching its ops one by one (what serving with
-    CUDA graphs, torch.compile's reduce-overhead mode or TensorRT gives).
-    """
-    def forward():  # autocast's weight cache cannot outlive a graph capture
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not cuda_graph):
-            return model(images)
 
-    if not cuda_graph:
-        return forward
-    side = torch.cuda.Stream(images.device)  # capture wants warmed-up kernels, run off the default stream
-    side.wait_stream(torch.cuda.current_stream(images.device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            forward()
-    torch.cuda.current_stream(images.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            output = forward()  # lives in the graph's memory; every replay rewrites it
-    except RuntimeError as err:
-        raise CaitError(f"this model cannot be captured in a CUDA graph: {str(err).splitlines()[0]}") from None
-
-    def replay():
-        graph.replay()
-        return output
-    return replay
+def speedup_estimate(num: Sequence[float], den: Sequence[float], estimator: str = DEFAULT_ESTIMATOR) -> float:
+    """The speedup of `num` over `den` from their per-repeat rates (paired: same repeats)."""
+    if estimator == "fastest":
+        return max(num) / max(den)
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def _speed_result(name: str, seconds: List[float], images: int, batch: int, device: torch.device,
-                  precision: str, peak: Optional[float]) -> SpeedResult:
+                  label: str, peak: Optional[float], runtime: str, estimator: str) -> SpeedResult:
     rates = [images / s for s in seconds]
-    return SpeedResult(name, statistics.median(rates), min(rates), max(rates), rates, batch,
-                       device_name(device), precision, torch.get_num_threads(), peak)
+    return SpeedResult(name, estimate(rates, estimator), min(rates), max(rates), rates, batch,
+                       device_name(device), label, torch.get_num_threads(), peak, runtime, estimator)
 
 
 def paired_speedup(results: Dict[str, SpeedResult], num: str, den: str) -> Tuple[float, float, float]:
-    """Median, min and max of the per-repeat ratios num/den (paired: same moment, same noise)."""
-    ratios = [a / b for a, b in zip(results[num].per_repeat, results[den].per_repeat)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    """The speedup num/den by the results' estimator, and the min and max of the per-repeat ratios."""
+    a, b = results[num].per_repeat, results[den].per_repeat
+    ratios = [x / y for x, y in zip(a, b)]
+    return speedup_estimate(a, b, results[num].estimator), min(ratios), max(ratios)
 
 
 @dataclass

@@ -1,17 +1,19 @@
 """Landing on the target: measure the slimmed model and re-plan until it lands.
 
-The planner predicts; only a measurement of the slimmed model on this device says
-whether the target was reached. This phase sits between CDCP calibration and
-fine-tuning, while the student is still gated and can take another plan.
+The planner predicts; only a measurement of the slimmed model on this device, under
+the runtime that will serve it, says whether the target was reached. This phase sits
+between CDCP calibration and fine-tuning, while the student is still gated and can
+take another plan.
 
 A measured speedup must land in the band [target x 0.97, target x 1.08]. The
 quick landing measurement is held to a narrower band, [0.99, 1.06] x target, so
 the final measurement's own noise does not carry a model that only just landed
-out of the band. Below it, the next plan asks for more speed; above it, for less
-(faster than asked is paid for in accuracy). The next goal is the last one corrected by what the
-measurement said (goal x aim / measured); once plans on both sides are known,
-it stays strictly between the last goal that was too slow and the last that was
-too fast, bisecting when the correction would leave that bracket.
+out of the band. Every measurement corrects the planner's speed model for the plans
+near it (plan.SpeedModel.observe), and the next plan is solved for the same aim on
+the corrected predictions: a merge schedule measured too slow gets a little channel
+pruning on top, the fine knob between two merge schedules. Landing stops when a
+measurement lands, or when the corrected planner proposes a plan already measured
+(no plan in between exists at the channel multiple).
 """
 from __future__ import annotations
 
@@ -39,41 +41,12 @@ MAX_MEASUREMENTS = 6
 class Attempt:
     """One slimmed model measured while landing."""
 
-    plan: Plan
-    goal: float  # the speedup the planner was asked for
-    predicted: float  # for the student's actual widths (its learned scores chose them)
+    plan: Plan  # its predicted_speedup: as the planner chose it, corrected by the measurements before
+    predicted: float  # by the latency table alone, for the student's actual widths (its learned scores chose them)
     measured: float
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "goal": self.goal, "predicted": self.predicted,
-                "measured": self.measured}
-
-
-@dataclass
-class Bracket:
-    """Goals known to give a model too slow (below the band) or too fast (above it)."""
-
-    too_slow: Optional[float] = None
-    too_fast: Optional[float] = None
-
-    def record(self, goal: float, measured: float, low: float) -> None:
-        if measured < low:
-            self.too_slow = max(goal, self.too_slow or goal)
-        else:
-            self.too_fast = min(goal, self.too_fast or goal)
-
-    def next_goal(self, goal: float, measured: float, aim: float) -> float:
-        """The secant correction, kept strictly inside the bracket (else its midpoint)."""
-        guess = goal * aim / measured
-        low, high = self.too_slow, self.too_fast
-        if low is not None and high is not None:
-            if not low < guess < high:
-                guess = math.sqrt(low * high)
-        elif low is not None and guess <= low:
-            guess = low * 1.03
-        elif high is not None and guess >= high:
-            guess = high / 1.03
-        return guess
+        return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured}
 
 
 def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:
@@ -96,30 +69,27 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
         return plan
     target = job.cfg.target_speedup
     low, high = band(target)
-    inner_low, inner_high = band(target, LANDING_BAND)
+    inner = band(target, LANDING_BAND)
     aim = target * job.cfg.plan_config(target).margin
     speed = SpeedModel(job.base, job.table, job.cfg.channel_multiple)
     attempts: List[Attempt] = []
-    bracket, goal = Bracket(), aim
     for _ in range(MAX_MEASUREMENTS):
-        attempts.append(_measure(job, student, plan, goal, speed))
+        attempts.append(_measure(job, student, plan, speed, inner))
         job.progress.message(f"slimmed: measured {attempts[-1].measured:.2f}x against the {target:g}x target "
                              f"(band {low:.2f}-{high:.2f}x)")
-        measured = attempts[-1].measured
-        if inner_low <= measured <= inner_high:
+        if inner[0] <= attempts[-1].measured <= inner[1]:
             break
-        bracket.record(goal, measured, inner_low)
-        goal = bracket.next_goal(goal, measured, aim)
-        next_plan = _replan(job, goal, speed)
+        speed.observe(plan.schedule, plan.keep, attempts[-1].predicted, attempts[-1].measured)
+        next_plan = _replan(job, aim, speed)
         if next_plan is None or _uncompressed(next_plan) or any(_same(next_plan, a.plan) for a in attempts):
-            break  # nothing new to try: merge steps or widths are too coarse here
+            break  # the corrected planner has nothing new: no plan in between at this multiple
         plan = next_plan
         job.progress.message("re-planned: " + describe_plan(plan))
-    chosen = choose(attempts, (inner_low, inner_high), (low, high))
+    chosen = choose(attempts, inner, (low, high))
     if chosen is not attempts[-1]:
         _apply(student, chosen.plan)
     if not low <= chosen.measured <= high:
-        job.progress.message(_missed_band(chosen, target, low, high, len(attempts)))
+        job.progress.message(_missed_band(chosen, target, low, high, len(attempts), job.cfg.channel_multiple))
     job.meta["attempts"] = [a.to_dict() for a in attempts]
     chosen.plan.predicted_speedup = chosen.predicted
     return chosen.plan
@@ -142,10 +112,10 @@ def choose(attempts: List[Attempt], inner: tuple[float, float], outer: tuple[flo
     return max(attempts, key=lambda a: a.measured)
 
 
-def _missed_band(chosen: Attempt, target: float, low: float, high: float, tries: int) -> str:
+def _missed_band(chosen: Attempt, target: float, low: float, high: float, tries: int, multiple: int) -> str:
     side = "above" if chosen.measured > high else "below"
-    return (f"could not land in {low:.2f}-{high:.2f}x in {tries} measurements (the next steps of merging or "
-            f"pruning are too coarse here); kept the plan measured at {chosen.measured:.2f}x, {side} the band")
+    return (f"could not land in {low:.2f}-{high:.2f}x in {tries} measurements (no plan between the measured ones "
+            f"exists at channel multiple {multiple}); kept the plan measured at {chosen.measured:.2f}x, {side} the band")
 
 
 def _apply(student: nn.Module, plan: Plan) -> None:
@@ -154,12 +124,15 @@ def _apply(student: nn.Module, plan: Plan) -> None:
         set_budget(student, plan.keep)
 
 
-def _measure(job: "Job", student: nn.Module, plan: Plan, goal: float, speed: SpeedModel) -> Attempt:
+def _measure(job: "Job", student: nn.Module, plan: Plan, speed: SpeedModel, inner: tuple[float, float]) -> Attempt:
     _apply(student, plan)
     widths = [(b.attn.gate_qk.keep, b.mlp.gate.keep) for b in student.blocks]
     predicted = speed.speedup_of(plan.schedule, widths)
-    measured = quick_speedup(job.base, slim(copy.deepcopy(student)), job.device, job.bench_batch, amp=job.amp)
-    return Attempt(copy.deepcopy(plan), goal, predicted, measured)
+    slimmed = slim(copy.deepcopy(student))
+    measured = quick_speedup(job.base, slimmed, job.device, job.bench_batch, amp=job.amp, forwards=job.forwards,
+                             band=inner)
+    job.forwards.forget(slimmed)
+    return Attempt(copy.deepcopy(plan), predicted, measured)
 
 
 def _replan(job: "Job", goal: float, speed: SpeedModel) -> Optional[Plan]:

@@ -40,8 +40,9 @@ from ..measuring.measure import (
     measure_throughput,
     synchronize,
 )
+from ..measuring.runtimes import block_runtime, captured
 
-TABLE_VERSION = 6
+TABLE_VERSION = 7
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -110,13 +111,13 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
 
 
 def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int,
-              amp: bool = False) -> str:
+              amp: bool = False, runtime: str = "eager") -> str:
     block = model.blocks[0]
     shape = (block.attn.qkv.in_features, block.attn.num_heads, block.attn.qkv.out_features,
              block.mlp.fc1.out_features, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
              len(model.blocks), model.num_classes)
     raw = (f"v{TABLE_VERSION}|{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|"
-           f"{multiple}|{shape}" + ("|bf16-autocast" if amp else ""))
+           f"{multiple}|{shape}|{runtime}" + ("|bf16-autocast" if amp else ""))
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -127,21 +128,23 @@ def default_cache_dir() -> Path:
 
 def calibrate_latency(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype = torch.float32,
                       cache_dir: Optional[Path] = None, repeats: int = 5, multiple: int = 1,
-                      amp: bool = False) -> LatencyTable:
+                      amp: bool = False, runtime: str = "eager") -> LatencyTable:
     """Measure (or read from the cache) the latency table of `model`'s block shape.
 
     multiple: the channel multiple of the widths CDCP will keep; widths are timed in it.
     amp: time under bf16 autocast (GPU), as compress measures the models it compares.
+    runtime: what serves the model (runtimes.RUNTIMES): the whole models the table is fitted to
+    run under it, the block halves under its cheap stand-in (runtimes.block_runtime).
     """
     amp = amp and device.type == "cuda"  # autocast to bf16 is GPU only: a CPU table is fp32 under either key
-    key = table_key(model, device, batch, dtype, multiple, amp)
+    key = table_key(model, device, batch, dtype, multiple, amp, runtime)
     cache_file = (cache_dir or default_cache_dir()) / f"{key}.json"
     if cache_file.is_file():
         try:
             return LatencyTable(**json.loads(cache_file.read_text()))
         except (ValueError, TypeError):
             pass  # a corrupt or outdated cache entry is measured again
-    table = _measure_table(model, device, batch, dtype, key, repeats, multiple, amp)
+    table = _measure_table(model, device, batch, dtype, key, repeats, multiple, amp, runtime)
     _write_cache(cache_file, table)
     return table
 
@@ -180,16 +183,21 @@ def timing_batch(batch: int, tokens: int) -> int:
 
 @torch.inference_mode()
 def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
-                   key: str, repeats: int, multiple: int, amp: bool) -> LatencyTable:
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        table = _block_table(model, device, batch, dtype, key, repeats, multiple)
-    _fit_to_whole_models(table, model, batch, multiple, device, dtype, repeats, amp)
+                   key: str, repeats: int, multiple: int, amp: bool, runtime: str) -> LatencyTable:
+    graphs = block_runtime(runtime, device) == "cuda-graphs"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not graphs):
+        table = _block_table(model, device, batch, dtype, key, repeats, multiple, graphs)
+    _fit_to_whole_models(table, model, batch, multiple, device, dtype, repeats, amp, runtime)
     return table
 
 
 def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
-                 key: str, repeats: int, multiple: int) -> LatencyTable:
-    """Block halves and merges timed alone, by token count and kept width."""
+                 key: str, repeats: int, multiple: int, graphs: bool = False) -> LatencyTable:
+    """Block halves and merges timed alone, by token count and kept width (graphs: each call
+    replayed from a CUDA graph)."""
+    def best(fn: Callable[[], object]) -> float:
+        return best_ms(captured(fn, device) if graphs else fn, device, repeats=repeats)
+
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block, prefix = probe.blocks[0], probe.num_prefix_tokens
     tokens = token_chain(model)
@@ -202,17 +210,15 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
         images = timing_batch(batch, n)
         x = torch.randn(images, n, block.attn.qkv.in_features, device=device, dtype=dtype)
         bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
-        attn_ms.append(_running_max([best_ms(lambda: b.attn(b.norm1(x), bias, False), device, repeats=repeats)
-                                     / images for b in attn_blocks]))
-        mlp_ms.append(_running_max([best_ms(lambda: b.mlp(b.norm2(x)), device, repeats=repeats) / images
-                                    for b in mlp_blocks]))
+        attn_ms.append(_running_max([best(lambda: b.attn(b.norm1(x), bias, False)) / images for b in attn_blocks]))
+        mlp_ms.append(_running_max([best(lambda: b.mlp(b.norm2(x))) / images for b in mlp_blocks]))
         plain, merging = _merge_calls(block, x, bias, prefix, device)
-        extra = best_ms(merging, device, repeats=repeats) - best_ms(plain, device, repeats=repeats)
+        extra = best(merging) - best(plain)
         merge_ms.append(max(0.0, extra) / images)
     images = timing_batch(batch, tokens[-1])
     pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
     probe.blocks = nn.Sequential()  # patch embedding, norms and head alone
-    fixed = best_ms(lambda: probe(pixels), device, repeats=repeats) / images
+    fixed = best(lambda: probe(pixels)) / images
     return LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
                         _running_max(merge_ms), fixed)
 
@@ -242,7 +248,7 @@ def schedule_at(model: nn.Module, fractions: Sequence[float]) -> List[MergeStep]
 
 
 def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, multiple: int, device: torch.device,
-                         dtype: torch.dtype, rounds: int, amp: bool) -> None:
+                         dtype: torch.dtype, rounds: int, amp: bool, runtime: str) -> None:
     """Fit the table to whole slimmed models, timed as the landing measurement times them.
 
     Block halves timed alone, over and over on the same tensors, run with warm caches; in a
@@ -267,7 +273,8 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
         attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
         design.append([attn + mlp, hidden])
     images = timing_batch(batch, table.tokens[-1])
-    cfg = SpeedConfig(batch_size=images, warmup=1, repeats=2 * rounds, iters_per_repeat=1, amp=amp, dtype=dtype)
+    cfg = SpeedConfig(batch_size=images, warmup=1, repeats=2 * rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
+                      runtime=runtime)
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
     measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in variants], dtype=torch.float64)
     table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)

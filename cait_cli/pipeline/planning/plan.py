@@ -14,6 +14,7 @@ plan that prunes the fewest channels and merges the least.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -92,8 +93,32 @@ def _final_grid(grid: Tuple[int, int], schedule: Sequence[MergeStep]) -> Tuple[i
     return grid_after(grid, [s.axis for s in schedule])
 
 
+@dataclass
+class Observation:
+    """A slimmed model measured while landing: its plan, what the table predicted, what was measured."""
+
+    schedule: List[MergeStep]
+    keep: float
+    predicted: float  # by the table alone, for the widths the model really kept
+    measured: float
+
+    @property
+    def factor(self) -> float:
+        return self.measured / self.predicted
+
+
+NEARBY = 0.02  # |log predicted ratio| at which a measurement of another schedule counts half as much
+
+
 class SpeedModel:
-    """Predicted latency of a model under a plan, from a measured table."""
+    """Predicted latency of a model under a plan, from a measured table, corrected by measurements.
+
+    Each landing measurement (observe) corrects the predictions near it: plans with the same
+    merge schedule take the factor measured / predicted of the nearest measured budget; other
+    schedules a mean of all factors weighted by how close their predictions are. So a schedule
+    measured too slow is predicted too slow from then on, and channel pruning on top of it is
+    what the next plan reaches for, instead of the same plan again.
+    """
 
     def __init__(self, model: nn.Module, table: LatencyTable, multiple: int = 1) -> None:
         self.grid = tuple(model.patch_embed.grid_size)
@@ -105,6 +130,21 @@ class SpeedModel:
         self.hidden = mlp.fc1.out_features
         self.allocator = WidthAllocator([weight_norm_scores(b) for b in model.blocks], multiple)
         self.baseline_ms = self.latency([], 1.0)
+        self.observations: List[Observation] = []
+
+    def observe(self, schedule: Sequence[MergeStep], keep: float, predicted: float, measured: float) -> None:
+        self.observations.append(Observation(list(schedule), keep, predicted, measured))
+
+    def correction(self, schedule: Sequence[MergeStep], keep: float, predicted: float) -> float:
+        """The factor measurements say the table's `predicted` speedup of this plan is off by."""
+        same = [o for o in self.observations if o.schedule == list(schedule)]
+        if same:
+            return min(same, key=lambda o: abs(o.keep - keep)).factor
+        if not self.observations:
+            return 1.0
+        weights = [1.0 / (NEARBY + abs(math.log(predicted / o.predicted))) for o in self.observations]
+        logs = [math.log(o.factor) for o in self.observations]
+        return math.exp(sum(w * f for w, f in zip(weights, logs)) / sum(weights))
 
     def shapes(self, schedule: Sequence[MergeStep]) -> List[BlockShape]:
         """Full-width block shapes with the token counts of `schedule`."""
@@ -129,7 +169,9 @@ class SpeedModel:
         return self.baseline_ms / self.latency_of(schedule, widths)
 
     def speedup(self, schedule: Sequence[MergeStep], keep: float) -> float:
-        return self.baseline_ms / self.latency(schedule, keep)
+        """Predicted speedup of a plan, corrected by the measurements observed so far."""
+        predicted = self.baseline_ms / self.latency(schedule, keep)
+        return predicted * self.correction(schedule, keep, predicted)
 
     def solve_keep(self, schedule: Sequence[MergeStep], goal: float, min_keep: float,
                    max_keep: float = 1.0) -> Optional[float]:
