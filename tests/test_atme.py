@@ -105,9 +105,11 @@ def test_merging_model_exposes_grid_and_unmerges(make_vit, name, prefix):
     assert model.unmerge(feats).shape == (2, model.embed_dim, 8, 8)
 
 
-def test_proportional_attention_counts_a_merged_token_as_its_copies(make_vit):
-    """A token of size 2 must attract the attention that two identical tokens would."""
-    attn = patch_vit(make_vit()).blocks[0].attn
+@pytest.mark.parametrize("importance", ["cls", "received"])
+def test_proportional_attention_counts_a_merged_token_as_its_copies(make_vit, importance):
+    """A token of size 2 must attract the attention that two identical tokens would (and, as one
+    of the queries the "received" signal averages, count twice)."""
+    attn = patch_vit(make_vit(), importance=importance).blocks[0].attn
     x = torch.randn(1, 4, 48)
     duplicated = torch.cat([x, x[:, 3:]], dim=1)  # last token twice, all of size 1
     sizes = torch.tensor([1.0, 1.0, 1.0, 2.0]).view(1, 1, 1, 4)

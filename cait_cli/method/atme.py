@@ -6,8 +6,9 @@ column/row unpaired, so a grid of length L becomes ceil(L / 2) and the tokens
 always reshape to (B, C, H', W').
 
 The fusion is asymmetric: the pair is weighted by a softmax over
-log(size) + alpha * importance, where importance is the class-token attention a
-token received, normalised so the mean patch has importance 1.
+log(size) + alpha * importance, where importance is the attention a token
+received (from the class token, or from the average query in models without
+one; see block.py), normalised so the mean patch has importance 1.
 """
 from __future__ import annotations
 
@@ -73,6 +74,23 @@ def _pair_up(t: torch.Tensor, axis: Axis) -> Tuple[torch.Tensor, torch.Tensor, t
     return pairs.select(dim + 1, 0), pairs.select(dim + 1, 1), leftover
 
 
+def _pair_sums(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Grid tensor (B, H, W, D) -> each pair's sum, the odd leftover kept: (B, H', W', D)."""
+    a, b, rest = _pair_up(t, axis)
+    return torch.cat([a + b, rest], dim=2 if axis == "w" else 1)
+
+
+def patch_counts(grid: Tuple[int, int], axes: Sequence[Axis]) -> torch.Tensor:
+    """Patches each token of the merged grid covers, after `axes` on `grid`: (H'*W',).
+
+    Sizes depend on the schedule alone, never on the image (what TokenState.size carries).
+    """
+    counts = torch.ones(1, grid[0], grid[1], 1)
+    for axis in axes:
+        counts = _pair_sums(counts, axis)
+    return counts.flatten()
+
+
 def _to_grid(t: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """(B, H*W, D) -> (B, H, W, D)."""
     return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1])
@@ -83,7 +101,7 @@ def merge_tokens(
 ) -> TokenState:
     """Apply one asymmetric merge step.
 
-    importance: (B, H*W) class-token attention of the patch tokens (any scale; it is
+    importance: (B, H*W) attention the patch tokens received (any scale; it is
                 normalised here to mean 1 over the patches).
     alpha:      scalar weight of importance against log-size.
     """
@@ -97,12 +115,11 @@ def merge_tokens(
 
     xa, xb, x_rest = _pair_up(_to_grid(patches, (h, w)), axis)
     la, lb, _ = _pair_up(_to_grid(logit, (h, w)), axis)
-    sa, sb, s_rest = _pair_up(_to_grid(patch_size, (h, w)), axis)
 
     weight_a = torch.sigmoid(la - lb)  # softmax over the pair, first member
     fused = xb + weight_a.to(xa.dtype) * (xa - xb)
     merged = torch.cat([fused, x_rest], dim=2 if axis == "w" else 1)
-    merged_size = torch.cat([sa + sb, s_rest], dim=2 if axis == "w" else 1)
+    merged_size = _pair_sums(_to_grid(patch_size, (h, w)), axis)
 
     new_grid = grid_after((h, w), [axis])
     x = torch.cat([prefix, merged.flatten(1, 2)], dim=1)

@@ -9,7 +9,7 @@ so a slimmed block computes exactly what the gated one did.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from .atme import TokenMerge
 from .gates import ChannelGate
 from .tokens import TokenState
+
+# What scores a token for ATME's fusion: the attention it receives from the class token
+# ("cls"), or from the average query ("received", for models without a class token).
+ImportanceSource = Literal["cls", "received"]
+IMPORTANCE_SOURCES = ("cls", "received")
 
 
 class CaitAttention(nn.Module):
@@ -35,6 +40,7 @@ class CaitAttention(nn.Module):
         self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
         self.gate_qk: Optional[ChannelGate] = None
         self.gate_v: Optional[ChannelGate] = None
+        self.importance_source: ImportanceSource = "cls"  # patch_vit sets it per model
 
     def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, N, C) -> gated q, k (B, h, N, qk_dim) and v (B, h, N, v_dim)."""
@@ -63,18 +69,33 @@ class CaitAttention(nn.Module):
                 need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: (B, N, C); bias: (1 or B, 1, 1, N) log-size or None.
 
-        Returns the output (B, N, C) and, if asked, the class-token attention each
-        token received, averaged over heads: (B, N).
+        Returns the output (B, N, C) and, if asked, the attention each token received
+        (see `importance_source`), averaged over heads: (B, N).
         """
         q, k, v = self.project(x)
         out = self.attend(q, k, v, bias)
         importance = None
-        if need_importance:  # (B, h, 1, N) -> (B, N); only the class-token row is computed
-            logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
+        if need_importance:  # (B, h, 1, N) -> (B, N); one attention row is computed
+            logits = (self.importance_query(q, bias) * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
             importance = logits.softmax(dim=-1).mean(dim=1).squeeze(1)
         return out, importance
+
+    def importance_query(self, q: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """The query whose attention row scores the tokens: (B, h, N, d) -> (B, h, 1, d).
+
+        "cls": the class token's query. "received": the mean of all queries, each weighted
+        by the patches its token covers (size = exp(bias)). Its logits are the mean of every
+        query's logits, so its softmax is the (renormalised) geometric mean over queries of
+        the attention each token receives, at the cost of the one class-token row.
+        """
+        if self.importance_source == "cls":
+            return q[:, :, :1]
+        if bias is None:
+            return q.mean(dim=2, keepdim=True)
+        weight = bias.exp().transpose(-2, -1)  # (1 or B, 1, N, 1)
+        return (q * weight).sum(dim=2, keepdim=True) / weight.sum(dim=2, keepdim=True)
 
 
 class CaitMlp(nn.Module):

@@ -75,7 +75,7 @@ class DenseMixin:
             prefixes.append(tokens[:, : block_state.num_prefix])
             patches = tokens[:, block_state.num_prefix :]
             axes = None if merged_grids else self.merge_axes_through(i)
-            maps.append(_patch_map(patches, block_state.grid, full_grid, axes, output_fmt))
+            maps.append(patch_map(patches, block_state.grid, full_grid, axes, output_fmt))
         has_prefix = state.num_prefix > 0
 
         if output_dict:
@@ -124,7 +124,7 @@ class DenseMixin:
         return [grid_after(tuple(grid), self.merge_axes_through(i)) for i in range(len(self.blocks))]
 
 
-def _patch_map(patches: torch.Tensor, grid: Tuple[int, int], full_grid: Tuple[int, int],
+def patch_map(patches: torch.Tensor, grid: Tuple[int, int], full_grid: Tuple[int, int],
                axes: Optional[Sequence[Axis]], output_fmt: str) -> torch.Tensor:
     """Patch tokens (B, H'*W', C) on `grid` -> a map in output_fmt.
 

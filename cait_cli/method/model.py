@@ -18,9 +18,10 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import CaitError
-from .atme import MergeStep, TokenMerge, grid_after, unmerge
-from .block import CaitAttention, CaitBlock, CaitMlp
-from .dense import DenseMixin
+from .atme import MergeStep, TokenMerge, grid_after, patch_counts, unmerge
+from .block import IMPORTANCE_SOURCES, CaitAttention, CaitBlock, CaitMlp, ImportanceSource
+from .dense import DenseMixin, patch_map
+from .pooling import pool_tokens, pools_by_size
 from .tokens import TokenState
 
 
@@ -37,6 +38,7 @@ class CaitMixin(DenseMixin):
     """Methods a patched VisionTransformer gains; see `patch_vit` (dense API: see DenseMixin)."""
 
     cait_schedule: List[MergeStep]
+    cait_importance: ImportanceSource
 
     def __reduce_ex__(self, protocol: int):
         # The class is made at run time (cait_class), so pickle cannot find it by name;
@@ -57,9 +59,65 @@ class CaitMixin(DenseMixin):
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
+        return self._final_tokens(x, attn_mask, is_causal)[0]
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        tokens, size = self._final_tokens(x, attn_mask, is_causal)
+        return self.forward_head(tokens, size=size)
+
+    def _final_tokens(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                      is_causal: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Normalised final tokens (B, P + H'*W', C) and their sizes (1, P + H'*W', 1) or None."""
         if attn_mask is not None or is_causal:
             raise NotImplementedError("CAIT models do not take attention masks")
-        return self.norm(self.forward_tokens(x).x)
+        state = self.forward_tokens(x)
+        return self.norm(state.x), state.size
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False,
+                     size: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's forward_head; average and attention pooling weigh each token by `size`,
+        the patches it covers (default: the sizes the schedule gives the model's own grid)."""
+        if not pools_by_size(self):  # class-token pooling (and distilled DeiT's two heads)
+            return super().forward_head(x, pre_logits=pre_logits)
+        x = self.head_drop(self.fc_norm(self.pool(x, size=size)))
+        return x if pre_logits else self.head(x)
+
+    def pool(self, x: torch.Tensor, pool_type: Optional[str] = None,
+             size: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """timm's pool, with merged tokens weighted by size (see method/pooling.py)."""
+        if pools_by_size(self, pool_type) and size is None:
+            size = self.token_sizes(x.shape[1])
+        if size is None or not pools_by_size(self, pool_type):
+            return super().pool(x, pool_type)
+        return pool_tokens(self, x, size, pool_type)
+
+    def token_sizes(self, tokens: int) -> Optional[torch.Tensor]:
+        """Sizes (1, P + H'*W', 1) of the final tokens on the model's own grid; None if nothing merges.
+
+        tokens: the count the caller holds, checked against that grid (pass sizes for other grids).
+        """
+        if not self.cait_schedule:
+            return None
+        counts = patch_counts(tuple(self.patch_embed.grid_size), self.merge_axes_through(len(self.blocks)))
+        if self.num_prefix_tokens + counts.numel() != tokens:
+            raise ValueError(f"{tokens} tokens are not this model's merged grid at its own image size; "
+                             "pass size= (TokenState.size) to pool them")
+        size = torch.cat([torch.ones(self.num_prefix_tokens), counts])
+        return size.view(1, -1, 1).to(self.patch_embed.proj.weight.device)
+
+    def forward_full_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What a headless backbone's users read, on the full grid (for feature distillation).
+
+        Returns the normalised final tokens with the patch tokens unmerged onto the images'
+        full patch grid, (B, P + H*W, C), and the pooled pre-logits feature (B, C).
+        """
+        tokens, size = self._final_tokens(x, None, False)
+        pooled = self.forward_head(tokens, pre_logits=True, size=size)
+        p, axes = self.num_prefix_tokens, self.merge_axes_through(len(self.blocks))
+        full_grid = self.patch_grid(x.shape[-2:])
+        patches = patch_map(tokens[:, p:], grid_after(full_grid, axes), full_grid, axes, "NLC")
+        return torch.cat([tokens[:, :p], patches], dim=1), pooled
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised patch features on the merged grid: (B, C, H', W')."""
@@ -104,11 +162,10 @@ def check_vit(model: nn.Module) -> None:
     """Raise CaitError unless CAIT can patch this model."""
     name = type(model).__name__
     if not isinstance(model, VisionTransformer):
-        raise CaitError(f"{name} is not a timm VisionTransformer; cait compresses ViTs with a class token")
-    if model.cls_token is None:
-        raise CaitError(f"{name} has no class token; cait needs one to score token importance")
-    if model.attn_pool is not None:
-        raise CaitError(f"{name} uses attention pooling, which cait does not support")
+        raise CaitError(f"{name} is not a timm VisionTransformer; cait compresses timm's ViT family")
+    if model.attn_pool is not None and model.attn_pool.pos_embed is not None:
+        raise CaitError(f"{name}'s attention pooling has position embeddings of a fixed token count, "
+                        "which merging changes")
     if isinstance(model.patch_drop, PatchDropout) and model.patch_drop.prob > 0:
         raise CaitError(f"{name} drops patches during training, which breaks the token grid")
     for i, block in enumerate(model.blocks):
@@ -140,13 +197,18 @@ def _convert_block(block: Block) -> CaitBlock:
                      block.norm2, cait_mlp, block.ls2, block.drop_path2)
 
 
-def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = ()) -> VisionTransformer:
+def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = (),
+              importance: Optional[ImportanceSource] = None) -> VisionTransformer:
     """Turn a timm ViT into a CAIT model in place, with the given merge schedule.
 
+    importance: what scores tokens for ATME's fusion (see CaitAttention.importance_query);
+    None keeps a CAIT model's own, else "cls" where the model has a class token,
+    "received" where it has none.
     Calling it again on a CAIT model replaces the schedule. Weights are shared with
     the original modules, not copied.
     """
     check_vit(model)
+    importance = importance_source(model, importance)
     schedule = list(schedule)
     _check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
     for i, block in enumerate(model.blocks):
@@ -155,10 +217,24 @@ def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = ()) -> V
     for i, block in enumerate(model.blocks):
         axes = [step.axis for step in schedule if step.block == i]
         block.merge = TokenMerge(axes) if axes else None
+        block.attn.importance_source = importance
     model.__class__ = cait_class(type(model))
     model.cait_schedule = schedule
+    model.cait_importance = importance
     _accept_any_image_size(model)
     return model
+
+
+def importance_source(model: VisionTransformer, asked: Optional[str]) -> ImportanceSource:
+    """The token-importance signal `model` will use: `asked`, checked, or its default."""
+    has_cls = model.cls_token is not None
+    if asked is None:
+        return getattr(model, "cait_importance", None) or ("cls" if has_cls else "received")
+    if asked not in IMPORTANCE_SOURCES:
+        raise CaitError(f"token importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {asked!r}")
+    if asked == "cls" and not has_cls:
+        raise CaitError(f"{type(model).__name__} has no class token to score tokens by; use 'received'")
+    return asked
 
 
 def _accept_any_image_size(model: VisionTransformer) -> None:

@@ -34,10 +34,19 @@ class TokenState:
         """Additive attention bias (1 or B, 1, 1, N) for proportional attention, or None."""
         if self.size is None:
             return None
-        return self.size.log().transpose(1, 2).unsqueeze(1).to(self.x.dtype)
+        return size_bias(self.size, self.x.dtype)
 
     def sizes(self) -> torch.Tensor:
         """Sizes as a tensor (1, N, 1), ones when nothing has merged yet."""
         if self.size is not None:
             return self.size
         return torch.ones(1, self.x.shape[1], 1, device=self.x.device, dtype=self.x.dtype)
+
+
+def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Token sizes (1 or B, N, 1) -> additive attention bias log(size): (1 or B, 1, 1, N).
+
+    Added to attention logits, it makes a token of size n attract the attention of n copies
+    of itself (proportional attention).
+    """
+    return size.log().transpose(1, 2).unsqueeze(1).to(dtype)

@@ -7,7 +7,7 @@ from its config.json (model_args) and load its model.safetensors; with
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 from timm.models import build_model_with_cfg, register_model
@@ -21,10 +21,10 @@ _INPUT_KEYS = ("num_classes", "in_chans", "img_size", "global_pool")
 
 
 def _build(base_architecture: str, widths: List[List[int]], merge_schedule: List[List[Any]] = (),
-           base_args: Dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+           base_args: Dict[str, Any] | None = None, importance: Optional[str] = None, **kwargs: Any) -> nn.Module:
     spec = CaitSpec.from_model_args({
         "base_architecture": base_architecture, "base_args": base_args or {},
-        "widths": widths, "merge_schedule": merge_schedule,
+        "widths": widths, "merge_schedule": merge_schedule, "importance": importance,
     })
     overrides = {k: v for k, v in kwargs.items() if k in _INPUT_KEYS and v is not None}
     return build(spec, **overrides)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch.nn as nn
@@ -22,6 +22,7 @@ class CaitSpec:
     base_args: Dict[str, Any] = field(default_factory=dict)
     widths: List[BlockWidths] = field(default_factory=list)
     merge_schedule: List[MergeStep] = field(default_factory=list)
+    importance: Optional[str] = None  # ATME's token-importance signal; None (older checkpoints): the model's default
 
     def to_model_args(self) -> Dict[str, Any]:
         return {
@@ -29,6 +30,7 @@ class CaitSpec:
             "base_args": self.base_args,
             "widths": [[w.qk, w.v, w.mlp] for w in self.widths],
             "merge_schedule": [[s.block, s.axis] for s in self.merge_schedule],
+            "importance": self.importance,
         }
 
     @classmethod
@@ -39,13 +41,15 @@ class CaitSpec:
                 base_args=dict(args.get("base_args") or {}),
                 widths=[BlockWidths(int(qk), int(v), int(mlp)) for qk, v, mlp in args["widths"]],
                 merge_schedule=[MergeStep(int(b), str(a)) for b, a in args.get("merge_schedule", [])],
+                importance=args.get("importance"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CaitError(f"config.json model_args is not a valid CAIT architecture ({err})") from None
 
     @classmethod
     def of(cls, model: nn.Module, base_architecture: str, base_args: Dict[str, Any]) -> "CaitSpec":
-        return cls(base_architecture, dict(base_args), block_widths(model), list(model.cait_schedule))
+        return cls(base_architecture, dict(base_args), block_widths(model), list(model.cait_schedule),
+                   model.cait_importance)
 
 
 def build(spec: CaitSpec, **overrides: Any) -> nn.Module:
@@ -54,6 +58,6 @@ def build(spec: CaitSpec, **overrides: Any) -> nn.Module:
     if not timm.is_model(spec.base_architecture):
         raise CaitError(f"unknown base architecture {spec.base_architecture!r} in config.json")
     model = timm.create_model(spec.base_architecture, pretrained=False, **args)
-    patch_vit(model, spec.merge_schedule)
+    patch_vit(model, spec.merge_schedule, spec.importance)
     set_widths(model, spec.widths)
     return model
