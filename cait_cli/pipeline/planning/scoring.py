@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from ...method.atme import MergeStep
 from ...method.variants import compressed_variant
-from ..training.train import distill_loss
+from ..training.train import distill_loss, distill_outputs, feature_loss, is_headless
 from .plan import ScoreFn
 
 Outputs = Callable[[nn.Module, torch.Tensor], object]  # what a model gives on the batch
@@ -44,12 +44,21 @@ def plan_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: in
 
 
 def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
-    """KL of the plan's logits from the original's (the planner's score)."""
+    """KL of the plan's logits from the original's (the planner's score); for a headless
+    model, which has no logits, the training's feature loss (see `headless_score`)."""
+    if is_headless(base):
+        return headless_score(base, images, multiple)
+
     def kl(logits: torch.Tensor, teacher: torch.Tensor) -> float:
         unlabelled = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
         return float(distill_loss(logits, teacher, unlabelled, 0.0))
 
     return plan_score(base, images, multiple, lambda model, batch: model(batch), kl)
+
+
+def headless_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
+    """Cosine distance of the plan's final tokens (full grid) and pooled feature from the original's."""
+    return plan_score(base, images, multiple, distill_outputs, lambda got, want: float(feature_loss(got, want)))
 
 
 def feature_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int,

@@ -8,7 +8,7 @@ comes back if its score has risen (dynamic pruning).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch.nn as nn
 
@@ -17,9 +17,11 @@ from ...method.cdcp import attach_gates, set_budget
 from ...method.model import patch_vit
 
 
-def gated_student(base: nn.Module, schedule: Sequence[MergeStep], multiple: int = 1) -> nn.Module:
-    """A copy of the original with the plan's merges and full-width CDCP gates (widths in `multiple`)."""
-    student = patch_vit(copy.deepcopy(base), schedule)
+def gated_student(base: nn.Module, schedule: Sequence[MergeStep], multiple: int = 1,
+                  importance: Optional[str] = None) -> nn.Module:
+    """A copy of the original with the plan's merges and full-width CDCP gates (widths in `multiple`),
+    tokens scored by `importance` (see patch_vit; None: the model's default)."""
+    student = patch_vit(copy.deepcopy(base), schedule, importance)
     attach_gates(student, multiple)
     return student
 

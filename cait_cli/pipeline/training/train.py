@@ -1,20 +1,30 @@
 """One training loop for CDCP calibration and ATME-aware fine-tuning.
 
 The student learns from the original model (KL divergence on logits, temperature
-1) plus cross-entropy where labels exist (label -1 means unlabelled). Batches are
-indexed by step (batches.StepBatches), so a resumed run sees exactly the batches
-it would have seen.
+1) plus cross-entropy where labels exist (label -1 means unlabelled). A headless
+model (num_classes=0: DINOv2, SigLIP towers) has no logits; it learns the
+original's final tokens on the full patch grid and its pooled feature (cosine).
+Batches are indexed by step (batches.StepBatches), so a resumed run sees exactly
+the batches it would have seen.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...method.model import is_cait
 from ..measuring.measure import logits_of
+
+Features = Tuple[torch.Tensor, torch.Tensor]  # final tokens on the full grid (B, P + H*W, C), pooled (B, C)
+Outputs = Union[torch.Tensor, Features]  # what distillation compares: logits (B, K), or Features if headless
+
+LOGITS_LOSS = "kl_logits"  # KL on logits at temperature 1 (+ cross-entropy where labels are used)
+FEATURE_LOSS = "cosine_tokens_pooled"  # 1 - cosine on the full-grid final tokens, + on the pooled feature
 
 
 @dataclass
@@ -37,6 +47,40 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     if ce_weight > 0 and labelled.any():
         kl = kl + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
     return kl
+
+
+def feature_loss(student: Features, teacher: Features) -> torch.Tensor:
+    """Mean cosine distance of the final tokens (each grid cell) plus that of the pooled feature."""
+    (tokens, pooled), (want_tokens, want_pooled) = student, teacher
+    token_distance = 1 - F.cosine_similarity(tokens.float(), want_tokens.float(), dim=-1).mean()
+    return token_distance + 1 - F.cosine_similarity(pooled.float(), want_pooled.float(), dim=-1).mean()
+
+
+def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """The distillation loss for what `distill_outputs` gave: feature loss if headless, else KL (+ CE)."""
+    if isinstance(student, torch.Tensor):
+        return distill_loss(student, teacher, labels, ce_weight)
+    return feature_loss(student, teacher)
+
+
+def is_headless(model: nn.Module) -> bool:
+    """A backbone shipped without a classifier: its output is a pooled feature, not logits."""
+    return getattr(model, "num_classes", None) == 0
+
+
+def loss_name(model: nn.Module) -> str:
+    """Which loss distillation from `model` uses (for the report)."""
+    return FEATURE_LOSS if is_headless(model) else LOGITS_LOSS
+
+
+def distill_outputs(model: nn.Module, images: torch.Tensor) -> Outputs:
+    """What distillation compares: logits, or for a headless model its Features."""
+    if not is_headless(model):
+        return logits_of(model(images))
+    if is_cait(model):  # merged tokens unmerged onto the grid the original's tokens sit on
+        return model.forward_full_tokens(images)
+    tokens = model.forward_features(images)  # (B, P + H*W, C)
+    return tokens, model.forward_head(tokens, pre_logits=True)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -78,8 +122,8 @@ def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, lab
     device_type = images.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
         with torch.no_grad():
-            teacher_logits = teacher(images)
-        loss = distill_loss(student(images), teacher_logits, labels, cfg.ce_weight)
+            teacher_out = distill_outputs(teacher, images)
+        loss = objective(student(images), teacher_out, labels, cfg.ce_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(student.parameters(), 5.0)
@@ -94,11 +138,12 @@ def _base_lrs(optimizer: torch.optim.Optimizer) -> list:
 
 
 class LogitsOnly(nn.Module):
-    """Wrap a model so training-mode tuples become one logits tensor."""
+    """Wrap a model so it returns what distillation compares (`distill_outputs`): one logits
+    tensor (training-mode tuples averaged), or a headless model's tokens and pooled feature."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
+    def forward(self, x: torch.Tensor) -> Outputs:
+        return distill_outputs(self.model, x)
