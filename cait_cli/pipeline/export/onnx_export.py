@@ -6,6 +6,10 @@ checked by onnx's checker, run by ONNX Runtime on random and (optionally) real
 images, and renamed into place only if its outputs match PyTorch's within the
 tolerance. Throughput under ONNX Runtime is measured with measure.py, interleaved
 with the original model exported the same way.
+
+With `quantize="int8"` that checked file goes to a temp folder instead, ONNX Runtime
+quantizes it (quantize.py), and the int8 file is written only if it keeps the fp32 file's
+top-1 within `max_drop` points; all of them are timed together.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import io
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -44,6 +48,7 @@ from ..measuring.measure import (
     paired_speedup,
 )
 from ..progress import Progress, Silent
+from . import quantize as int8
 
 FORMATS = ("onnx",)
 MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer without version conversion
@@ -71,11 +76,17 @@ class ExportConfig:
     weights: str = "pretrained"
     overwrite: bool = False
     seed: int = 0
+    quantize: Optional[str] = None  # "int8": quantized by ONNX Runtime, checked against the fp32 file
+    max_drop: float = 1.0  # points of top-1 (or agreement, without labels) the int8 file may lose
+    calib_images: int = 128  # of --data's train/ split, for static quantization
+    compare_images: int = 1000  # of --data's val/ split, the int8 file is compared with fp32 on
+    keep_fp32: Tuple[str, ...] = int8.DEFAULT_KEEP_FP32  # layer groups and op types left in fp32
 
 
-def default_out(model: str) -> Path:
-    """fashion.cait -> fashion.onnx; deit_small -> deit_small.onnx; hf-hub:org/x -> x.onnx."""
-    return Path(model_stem(model) + ".onnx")
+def default_out(model: str, quantize: Optional[str] = None) -> Path:
+    """fashion.cait -> fashion.onnx (fashion.int8.onnx quantized); deit_small -> deit_small.onnx;
+    hf-hub:org/x -> x.onnx."""
+    return Path(model_stem(model) + (f".{quantize}" if quantize else "") + ".onnx")
 
 
 def validate(cfg: ExportConfig) -> None:
@@ -91,6 +102,13 @@ def validate(cfg: ExportConfig) -> None:
         raise CaitError(f"--input-size must be two positive numbers, got {cfg.input_size}")
     if cfg.tolerance < 0:
         raise CaitError(f"--tolerance must be zero or more, got {cfg.tolerance}")
+    if cfg.quantize is not None and cfg.quantize not in int8.MODES:
+        raise CaitError(f"unknown --quantize {cfg.quantize!r}; cait quantizes to {', '.join(int8.MODES)}")
+    if not 0 <= cfg.max_drop <= 100:  # also refuses NaN
+        raise CaitError(f"--max-drop must be between 0 and 100 points, got {cfg.max_drop}")
+    if cfg.calib_images < 1 or cfg.compare_images < 1:
+        raise CaitError(f"--calib-images and --compare-images must be at least 1, got {cfg.calib_images} and "
+                        f"{cfg.compare_images}")
 
 
 def prepare(name: str, weights: str, input_size: Optional[Tuple[int, int]]) -> nn.Module:
@@ -199,8 +217,7 @@ def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[On
     validate(cfg)
     require_onnx()
     out = Path(cfg.out or default_out(cfg.model))
-    if out.exists() and not cfg.overwrite:
-        raise CaitError(f"{out} already exists; choose another --out or pass --overwrite")
+    refuse_existing(out, cfg.overwrite)
     model = prepare(cfg.model, cfg.weights, cfg.input_size)
     data_cfg = resolve_data_config(model)
     batch = None if cfg.dynamic_batch else (cfg.batch_size or 1)
@@ -219,35 +236,78 @@ def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[On
 
 
 def export(cfg: ExportConfig, progress: Progress | None = None) -> Dict[str, Any]:
-    """Export `cfg.model` to ONNX, checked against PyTorch; time it against the baseline if given."""
+    """Export `cfg.model` to ONNX, checked against PyTorch, and to int8 if asked, checked against the
+    fp32 file; time it against the fp32 file and the baseline, when there are those."""
     progress = progress or Silent()
-    exported, report = export_file(cfg, progress)
-    batch = report["batch"] if isinstance(report["batch"], int) else None
-    report.update(timing(cfg, exported, exported.pretrained_cfg, batch, progress))
+    validate(cfg)
+    out = Path(cfg.out or default_out(cfg.model, cfg.quantize))
+    refuse_existing(out, cfg.overwrite)
+    with tempfile.TemporaryDirectory(prefix="cait-export-") as tmp:
+        fp32_cfg = replace(cfg, out=Path(tmp) / "fp32.onnx", overwrite=True) if cfg.quantize else cfg
+        exported, report = export_file(fp32_cfg, progress)
+        batch = report["batch"] if isinstance(report["batch"], int) else None
+        models: Dict[str, nn.Module] = {"model": exported}
+        if cfg.baseline:
+            progress.message(f"exporting the baseline {cfg.baseline} the same way")
+            models["baseline"], base_difference = export_baseline(cfg, Path(tmp) / "baseline.onnx",
+                                                                  exported.pretrained_cfg, batch)
+        if cfg.quantize:
+            models["fp32"] = exported
+            models["model"], quantized = export_int8(cfg, out, models, batch, progress)
+            report.update(quantized, fp32_file_mb=report["file_mb"])
+        report.update(timing(cfg, models, exported.pretrained_cfg, batch, progress))
+    for side, name in (("model", "int8"), ("fp32", "fp32"), ("baseline", "baseline")):
+        if side in report["results"] and "top1" in report.get("quantize", {}):
+            report["results"][side]["top1"] = report["quantize"]["top1"].get(name)
+    if cfg.baseline:
+        report["results"]["baseline"]["max_difference"] = base_difference
     return report
 
 
-def timing(cfg: ExportConfig, exported: OnnxModel, data_cfg: Dict[str, Any], batch: Optional[int],
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise CaitError(f"{out} already exists; choose another --out or pass --overwrite")
+
+
+def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batch: Optional[int],
+                progress: Progress) -> Tuple[OnnxModel, Dict[str, Any]]:
+    """ONNX Runtime's int8 version of the checked fp32 file models["model"], written to `out` only if it
+    keeps fp32's top-1 within cfg.max_drop on held-out images (see quantize.check_int8)."""
+    fp32, data_cfg = models["model"], models["model"].pretrained_cfg
+    images = int8.int8_images(cfg.data, data_cfg, calib_images=cfg.calib_images, compare_images=cfg.compare_images,
+                              num_classes=fp32.num_classes, workers=cfg.workers, seed=cfg.seed) if cfg.data else None
+    progress.message(f"quantizing to int8 with ONNX Runtime ({'static: ' + images.described if images else 'dynamic'})")
+    settings = int8.Int8Settings(keep_fp32=tuple(cfg.keep_fp32))
+    compared = {"int8": None, "fp32": fp32, **({"baseline": models["baseline"]} if "baseline" in models else {})}
+    with atomic_file(out, cfg.overwrite) as tmp:
+        method = int8.quantize_file(fp32.path, tmp, images.calibration if images else None, settings)
+        compared["int8"] = load_onnx(tmp)
+        random = random_batches(tuple(data_cfg["input_size"]), batch, cfg.seed)
+        check = int8.check_int8(compared, images, random, cfg.max_drop, out)
+    compared["int8"].path = out
+    return compared["int8"], {
+        "out": str(out), "file_mb": out.stat().st_size / 2**20, "precision": cfg.quantize,
+        "quantize": {"mode": cfg.quantize, "method": method, "keep_fp32": list(settings.keep_fp32),
+                     "max_drop": cfg.max_drop, **check}}
+
+
+def timing(cfg: ExportConfig, models: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional[int],
            progress: Progress) -> Dict[str, Any]:
-    """ONNX Runtime throughput of the file, interleaved with the baseline exported the same way."""
-    models: Dict[str, nn.Module] = {"model": exported}
-    with tempfile.TemporaryDirectory(prefix="cait-export-") as tmp:
-        if cfg.baseline:
-            progress.message(f"exporting the baseline {cfg.baseline} the same way")
-            models["baseline"], base_difference = export_baseline(cfg, Path(tmp) / "baseline.onnx", data_cfg, batch)
-        progress.message("ONNX Runtime throughput on the CPU" + (", interleaved" if cfg.baseline else ""))
-        speed_cfg = SpeedConfig(batch_size=batch or cfg.bench_batch_size, warmup=cfg.warmup, repeats=cfg.repeats)
-        speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
+    """ONNX Runtime throughput of the files (the model, its fp32 file when it is int8, the
+    baseline), interleaved."""
+    progress.message("ONNX Runtime throughput on the CPU" + (", interleaved" if len(models) > 1 else ""))
+    speed_cfg = SpeedConfig(batch_size=batch or cfg.bench_batch_size, warmup=cfg.warmup, repeats=cfg.repeats)
+    speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
     sides = {name: {"params": count_params(m), "macs": count_macs(m), "throughput": speed[name].throughput,
                     "throughput_min": speed[name].throughput_min, "throughput_max": speed[name].throughput_max}
              for name, m in models.items()}
     first = speed["model"]
     result: Dict[str, Any] = {"results": sides, "runtime": "onnxruntime", "device": first.device,
                               "bench_batch_size": first.batch_size, "threads": first.threads}
-    if cfg.baseline:
-        sides["baseline"]["max_difference"] = base_difference
-        ratio, low, high = paired_speedup(speed, "model", "baseline")
-        result.update(speedup=ratio, speedup_range=[low, high])
+    for other, key in (("baseline", "speedup"), ("fp32", "int8_speedup")):
+        if other in models:
+            ratio, low, high = paired_speedup(speed, "model", other)
+            result.update({key: ratio, f"{key}_range": [low, high]})
     return result
 
 
