@@ -99,9 +99,38 @@ TensorRT builds an engine from the same file, e.g.
 """
 
 
+def int8_section(int8: Optional[Dict[str, Any]]) -> str:
+    """What model.int8.onnx keeps of the fp32 file's accuracy and how fast it ran, as measured by
+    `cait export --quantize int8` (its report); empty when there is none."""
+    if not int8:
+        return ""
+    check, results = int8["quantize"], int8["results"]
+    kept = ", ".join(check["keep_fp32"]) or "nothing"
+    if "drop" in check:
+        top1 = check["top1"]
+        accuracy = (f"On {check['images']}, it agrees with the fp32 file on "
+                    f"{_fmt(check['agreement']['fp32'], '.2f', 100.0, '%')} of the top-1 classes; top-1 "
+                    f"{_fmt(top1.get('int8'), '.2f', 100.0, '%')} against {_fmt(top1.get('fp32'), '.2f', 100.0, '%')} "
+                    f"for fp32 (checked by {check['checked_by']}: at most {check['max_drop']:g} pt lower).")
+    else:
+        accuracy = ("Its accuracy was not measured (no images were given): a sanity check on random images found "
+                    f"its logits within {check['random_check']['relative_error']:.2g} of the largest fp32 logit.")
+    return f"""
+## int8 (`model.int8.onnx`)
+
+Quantized by ONNX Runtime ({check['method']} quantization, QDQ int8; {kept} kept in fp32) from
+`model.onnx`, and run the same way. {accuracy}
+
+Under ONNX Runtime on {int8['device']} ({int8['threads']} threads, batch {int8['bench_batch_size']}) it ran
+{results['model']['throughput']:.1f} images/s against {results['fp32']['throughput']:.1f} for `model.onnx`
+({int8['int8_speedup']:.2f}x, measured interleaved).
+"""
+
+
 def model_card(config: Dict[str, Any], report: Optional[Dict[str, Any]], repo_id: str,
-               onnx: Optional[Dict[str, Any]] = None) -> str:
-    """README.md for the Hub; `onnx` (opset, input_size, max_difference) adds how to run model.onnx."""
+               onnx: Optional[Dict[str, Any]] = None, int8: Optional[Dict[str, Any]] = None) -> str:
+    """README.md for the Hub; `onnx` (opset, input_size, max_difference) adds how to run model.onnx,
+    `int8` (the report of `cait export --quantize int8`) what model.int8.onnx measured."""
     base = config.get("cait", {}).get("base_model", "the original model")
     return f"""{front_matter(config)}
 
@@ -141,4 +170,4 @@ model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
 features = model.forward_grid(images)  # (B, C, H', W') patch features on the merged grid
 dense = model.unmerge(features)        # back to the full token grid, for dense heads
 ```
-{onnx_section(config, onnx, repo_id)}"""
+{onnx_section(config, onnx, repo_id)}{int8_section(int8)}"""

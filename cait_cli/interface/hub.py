@@ -15,6 +15,7 @@ from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .card import model_card
 
 ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -28,9 +29,11 @@ class PushResult:
     private: bool = False
 
 
-def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False) -> List[str]:
+def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False, quantize: Optional[str] = None,
+          data: Optional[str] = None) -> List[str]:
     """Copy what will be uploaded into `into`: the checkpoint files, model.onnx if asked (exported
-    here, so it holds exactly these weights) and a generated README.md."""
+    here, so it holds exactly these weights), model.int8.onnx with `quantize` (calibrated and
+    checked on `data`) and a generated README.md."""
     config = read_config(directory)
     report_file = directory / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else None
@@ -38,8 +41,9 @@ def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False) ->
     for name in names:
         shutil.copy2(directory / name, into / name)
     onnx = _export_onnx(directory, into / ONNX_NAME) if with_onnx else None
-    (into / "README.md").write_text(model_card(config, report, repo_id, onnx))
-    return sorted(names + ["README.md"] + ([ONNX_NAME] if onnx else []))
+    quantized = _export_int8(directory, into / INT8_NAME, quantize, data) if quantize else None
+    (into / "README.md").write_text(model_card(config, report, repo_id, onnx, quantized))
+    return sorted(names + ["README.md"] + ([ONNX_NAME] if onnx else []) + ([INT8_NAME] if quantized else []))
 
 
 def _export_onnx(directory: Path, out: Path) -> dict:
@@ -50,26 +54,37 @@ def _export_onnx(directory: Path, out: Path) -> dict:
     return {key: report[key] for key in ("opset", "input_size", "max_difference", "tolerance")}
 
 
+def _export_int8(directory: Path, out: Path, quantize: str, data: Optional[str]) -> dict:
+    """model.int8.onnx (dynamic batch), refused if it falls below fp32 (see `cait export --quantize`);
+    its export report, for the card to state its accuracy and speed as measured."""
+    from ..pipeline.export.onnx_export import ExportConfig, export
+
+    return export(ExportConfig(model=str(directory), out=out, dynamic_batch=True, quantize=quantize, data=data))
+
+
 def push(directory: str | Path, repo_id: str, *, private: bool = False, revision: Optional[str] = None,
          token: Optional[str] = None, dry_run: bool = False, dry_run_out: Optional[Path] = None,
          commit_message: Optional[str] = None, endpoint: Optional[str] = None,
-         with_onnx: bool = False) -> PushResult:
+         with_onnx: bool = False, quantize: Optional[str] = None, data: Optional[str] = None) -> PushResult:
     """Upload `directory` to `repo_id` (created if missing), or preview it with dry_run.
 
-    with_onnx: also export and upload model.onnx (needs the onnx extra).
+    with_onnx: also export and upload model.onnx (needs the onnx extra); quantize="int8" with it:
+    also model.int8.onnx, calibrated and checked on `data` (dynamic quantization without).
     """
     directory = Path(directory)
     read_config(directory)  # refuses anything that is not a compressed checkpoint
+    if quantize and not with_onnx:
+        raise CaitError("--quantize adds an int8 ONNX file to --with-onnx; pass both")
     if not REPO_ID.match(repo_id):
         raise CaitError(f"{repo_id!r} is not a Hub repository id; use ORG/NAME, e.g. my-org/deit-small-cait")
     if dry_run:
         out = Path(dry_run_out or directory.parent / f"{directory.name}.push-preview")
         with atomic_directory(out, overwrite=True) as tmp:
-            files = stage(directory, repo_id, tmp, with_onnx)
+            files = stage(directory, repo_id, tmp, with_onnx, quantize, data)
         return PushResult(repo_id, files, True, revision, str(out), private)
     token = token or _stored_token()
     with tempfile.TemporaryDirectory() as tmp:
-        files = stage(directory, repo_id, Path(tmp), with_onnx)
+        files = stage(directory, repo_id, Path(tmp), with_onnx, quantize, data)
         url = _upload(Path(tmp), repo_id, token, private, revision, commit_message, endpoint)
     return PushResult(repo_id, files, False, revision, url, private)
 
