@@ -117,9 +117,10 @@ class StopAt(Silent):
             raise KeyboardInterrupt
 
 
-def save_compressed_tiny(root: Path, args: dict, merge_blocks) -> Dict[str, str]:
-    """A tiny timm ViT directory and its compressed checkpoint (merges after `merge_blocks`,
-    half the gated channel MACs kept), plus a 3-class image folder."""
+def save_compressed_tiny(root: Path, args: dict, merge_blocks, model: Optional[torch.nn.Module] = None
+                         ) -> Dict[str, str]:
+    """A tiny timm ViT directory (`model`, or a random one) and its compressed checkpoint (merges
+    after `merge_blocks`, half the gated channel MACs kept), plus a 3-class image folder."""
     from cait_cli.method.atme import alternating_schedule
     from cait_cli.method.cdcp import attach_gates, set_budget
     from cait_cli.method.model import patch_vit
@@ -128,7 +129,7 @@ def save_compressed_tiny(root: Path, args: dict, merge_blocks) -> Dict[str, str]
     from cait_cli.models.loading import load_model
     from cait_cli.models.spec import CaitSpec
 
-    base_dir = save_tiny_timm_dir(root / "base", tiny_vit(**args), args)
+    base_dir = save_tiny_timm_dir(root / "base", model if model is not None else tiny_vit(**args), args)
     loaded = load_model(str(base_dir))
     model = patch_vit(loaded.model, alternating_schedule(list(merge_blocks), tuple(loaded.model.patch_embed.grid_size)))
     attach_gates(model)
