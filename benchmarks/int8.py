@@ -1,0 +1,194 @@
+"""int8 on top of CAIT under ONNX Runtime: speed of DeiT-S, accuracy of the Fashion-MNIST reference.
+
+Speed and accuracy (writes int8_cpu.md; time it with nothing else running):
+
+    cait compress deit_small --weights random --target-speedup 1.9 --calib-steps 0 --finetune-steps 0 \
+        --workers 0 --out /tmp/deit_small_1.9.cait
+    cait compress examples/reference_converged --data examples/fashion_mnist --target-speedup 1.9 \
+        --calib-steps 50 --finetune-steps 150 --workers 0 --out /tmp/reference_1.9.cait
+    python benchmarks/int8.py --cait /tmp/deit_small_1.9.cait --cait-reference /tmp/reference_1.9.cait \
+        --out benchmarks/results/int8_cpu.md
+
+(1) speed: DeiT-S (random weights) fp32, its int8, CAIT at 1.9x (--cait) fp32 and int8, all
+exported with a dynamic batch as `cait export --dynamic-batch [--quantize int8]` does and timed
+round-robin in one measure_throughput call at each batch size; the ratios are paired.
+(2) accuracy: the reference and its CAIT version (--cait-reference), fp32 and int8, top-1 on the
+10,000 Fashion-MNIST test images (Debian's dataset-fashion-mnist), and their speed.
+
+int8 files are made by `export` itself (static QDQ, calibrated on --calib-data's train/ split,
+checked on its val/ split). DeiT-S's random weights have no accuracy to keep, so its files are
+made with --max-drop 100 (speed only).
+
+Which layers stay in fp32 (accuracy only, not timing-sensitive; writes int8_layers_cpu.md):
+
+    python benchmarks/int8.py --layers --out benchmarks/results/int8_layers_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+
+from cait_cli.atomic import write_text_atomic
+from cait_cli.errors import run_script
+from cait_cli.models.onnx_model import OnnxModel, load_onnx
+from cait_cli.pipeline.data.idx import DEBIAN_FASHION_MNIST, load_fashion_mnist
+from cait_cli.pipeline.data.sources import eval_transform
+from cait_cli.pipeline.export import quantize as int8
+from cait_cli.pipeline.export.onnx_export import ExportConfig, export, export_file
+from cait_cli.pipeline.measuring.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
+
+SIDES = ("original fp32", "original int8", "CAIT fp32", "CAIT int8")
+RATIOS = (("CAIT int8", "original fp32"), ("CAIT fp32", "original fp32"), ("CAIT int8", "CAIT fp32"),
+          ("original int8", "original fp32"))
+# keep_fp32 settings compared for the layer choice (None: dynamic quantization, the library's default list)
+VARIANTS: Tuple[Tuple[str, Optional[Tuple[str, ...]]], ...] = (
+    ("static, all int8", ()),
+    ("static, keep patch_embed, head", ("patch_embed", "head")),
+    ("static, keep LayerNormalization", ("LayerNormalization",)),
+    ("static, keep patch_embed, head, LayerNormalization", ("patch_embed", "head", "LayerNormalization")),
+    ("static, keep patch_embed, head, LayerNormalization, attention",
+     ("patch_embed", "head", "LayerNormalization", "attention")),
+    ("dynamic, keep patch_embed, head", None),
+)
+
+
+def fashion_test(data_cfg: Dict, limit: Optional[int], batch: int = 250) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Fashion-MNIST's test images, preprocessed as the model expects, in batches."""
+    images, labels = load_fashion_mnist(DEBIAN_FASHION_MNIST, "test")
+    count = min(limit or len(labels), len(labels))
+    transform = eval_transform(data_cfg)
+    tensors = torch.stack([transform(Image.fromarray(images[i], mode="L").convert("RGB")) for i in range(count)])
+    targets = torch.from_numpy(labels[:count])
+    return list(zip(tensors.split(batch), targets.split(batch)))
+
+
+def top1(models: Dict[str, torch.nn.Module], test: Sequence) -> Dict[str, float]:
+    preds, labels = int8.predictions(models, test)
+    return {name: float((p == labels).float().mean()) for name, p in preds.items()}
+
+
+def four_files(original: str, cait: str, folder: Path, args: argparse.Namespace, weights: str,
+               max_drop: float) -> Dict[str, OnnxModel]:
+    """fp32 and int8 files of the original and of its CAIT version (dynamic batch)."""
+    files: Dict[str, OnnxModel] = {}
+    for label, name in (("original", original), ("CAIT", cait)):
+        fp32, _ = export_file(ExportConfig(model=name, out=folder / f"{label}.onnx", dynamic_batch=True,
+                                           weights=weights))
+        common = dict(model=name, dynamic_batch=True, weights=weights, data=args.calib_data, max_drop=max_drop,
+                      calib_images=args.calib_images, repeats=1, warmup=0, bench_batch_size=1)
+        report = export(ExportConfig(out=folder / f"{label}.int8.onnx", quantize="int8", **common))
+        print(f"{label} int8: {report['quantize']['checked_by']} drop {report['quantize'].get('drop', 0):.2f} pt "
+              f"on {report['quantize'].get('images', 'random images')}", flush=True)
+        files[f"{label} fp32"], files[f"{label} int8"] = fp32, load_onnx(report["out"])
+    return {side: files[side] for side in SIDES}
+
+
+def speed_rows(name: str, models: Dict[str, OnnxModel], args: argparse.Namespace) -> List[str]:
+    rows = []
+    input_size = tuple(models["original fp32"].pretrained_cfg["input_size"])
+    for batch in args.batch_sizes:
+        cfg = SpeedConfig(batch_size=batch, warmup=args.warmup, repeats=args.repeats, iters_per_repeat=args.iters)
+        speed = measure_throughput(models, input_size, cfg, torch.device("cpu"))
+        cells = " | ".join(f"{speed[s].throughput:.1f}" for s in SIDES)
+        ratios = " | ".join("{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, a, b)) for a, b in RATIOS)
+        rows.append(f"| {name} | {batch} | {cells} | {ratios} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def speed_header() -> List[str]:
+    return ["| model | batch | " + " | ".join(f"{s} img/s" for s in SIDES) + " | "
+            + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |", "|---" * (2 + len(SIDES) + len(RATIOS)) + "|"]
+
+
+def benchmark(args: argparse.Namespace, folder: Path) -> List[str]:
+    lines = ["## Speed under ONNX Runtime (median img/s; ratios: median (min-max) of paired repeats)", "",
+             *speed_header()]
+    deit = four_files(args.model, args.cait, folder / "deit", args, "random", max_drop=100.0)
+    lines += speed_rows(f"{args.model} (random weights)", deit, args)
+    reference = four_files(args.reference, args.cait_reference, folder / "reference", args, "pretrained",
+                           max_drop=args.max_drop)
+    lines += speed_rows(args.reference, reference, args)
+    test = fashion_test(reference["original fp32"].pretrained_cfg, args.limit)
+    accuracy = top1(reference, test)
+    lines += ["", f"## Top-1 on {sum(len(b[1]) for b in test)} Fashion-MNIST test images", "",
+              "| model | " + " | ".join(SIDES) + " | CAIT int8 - CAIT fp32 |", "|---" * (2 + len(SIDES)) + "|",
+              f"| {args.reference} | " + " | ".join(f"{100 * accuracy[s]:.2f}%" for s in SIDES)
+              + f" | {100 * (accuracy['CAIT int8'] - accuracy['CAIT fp32']):+.2f} pt |"]
+    return lines
+
+
+def layer_rows(name: str, folder: Path, args: argparse.Namespace) -> List[str]:
+    """top-1 on the test images of each keep_fp32 variant of `name`'s int8 file."""
+    fp32, _ = export_file(ExportConfig(model=name, out=folder / "fp32.onnx", dynamic_batch=True))
+    data_cfg = fp32.pretrained_cfg
+    images = int8.int8_images(args.calib_data, data_cfg, calib_images=args.calib_images, compare_images=1,
+                              num_classes=fp32.num_classes)
+    test = fashion_test(data_cfg, args.limit)
+    models: Dict[str, torch.nn.Module] = {"fp32": fp32}
+    for label, keep in VARIANTS:
+        path = folder / f"{len(models)}.onnx"
+        settings = int8.Int8Settings(keep_fp32=keep if keep is not None else ("patch_embed", "head"))
+        int8.quantize_file(fp32.path, path, images.calibration if keep is not None else None, settings)
+        models[label] = load_onnx(path)
+    preds, labels = int8.predictions(models, test)
+    rows = []
+    for label, p in preds.items():
+        size = models[label].path.stat().st_size / 2**20
+        rows.append(f"| {name} | {label} | {100 * float((p == labels).float().mean()):.2f}% | "
+                    f"{100 * float((p == preds['fp32']).float().mean()):.2f}% | {size:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def layers(args: argparse.Namespace, folder: Path) -> List[str]:
+    lines = [f"calibration: {args.calib_images} images of {args.calib_data}/train; test: Fashion-MNIST test "
+             f"images ({args.limit or 10000})", "",
+             "| model | int8 variant | top-1 | agreement with fp32 | file MB |", "|---|---|---|---|---|"]
+    for i, name in enumerate([args.reference] + ([args.cait_reference] if args.cait_reference else [])):
+        lines += layer_rows(name, folder / str(i), args)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", action="store_true", help="compare which layers stay fp32 (accuracy only)")
+    parser.add_argument("--model", default="deit_small", help="the speed model (random weights)")
+    parser.add_argument("--cait", help="its compressed checkpoint (cait compress ... --target-speedup 1.9)")
+    parser.add_argument("--reference", default="examples/reference_converged")
+    parser.add_argument("--cait-reference", help="the reference's compressed checkpoint (fine-tuned)")
+    parser.add_argument("--calib-data", default="examples/fashion_mnist")
+    parser.add_argument("--calib-images", type=int, default=128)
+    parser.add_argument("--max-drop", type=float, default=1.0, help="of the reference's int8 files")
+    parser.add_argument("--limit", type=int, default=None, help="test images (default all 10,000)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 1])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=2, help="forward passes per timed repeat")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, help="also write the results (markdown) here")
+    args = parser.parse_args()
+    if not args.layers and not (args.cait and args.cait_reference):
+        parser.error("the benchmark needs --cait and --cait-reference (or --layers)")
+
+    import onnxruntime
+
+    torch.set_num_threads(args.threads)
+    lines = [f"command: python {' '.join(sys.argv)}",
+             f"device: cpu ({device_name(torch.device('cpu'))}), threads: {args.threads}, torch {torch.__version__}, "
+             f"onnxruntime {onnxruntime.__version__}", ""]
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory(prefix="cait-int8-bench-") as tmp:
+        lines += (layers if args.layers else benchmark)(args, Path(tmp))
+    if args.out:
+        write_text_atomic(args.out, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    run_script(main)
