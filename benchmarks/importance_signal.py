@@ -1,0 +1,86 @@
+"""Which token importance should ATME's fusion use? The class token's attention, or the attention
+each token receives from the average query (what models without a class token use)?
+
+Runs the README quick start's short run (`cait compress examples/reference --data
+examples/fashion_mnist --target-speedup 1.9 --calib-steps 50 --finetune-steps 150 --workers 0`)
+through the library once per signal, with everything else fixed: the same seed, the same latency
+table (the cache), and no re-planning (`replan=False`), so both runs train the same plan and
+only the merge weights differ. Accuracy is compared, not speed.
+
+    OMP_NUM_THREADS=1 python benchmarks/importance_signal.py --out benchmarks/results/importance_signal_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from cait_cli.atomic import write_text_atomic
+from cait_cli.errors import CaitError, run_script
+from cait_cli.method.block import IMPORTANCE_SOURCES
+from cait_cli.pipeline.compress import compress
+from cait_cli.pipeline.job import CompressConfig
+
+
+def compress_with(signal: str, args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
+    """The quick start's run with token importance `signal`; its report."""
+    cfg = CompressConfig(model=args.model, target_speedup=args.target, out=out_dir / f"{signal}.cait",
+                         data=args.data, calib_steps=args.calib_steps, finetune_steps=args.finetune_steps,
+                         workers=0, seed=args.seed, replan=False, overwrite=True, importance=signal,
+                         latency_cache=args.latency_cache)
+    start = time.perf_counter()
+    report = compress(cfg).report
+    report["wall_s"] = time.perf_counter() - start
+    return report
+
+
+def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
+    rows = ["| signal | plan (merges after blocks; keep) | top-1 original -> compressed | agreement | "
+            "measured speedup | wall time |", "|---|---|---|---|---|---|"]
+    for signal, r in reports.items():
+        plan, base, small = r["plan"], r["baseline"], r["compressed"]
+        merges = "+".join(str(block) for block, _ in plan["schedule"]) or "none"
+        rows.append(f"| {signal} | {merges}; {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
+                    f"{100 * small['top1']:.1f}% ({100 * (small['top1'] - base['top1']):+.1f} pt) | "
+                    f"{100 * small['agreement']:.1f}% | {r['measured_speedup']:.2f}x | {r['wall_s']:.0f} s |")
+    return rows
+
+
+def same_plan(reports: Dict[str, Dict[str, Any]]) -> bool:
+    plans = [(r["plan"]["schedule"], round(r["plan"]["keep"], 6)) for r in reports.values()]
+    return all(plan == plans[0] for plan in plans)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="examples/reference")
+    parser.add_argument("--data", default="examples/fashion_mnist")
+    parser.add_argument("--target", type=float, default=1.9)
+    parser.add_argument("--calib-steps", type=int, default=50)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-cache", type=Path, help="default: cait's cache ($CAIT_CACHE)")
+    parser.add_argument("--out", type=Path, help="markdown file (default: print only)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        reports = {signal: compress_with(signal, args, Path(tmp)) for signal in IMPORTANCE_SOURCES}
+    if not same_plan(reports):
+        raise CaitError("the runs trained different plans; the comparison needs one plan (same latency cache)")
+    lines = ["# Token importance for ATME: class-token attention vs attention received", "",
+             f"Command: `OMP_NUM_THREADS=1 python {' '.join(sys.argv)}`", "",
+             f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
+             f"steps on {args.data}, seed {args.seed}, one plan for both (replan off, the same latency table). "
+             "cls: the attention the class token gives each token; received: the attention each token receives "
+             "from the size-weighted mean query (the renormalised geometric mean over queries), both averaged "
+             "over heads. Top-1 and agreement on the data's validation images.", "", *table(reports), ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        write_text_atomic(args.out, text)
+
+
+if __name__ == "__main__":
+    run_script(main)
