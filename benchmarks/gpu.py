@@ -55,33 +55,36 @@ def reset_peak(device: str) -> None:
 def speed_rows(model: str, targets: List[float], args, tmp: Path) -> List[str]:
     rows = []
     for target in targets:
-        cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"{model}-{target}.cait", weights="random",
-                             calib_steps=0, finetune_steps=0, device=args.device, bench_batch_size=args.bench_batch_size,
-                             latency_cache=tmp / "latency")
+        cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"{model}-{target}.cait",
+                             weights="random", calib_steps=0, finetune_steps=0, device=args.device,
+                             bench_batch_size=args.bench_batch_size, latency_cache=tmp / "latency",
+                             runtime=args.runtime)
+        start = time.perf_counter()
         try:
             report = compress(cfg).report
         except CaitError as err:  # e.g. a target beyond this model on this device: say so, go on
-            rows.append(f"| {model} | {target:g}x | refused: {err} | | | | | |")
+            rows.append(f"| {model} | {target:g}x | refused: {err} |" + " |" * (7 + len(args.cross)))  # 10 + cross
             print(rows[-1], flush=True)
             continue
+        wall = time.perf_counter() - start
         low, high = report["measured_speedup_range"]
+        ratio = report["measured_speedup"]
+        spread = max(ratio / low - 1, high / ratio - 1)
         base, comp = report["baseline"], report["compressed"]
-        rows.append(f"| {model} | {target:g}x | {base['throughput']:.0f} | {comp['throughput']:.0f} | "
-                    f"{report['measured_speedup']:.2f}x ({low:.2f}-{high:.2f}) | {report['predicted_speedup']:.2f}x | "
-                    f"{graphed_speedup(cfg, args)} | "
-                    f"{base['peak_memory_mb'] or float('nan'):.0f} / {comp['peak_memory_mb'] or float('nan'):.0f} |")
+        landing = " / ".join(f"{a['measured']:.2f}x" for a in report["attempts"])
+        cross = "".join(f" {cross_speedup(cfg, rt, args)} |" for rt in args.cross)
+        rows.append(f"| {model} | {target:g}x | {report['runtime']} | {base['throughput']:.0f} | "
+                    f"{comp['throughput']:.0f} | {ratio:.2f}x ({low:.2f}-{high:.2f}) | +-{spread:.0%} | "
+                    f"{'yes' if report['landed'] else 'NO'} | {landing} | {wall:.0f} s |{cross}")
         print(rows[-1], flush=True)
     return rows
 
 
-def graphed_speedup(cfg: CompressConfig, args) -> str:
-    """The written checkpoint against the original, both replayed from CUDA graphs: the ratio of
-    GPU work, without the host's per-op launch cost that bounds small models at this batch."""
-    if not args.device.startswith("cuda"):
-        return "-"
+def cross_speedup(cfg: CompressConfig, runtime: str, args) -> str:
+    """The written checkpoint against the original under another runtime (compile, TensorRT)."""
     try:
         report = evaluate(EvalConfig(model=str(cfg.out), baseline=cfg.model, weights="random", device=args.device,
-                                     batch_size=args.bench_batch_size, cuda_graphs=True, workers=0))
+                                     batch_size=args.bench_batch_size, runtime=runtime, workers=0))
     except CaitError as err:
         return f"failed: {err}"
     low, high = report["speedup_range"]
@@ -129,6 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "deit_base"])
     parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9, 2.5])
+    parser.add_argument("--cases", nargs="+", default=None, help="MODEL:TARGET pairs for the speed table "
+                        "(instead of every model at every target)")
+    parser.add_argument("--runtime", default="auto", help="what compress plans, lands and reports under")
+    parser.add_argument("--cross", nargs="*", default=["compile", "tensorrt"],
+                        help="runtimes the landed checkpoint is measured under too")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--bench-batch-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128, help="training batch")
@@ -160,12 +168,14 @@ def main() -> None:
 
 def speed_table(args, tmp: Path) -> List[str]:
     precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
+    columns = ["model", "target", "runtime", "original img/s", "compressed img/s", "measured (repeats)",
+               "repeat spread", "in band", "landing", "compress wall"] + [f"measured under {rt}" for rt in args.cross]
     lines = ["", f"compressed vs original (batch {args.bench_batch_size}, {precision}, interleaved):", "",
-             "| model | target | original img/s | compressed img/s | measured (repeats) | predicted "
-             "| CUDA graphs measured | peak MB orig / comp |", "|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     print("\n".join(lines), flush=True)
-    for model in args.models:
-        lines += speed_rows(model, args.targets, args, tmp)
+    cases = [c.split(":") for c in args.cases] if args.cases else [(m, t) for m in args.models for t in args.targets]
+    for model, target in cases:
+        lines += speed_rows(model, [float(target)], args, tmp)
     return lines
 
 

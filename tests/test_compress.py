@@ -75,7 +75,8 @@ def stand_in_speed(monkeypatch, factor):
 
     def measure(base, slim_model, device, batch, amp, **kwargs):
         assert amp is False  # the job's precision, passed on: bf16 autocast is GPU only
-        assert kwargs["forwards"].runtime == "eager" and kwargs["band"][0] < 1.3 < kwargs["band"][1]
+        low, high = kwargs["band"]  # the landing band, which tells the measurement when it can stop
+        assert kwargs["forwards"].runtime == "eager" and abs(high / low - 1.06 / 0.99) < 1e-9
         seen.append(model_macs(base) / model_macs(slim_model) * factor)
         return seen[-1]
 
@@ -155,7 +156,7 @@ def test_the_plan_is_timed_on_this_device_and_cached(assets, tmp_path, monkeypat
     progress = Recorder()
     compress(config(assets, tmp_path / "x.cait", target_speedup=1.05, plan_only=True,
                     latency_cache=tmp_path / "cache"), progress)
-    assert any("timing blocks on cpu (batch 16)" in m for m in progress.messages)
+    assert any("timing blocks on cpu (batch 16, runtime eager)" in m for m in progress.messages)
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
 

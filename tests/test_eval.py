@@ -32,7 +32,7 @@ def test_eval_with_baseline_reports_accuracy_agreement_and_speedup(models):
     assert model["macs"] < base["macs"] and model["params"] < base["params"]
     low, high = report["speedup_range"]
     assert low <= report["speedup"] <= high
-    assert report["batch_size"] == 8 and report["precision"] == "fp32"
+    assert report["batch_size"] == 8 and report["precision"] == "fp32, eager" and report["runtime"] == "eager"
 
 
 def test_eval_of_itself_agrees_fully(models):

@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 
 T = TypeVar("T")
+RUNTIME_HELP = ("what serves the model, so what the speedup is measured under: eager, cuda-graphs, compile, "
+                "tensorrt, onnxruntime; auto: cuda-graphs on a GPU, eager on the CPU")
 
 
 def run_or_exit(action: Callable[[], T], console: Console) -> T:
@@ -58,6 +60,7 @@ def compress(
     bench_batch_size: Optional[int] = typer.Option(None, help="throughput batch (default 64 on CPU, 256 on GPU)"),
     lr: float = typer.Option(1e-4, help="learning rate of the weights"),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
     workers: Optional[int] = typer.Option(None, help="data loading processes per training process "
                                           "(default: CPU cores / processes on this machine, at most 8)"),
@@ -91,9 +94,9 @@ def compress(
     cfg = CompressConfig(
         model=model, target_speedup=target_speedup, out=out or Path(model_stem(model) + ".cait"), data=data,
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
-        bench_batch_size=bench_batch_size, lr=lr, device=device, amp=amp, workers=workers, augment=augment,
-        seed=seed, resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only, replan=replan,
-        method=method, channel_multiple=channel_multiple, max_keep=max_keep, min_keep=min_keep,
+        bench_batch_size=bench_batch_size, lr=lr, device=device, runtime=runtime, amp=amp, workers=workers,
+        augment=augment, seed=seed, resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only,
+        replan=replan, method=method, channel_multiple=channel_multiple, max_keep=max_keep, min_keep=min_keep,
     )
     progress = RichProgress(console) if is_main_process() else Silent()  # under torchrun, rank 0 speaks
     result = run_or_exit(lambda: run_compress(cfg, progress), err_console())
@@ -117,8 +120,8 @@ def eval_(
     batch_size: Optional[int] = typer.Option(None, help="batch size (default 64 on CPU, 256 on GPU)"),
     device: str = typer.Option("auto", help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="bfloat16 autocast on GPU"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="GPU only: time forwards replayed from CUDA "
-                                     "graphs, as served without per-op launch cost"),
+    runtime: str = typer.Option("auto", help=RUNTIME_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", hidden=True, help="the same as --runtime cuda-graphs"),
     workers: int = typer.Option(4, help="data loading processes"),
     repeats: int = typer.Option(7, help="timed repeats (median and min-max reported)"),
     weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
@@ -131,7 +134,8 @@ def eval_(
 
     console = Console()
     cfg = EvalConfig(model=model, data=data, baseline=baseline, batch_size=batch_size, device=device, amp=amp,
-                     cuda_graphs=cuda_graphs, workers=workers, repeats=repeats, weights=weights)
+                     runtime="cuda-graphs" if cuda_graphs else runtime, workers=workers, repeats=repeats,
+                     weights=weights)
     report = run_or_exit(lambda: evaluate(cfg, RichProgress(console)), err_console())
     print_eval_report(console, report)
     if json_out is not None:
@@ -159,18 +163,31 @@ def export_(
     workers: int = typer.Option(0, help="data loading processes"),
     weights: str = typer.Option("pretrained", help="pretrained, or random (speed only)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    quantize: Optional[str] = typer.Option(None, help="int8: quantize with ONNX Runtime (static, calibrated on "
+                                                      "--data's train/; dynamic without --data)"),
+    max_drop: float = typer.Option(1.0, help="int8: refuse a file whose top-1 (agreement, without labels) falls "
+                                             "more points than this below the fp32 file's"),
+    calib_images: int = typer.Option(128, help="int8: calibration images from --data's train/ split"),
+    compare_images: int = typer.Option(1000, help="int8: held-out images from --data's val/ split to compare on"),
+    keep_fp32: Optional[str] = typer.Option(None, help="int8: layers left in fp32, comma-separated: patch_embed, "
+                                            "head, attention and ONNX op types, or none (default: patch_embed,"
+                                            "head,LayerNormalization, measured on the reference)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
-    """Export a model to ONNX, refusing a file whose ONNX Runtime outputs differ from PyTorch's."""
+    """Export a model to ONNX, refusing a file whose ONNX Runtime outputs differ from PyTorch's
+    (with --quantize int8: whose top-1 falls below the fp32 file's by more than --max-drop)."""
     from ..pipeline.export.onnx_export import ExportConfig, export
+    from ..pipeline.export.quantize import DEFAULT_KEEP_FP32, parse_keep_fp32
     from .progress import RichProgress
     from .report import print_export_report
 
     console = Console()
+    keep = run_or_exit(lambda: parse_keep_fp32(keep_fp32), err_console()) if keep_fp32 else DEFAULT_KEEP_FP32
     cfg = ExportConfig(model=model, out=out, format=format, opset=opset, batch_size=batch_size,
                        dynamic_batch=dynamic_batch, input_size=input_size, data=data, check_images=check_images,
                        baseline=baseline, tolerance=tolerance, bench_batch_size=bench_batch_size, repeats=repeats,
-                       workers=workers, weights=weights, overwrite=overwrite)
+                       workers=workers, weights=weights, overwrite=overwrite, quantize=quantize, max_drop=max_drop,
+                       calib_images=calib_images, compare_images=compare_images, keep_fp32=keep)
     report = run_or_exit(lambda: export(cfg, RichProgress(console)), err_console())
     print_export_report(console, report)
     if json_out is not None:
@@ -189,6 +206,10 @@ def push(
     message: Optional[str] = typer.Option(None, help="commit message"),
     with_onnx: bool = typer.Option(False, "--with-onnx", help="also upload model.onnx (dynamic batch, checked "
                                                               "against PyTorch) and how to run it"),
+    quantize: Optional[str] = typer.Option(None, help="with --with-onnx: int8 also uploads model.int8.onnx (as "
+                                                      "cait export --quantize int8 makes it)"),
+    data: Optional[str] = typer.Option(None, help="with --quantize: images to calibrate (train/) and check (val/) "
+                                                  "the int8 file on; without: dynamic int8, accuracy not measured"),
 ) -> None:
     """Upload a compressed checkpoint with a generated model card to the Hugging Face Hub."""
     from .hub import push as run_push
@@ -196,7 +217,7 @@ def push(
     console = Console()
     result = run_or_exit(lambda: run_push(directory, repo_id, private=private, revision=revision, token=token,
                                           dry_run=dry_run, dry_run_out=dry_run_out, commit_message=message,
-                                          with_onnx=with_onnx),
+                                          with_onnx=with_onnx, quantize=quantize, data=data),
                          err_console())
     verb = "would upload" if result.dry_run else "uploaded"
     console.print(f"{verb} to {result.repo_id}" + (f" ({result.revision})" if result.revision else "") + ":",

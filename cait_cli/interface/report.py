@@ -62,6 +62,13 @@ def _speedup(new: Optional[float], old: Optional[float]) -> str:
     return DASH if not new or not old else f"{new / old:.2f}x faster"
 
 
+def estimator_note(report: Dict[str, Any]) -> str:
+    """How the throughputs (and so the speedup) were read from the timed repeats."""
+    if report.get("estimator", "median") == "fastest":
+        return f"throughput is each model's fastest of {report.get('repeats', 'the')} repeats (min-max)"
+    return "throughput is the median of repeats (min-max)"
+
+
 def summary_line(report: Dict[str, Any]) -> str:
     low, high = report.get("measured_speedup_range", [None, None])
     spread = f" (repeats {low:.2f}-{high:.2f}x)" if low is not None else ""
@@ -118,7 +125,7 @@ def print_eval_report(console: Console, report: Dict[str, Any]) -> None:
     else:
         console.print(single_table(results["model"], report["model"]))
     console.print(f"{report['device']}, batch {report['batch_size']}, {report['precision']}, "
-                  f"{report['threads']} threads; throughput is the median of repeats (min-max)", highlight=False)
+                  f"{report['threads']} threads; {estimator_note(report)}", highlight=False)
     if report.get("skipped_images"):
         console.print(f"skipped {report['skipped_images']} unreadable images", highlight=False)
 
@@ -136,14 +143,40 @@ def print_export_report(console: Console, report: Dict[str, Any]) -> None:
                   f"{report['batch']}, input {shape})", highlight=False)
     console.print(export_check_line(report), highlight=False)
     results = report["results"]
+    agreement = report.get("quantize", {}).get("agreement") or {}
+    if "quantize" in report:
+        print_int8_check(console, report, {**results["model"], "agreement": agreement.get("fp32")})
     if "baseline" in results:
-        console.print(comparison_table(results["baseline"], results["model"], title="under ONNX Runtime",
+        model_side = {**results["model"], "agreement": agreement.get("baseline")}
+        console.print(comparison_table(results["baseline"], model_side, title="under ONNX Runtime",
                                        labels=("baseline", "model")))
         low, high = report["speedup_range"]
         console.print(f"ONNX Runtime speedup {report['speedup']:.2f}x (repeats {low:.2f}-{high:.2f}x); the "
                       f"baseline's own export differs from PyTorch by {results['baseline']['max_difference']:.2g}",
                       highlight=False)
-    else:
+    elif "quantize" not in report:
         console.print(single_table(results["model"], f"{report['model']} under ONNX Runtime"))
-    console.print(f"{report['device']}, batch {report['bench_batch_size']}, fp32, {report['threads']} threads; "
-                  "throughput is the median of repeats (min-max)", highlight=False)
+    console.print(f"{report['device']}, batch {report['bench_batch_size']}, {report.get('precision', 'fp32')}, "
+                  f"{report['threads']} threads; {estimator_note(report)}", highlight=False)
+
+
+def int8_check_line(check: Dict[str, Any]) -> str:
+    """What the int8 file was checked on, and by what."""
+    kept = ", ".join(check["keep_fp32"]) or "nothing"
+    if "drop" not in check:
+        random = check["random_check"]
+        return (f"int8 ({check['method']}, {kept} kept in fp32): accuracy not measured (no --data); on "
+                f"{random['images']} random images its logits are off by {random['relative_error']:.2g} of the "
+                f"largest, and it agrees with fp32 on {100 * random['agreement']:.0f}% of the top-1 classes")
+    note = f"; {check['labels_note']}" if check.get("labels_note") else ""
+    return (f"int8 ({check['method']}, {kept} kept in fp32): {check['checked_by']} {check['drop']:.2f} pt below "
+            f"fp32 (--max-drop {check['max_drop']:g}) on {check['images']}{note}")
+
+
+def print_int8_check(console: Console, report: Dict[str, Any], int8_side: Dict[str, Any]) -> None:
+    console.print(comparison_table(report["results"]["fp32"], int8_side, title="int8 vs fp32 under ONNX Runtime",
+                                   labels=("fp32", "int8")))
+    low, high = report["int8_speedup_range"]
+    console.print(f"int8 speedup over fp32 {report['int8_speedup']:.2f}x (repeats {low:.2f}-{high:.2f}x)",
+                  highlight=False)
+    console.print(int8_check_line(report["quantize"]), highlight=False)

@@ -31,13 +31,16 @@ from .distributed import (
 )
 from .job import CompressConfig, Job
 from .measuring.measure import resolve_device
+from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import build_report, measure_models, report_json
 from .phases import calibrated_student, finetune, landed
+from .planning.landing import band
 from .planning.latency import calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
 from .planning.scoring import kl_score
 from .progress import Progress, Silent
 from .state import RunDir, plan_from_dict
+from .training.train import loss_name
 
 
 @dataclass
@@ -96,7 +99,7 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
 
 
 def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> CompressResult:
-    on_main(cluster, lambda: check_config(cfg))
+    on_main(cluster, lambda: (check_config(cfg), resolve_runtime(cfg.runtime, device)))  # before any slow work
     torch.manual_seed(cfg.seed)
     job = _start(cfg, progress, cluster, device)
     plan = plan_from_dict(on_main(cluster, lambda: (_resumed_plan(job) or _plan(job)).to_dict()))
@@ -132,11 +135,12 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
                               pin_memory=True, rank=cluster.rank, world=cluster.world)
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
     amp = cfg.amp and device.type == "cuda"  # bf16 autocast: training and every speed measurement
+    runtime = resolve_runtime(cfg.runtime, device)
 
     def timed_table():
-        progress.message(f"timing blocks on {device} (batch {bench_batch}) to calibrate the planner")
+        progress.message(f"timing blocks on {device} (batch {bench_batch}, runtime {runtime}) to calibrate the planner")
         return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple,
-                                 amp=amp)
+                                 amp=amp, runtime=runtime)
 
     table = on_main(cluster, timed_table)
     run = RunDir.beside(cfg.out, writes=cluster.is_main)
@@ -144,7 +148,7 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
     scored = batches is not None and cfg.weights == "pretrained"
     score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
-               amp, table, run, state, meta, score, cluster,
+               amp, table, Forwards(runtime, amp), run, state, meta, score, cluster,
                bundle.why_unlabelled if bundle else None)
 
 
@@ -169,17 +173,19 @@ def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
 def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int) -> Dict[str, Any]:
     cfg = job.cfg
     job.progress.message("measuring the compressed model against the original")
-    measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp)
+    measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp, job.forwards,
+                              band=band(cfg.target_speedup))
     report = build_report(cfg.target_speedup, plan, measured, tolerance=cfg.tolerance)
     report["skipped_images"] += skipped
     report["training"] = {"batch_size_per_process": cfg.batch_size, "processes": job.cluster.world,
                           "global_batch": cfg.batch_size * job.cluster.world, "augment": cfg.augment,
                           "labels": "not applicable" if job.labels_note else ("used" if job.batches else None),
-                          "labels_note": job.labels_note}
+                          "labels_note": job.labels_note, "loss": loss_name(job.base)}
     report["attempts"] = job.meta.get("attempts", [])
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,
-              "measured_speedup": report["measured_speedup"], "plan": plan.to_dict()}
+              "measured_speedup": report["measured_speedup"], "runtime": report["runtime"],
+              "device": report["device"], "precision": report["precision"], "plan": plan.to_dict()}
     save_checkpoint(slim_model.cpu().eval(), cfg.out, spec, source,
                     extra_files={"report.json": report_json(report)}, overwrite=cfg.overwrite or cfg.resume)
     job.run.remove()
@@ -191,7 +197,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep")
+                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance")
 
 
 def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig, cluster: Cluster) -> None:

@@ -76,7 +76,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
                            throughput_max=result.throughput_max, peak_memory_mb=result.peak_memory_mb)
     first = speed["model"]
     report.update(device=first.device, batch_size=first.batch_size, precision=first.precision,
-                  runtime=first.runtime, estimator=first.estimator, threads=first.threads, results=sides)
+                  runtime=first.runtime, estimator=first.estimator, repeats=len(first.per_repeat),
+                  threads=first.threads, results=sides)
     if "baseline" in speed:
         ratio, low, high = paired_speedup(speed, "model", "baseline")
         report.update(speedup=ratio, speedup_range=[low, high])

@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..models.loading import LoadedModel
 from .data.batches import StepBatches
 from .distributed import Cluster
+from .measuring.runtimes import Forwards
 from .planning.plan import PlanConfig, ScoreFn
 from .progress import Progress
 from .state import RunDir
@@ -34,6 +35,7 @@ class CompressConfig:
     bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
     lr: float = 1e-4
     device: str = "auto"
+    runtime: str = "auto"  # what serves the model, and so what every timing runs under (runtimes.RUNTIMES)
     amp: bool = True
     workers: Optional[int] = None  # data processes per training process; None: CPU cores / processes, at most 8
     augment: bool = False  # light augmentation of training images (random resized crop, flip)
@@ -51,6 +53,7 @@ class CompressConfig:
     channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
     max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
     min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
+    importance: Optional[str] = None  # ATME's token importance: "cls" or "received"; None: "cls" where there is one
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
         return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
@@ -71,6 +74,7 @@ class Job:
     bench_batch: int
     amp: bool
     table: Any  # LatencyTable
+    forwards: Forwards  # every timed forward, under the job's runtime; the original's built once
     run: RunDir
     state: Dict[str, Any] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def calibrated_student(job: "Job", plan: Plan) -> nn.Module:
     """The gated, merging student with its CDCP scores learned (or restored)."""
-    student = gated_student(job.base, plan.schedule, job.cfg.channel_multiple).to(job.device)
+    student = gated_student(job.base, plan.schedule, job.cfg.channel_multiple, job.cfg.importance).to(job.device)
     if job.state.get("phase") == "finetune":  # calibration finished before the interruption
         student.load_state_dict(job.state["gated"])
         return student

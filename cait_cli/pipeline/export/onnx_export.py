@@ -303,7 +303,8 @@ def timing(cfg: ExportConfig, models: Dict[str, nn.Module], data_cfg: Dict[str, 
              for name, m in models.items()}
     first = speed["model"]
     result: Dict[str, Any] = {"results": sides, "runtime": "onnxruntime", "device": first.device,
-                              "bench_batch_size": first.batch_size, "threads": first.threads}
+                              "bench_batch_size": first.batch_size, "threads": first.threads,
+                              "estimator": first.estimator, "repeats": len(first.per_repeat)}
     for other, key in (("baseline", "speedup"), ("fp32", "int8_speedup")):
         if other in models:
             ratio, low, high = paired_speedup(speed, "model", other)

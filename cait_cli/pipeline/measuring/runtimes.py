@@ -207,7 +207,8 @@ def _onnxruntime(model: nn.Module, images: torch.Tensor, amp: bool) -> Forward:
 def _cuda_session(path: Path):
     _, ort = require_onnx()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise CaitError("--runtime onnxruntime on a GPU needs ONNX Runtime's CUDA provider: pip install onnxruntime-gpu")
+        raise CaitError("--runtime onnxruntime on a GPU needs ONNX Runtime's CUDA provider: "
+                        "pip install onnxruntime-gpu")
     return ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
@@ -44,6 +44,7 @@ class Attempt:
     plan: Plan  # its predicted_speedup: as the planner chose it, corrected by the measurements before
     predicted: float  # by the latency table alone, for the student's actual widths (its learned scores chose them)
     measured: float
+    widths: List[Tuple[int, int]] = field(default_factory=list)  # per block: kept q/k width per head, MLP units
 
     def to_dict(self) -> Dict[str, Any]:
         return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured}
@@ -81,7 +82,7 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
             break
         speed.observe(plan.schedule, plan.keep, attempts[-1].predicted, attempts[-1].measured)
         next_plan = _replan(job, aim, speed)
-        if next_plan is None or _uncompressed(next_plan) or any(_same(next_plan, a.plan) for a in attempts):
+        if next_plan is None or _uncompressed(next_plan) or _measured_before(student, next_plan, attempts):
             break  # the corrected planner has nothing new: no plan in between at this multiple
         plan = next_plan
         job.progress.message("re-planned: " + describe_plan(plan))
@@ -115,7 +116,8 @@ def choose(attempts: List[Attempt], inner: tuple[float, float], outer: tuple[flo
 def _missed_band(chosen: Attempt, target: float, low: float, high: float, tries: int, multiple: int) -> str:
     side = "above" if chosen.measured > high else "below"
     return (f"could not land in {low:.2f}-{high:.2f}x in {tries} measurements (no plan between the measured ones "
-            f"exists at channel multiple {multiple}); kept the plan measured at {chosen.measured:.2f}x, {side} the band")
+            f"exists at channel multiple {multiple}); kept the plan measured at {chosen.measured:.2f}x, "
+            f"{side} the band")
 
 
 def _apply(student: nn.Module, plan: Plan) -> None:
@@ -124,20 +126,33 @@ def _apply(student: nn.Module, plan: Plan) -> None:
         set_budget(student, plan.keep)
 
 
+def _widths(student: nn.Module) -> List[Tuple[int, int]]:
+    return [(b.attn.gate_qk.keep, b.mlp.gate.keep) for b in student.blocks]
+
+
+def _measured_before(student: nn.Module, plan: Plan, attempts: List[Attempt]) -> bool:
+    """Whether `plan` slims the student to a model measured already (same merges, same kept widths:
+    a budget that differs by less than one channel step keeps the same channels)."""
+    _apply(student, plan)
+    return any(a.plan.schedule == plan.schedule and a.widths == _widths(student) for a in attempts)
+
+
 def _measure(job: "Job", student: nn.Module, plan: Plan, speed: SpeedModel, inner: tuple[float, float]) -> Attempt:
     _apply(student, plan)
-    widths = [(b.attn.gate_qk.keep, b.mlp.gate.keep) for b in student.blocks]
+    widths = _widths(student)
     predicted = speed.speedup_of(plan.schedule, widths)
     slimmed = slim(copy.deepcopy(student))
     measured = quick_speedup(job.base, slimmed, job.device, job.bench_batch, amp=job.amp, forwards=job.forwards,
                              band=inner)
     job.forwards.forget(slimmed)
-    return Attempt(copy.deepcopy(plan), predicted, measured)
+    return Attempt(copy.deepcopy(plan), predicted, measured, widths)
 
 
 def _replan(job: "Job", goal: float, speed: SpeedModel) -> Optional[Plan]:
+    """A plan predicted (corrected) between `goal` and the top of the landing band: a plan measured
+    above that band is predicted above it from then on, so it is not proposed again."""
     cfg = job.cfg.plan_config(goal, margin=1.0)
-    cfg.ceiling = BAND[1] * job.cfg.target_speedup / goal  # the band is the user's, not the goal's
+    cfg.ceiling = LANDING_BAND[1] * job.cfg.target_speedup / goal
     try:
         return make_plan(job.base, job.table, cfg, job.score, speed=speed)
     except CaitError:
@@ -147,7 +162,3 @@ def _replan(job: "Job", goal: float, speed: SpeedModel) -> Optional[Plan]:
 def _uncompressed(plan: Plan) -> bool:
     """A plan that changes nothing: backing off that far can only come from measurement noise."""
     return not plan.schedule and plan.keep >= 1.0
-
-
-def _same(a: Plan, b: Plan) -> bool:
-    return a.schedule == b.schedule and abs(a.keep - b.keep) < 1e-3
