@@ -51,10 +51,14 @@ def device_name(device: torch.device) -> str:
 
 
 # How a speedup is read from repeated timings (compared in benchmarks/results/timing_noise_cpu.md):
-# "fastest", the ratio of each model's fastest run: a neighbour's load only ever slows a run, so
-# the fastest run is the least disturbed one; "median", the median of the paired per-repeat ratios.
-ESTIMATORS = ("fastest", "median")
-DEFAULT_ESTIMATOR = "fastest"
+# "median", the median of the paired per-repeat ratios; "fastest", the ratio of each model's fastest
+# run (a neighbour's load only ever slows a run, so the fastest is the least disturbed); "quiet",
+# the median ratio of the half of the pairs timed in the quietest moments (both models near their
+# best), where a load that hit one model of a pair and not the other is least likely.
+# In two runs of six there, the median moved least from run to run and read a copy of the model
+# closest to 1.00x (fastest: worst, its extreme single runs are luck as much as quiet).
+ESTIMATORS = ("median", "fastest", "quiet")
+DEFAULT_ESTIMATOR = "median"
 
 
 @dataclass
@@ -164,7 +168,12 @@ def speedup_estimate(num: Sequence[float], den: Sequence[float], estimator: str 
     """The speedup of `num` over `den` from their per-repeat rates (paired: same repeats)."""
     if estimator == "fastest":
         return max(num) / max(den)
-    return statistics.median(a / b for a, b in zip(num, den))
+    ratios = [a / b for a, b in zip(num, den)]
+    if estimator == "quiet":
+        calm = [a / max(num) + b / max(den) for a, b in zip(num, den)]  # 2.0: both at their best
+        quietest = sorted(range(len(ratios)), key=lambda i: -calm[i])[: (len(ratios) + 1) // 2]
+        ratios = [ratios[i] for i in quietest]
+    return statistics.median(ratios)
 
 
 def _speed_result(name: str, seconds: List[float], images: int, batch: int, device: torch.device,
