@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--bench-batch-size", type=int, default=None)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the checkpoints in this folder (TARGET.cait each)")
     args = parser.parse_args()
 
     lines = [f"command: python {' '.join(sys.argv)}", "",
@@ -40,7 +41,8 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
-            cfg = CompressConfig(model=args.model, target_speedup=target, out=Path(tmp) / f"{target}.cait",
+            out = (args.keep or Path(tmp)) / f"{target}.cait"
+            cfg = CompressConfig(model=args.model, target_speedup=target, out=out,
                                  weights="random", calib_steps=0, finetune_steps=0, device=args.device,
                                  bench_batch_size=args.bench_batch_size, runtime=args.runtime,
                                  latency_cache=Path(tmp) / "latency")  # a new user's empty cache

@@ -74,6 +74,9 @@ def compress(
     replan: bool = typer.Option(True, "--replan/--no-replan", help="measure the slimmed model and re-plan "
                                 "until it reaches the target (off: keep the first plan, e.g. for reproducibility)"),
     method: str = typer.Option("cait", help="cait (ATME + CDCP); atme or cdcp alone, for ablations"),
+    importance: Optional[str] = typer.Option(None, help="what weighs tokens in ATME's merges: cls (the class "
+                                             "token's attention) or received (the attention each token receives); "
+                                             "default: cls where the model has a class token"),
     channel_multiple: int = typer.Option(8, help="kept widths (per head, MLP hidden) are multiples of this; "
                                          "1 keeps any width"),
     max_keep: float = typer.Option(1.0, help="CDCP keeps at most this fraction of the prunable channel MACs "
@@ -96,7 +99,8 @@ def compress(
         val_data=val_data, calib_steps=calib_steps, finetune_steps=finetune_steps, batch_size=batch_size,
         bench_batch_size=bench_batch_size, lr=lr, device=device, runtime=runtime, amp=amp, workers=workers,
         augment=augment, seed=seed, resume=resume, overwrite=overwrite, weights=weights, plan_only=plan_only,
-        replan=replan, method=method, channel_multiple=channel_multiple, max_keep=max_keep, min_keep=min_keep,
+        replan=replan, method=method, importance=importance, channel_multiple=channel_multiple, max_keep=max_keep,
+        min_keep=min_keep,
     )
     progress = RichProgress(console) if is_main_process() else Silent()  # under torchrun, rank 0 speaks
     result = run_or_exit(lambda: run_compress(cfg, progress), err_console())

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CaitError
+from ..method.block import IMPORTANCE_SOURCES
 from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
@@ -73,6 +74,8 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--max-keep asks CDCP to prune; --method atme does not prune")
     if cfg.workers is not None and cfg.workers < 0:
         raise CaitError("--workers must be 0 or more")
+    if cfg.importance is not None and cfg.importance not in IMPORTANCE_SOURCES:
+        raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan_only:
         return
