@@ -76,17 +76,18 @@ class SpeedConfig:
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
 
-    def check(self, device: torch.device) -> None:
-        """CaitError if these settings cannot run on `device` (callers may check before slow work)."""
-        resolve_runtime(self.runtime, device)
+    def check(self, device: torch.device) -> str:
+        """The runtime these settings time under on `device` (auto resolved); CaitError if they cannot
+        run there (callers may check before slow work)."""
         if self.estimator not in ESTIMATORS:
             raise CaitError(f"unknown speed estimator {self.estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        return resolve_runtime(self.runtime, device)
 
 
 @dataclass
 class SpeedResult:
     name: str
-    throughput: float  # images/s, by the estimator (fastest run or median over repeats)
+    throughput: float  # images/s, by the estimator (median over repeats, or the fastest run)
     throughput_min: float
     throughput_max: float
     per_repeat: List[float] = field(default_factory=list)
@@ -119,10 +120,10 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
     `forwards` keeps built forwards for models timed again). The round-robin order reverses every
     other repeat, so no model always runs first.
     """
-    cfg.check(device)
+    runtime = cfg.check(device)
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"
-    forwards = forwards or Forwards(resolve_runtime(cfg.runtime, device), amp)
+    forwards = forwards or Forwards(runtime, amp)
     images = forwards.images(batch, input_size, cfg.dtype, device)
     times: Dict[str, List[float]] = {name: [] for name in models}
     peaks: Dict[str, float] = {}
