@@ -1,5 +1,6 @@
 """`cait eval`: accuracy, agreement and interleaved speed, on the terminal and as JSON."""
 import json
+import re
 
 import pytest
 import torch
@@ -85,3 +86,43 @@ def test_eval_times_cuda_graphs_against_the_baseline(models):
     report = evaluate(quick(model=models["ckpt"], baseline=models["base"], device="cuda", runtime="cuda-graphs"))
     low, high = report["speedup_range"]
     assert low <= report["speedup"] <= high and report["precision"] == "bf16, cuda-graphs"
+
+
+def fruit_folder(root):
+    """Two class folders, apple/ and pear/: not the 3-class model's classes."""
+    from support import make_image_folder
+
+    made = make_image_folder(root / "made", classes=2, per_class=3, splits=("val",))
+    for i, name in enumerate(("apple", "pear")):
+        (root / "val").mkdir(parents=True, exist_ok=True)
+        (made / "val" / f"class_{i}").rename(root / "val" / name)
+    return root
+
+
+def test_eval_on_foreign_class_folders_reports_top1_not_applicable(models, tmp_path):
+    """Before: "top1": 0.0, scored against labels the model never had. Now: one line, and not applicable."""
+    out, data = tmp_path / "r.json", fruit_folder(tmp_path / "fruit")
+    result = CliRunner().invoke(app, ["eval", models["ckpt"], "--data", str(data), "--baseline", models["base"],
+                                      "--batch-size", "8", "--workers", "0", "--repeats", "3", "--device", "cpu",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"top-1\s.*not applicable", result.output) and re.search(r"top-5\s.*not applicable", result.output)
+    line = "the data has 2 classes and the model 3, so top-1/top-5 are not applicable"
+    assert result.output.count(line) == 1
+    report = json.loads(out.read_text())
+    model, base = report["results"]["model"], report["results"]["baseline"]
+    assert model["top1"] is None and model["top5"] is None and base["top1"] is None
+    assert 0.0 <= model["agreement"] <= 1.0 and model["images"] == 6
+    assert "2 classes and the model 3" in report["labels_note"]
+
+
+def test_eval_without_a_baseline_says_not_applicable_in_its_table(models, tmp_path):
+    result = CliRunner().invoke(app, ["eval", models["ckpt"], "--data", str(fruit_folder(tmp_path / "fruit")),
+                                      "--batch-size", "8", "--workers", "0", "--repeats", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"top-1\s.*not applicable", result.output) and "so top-1/top-5 are not applicable" in result.output
+
+
+def test_eval_on_the_models_own_classes_scores_top1(models):
+    report = evaluate(quick(model=models["ckpt"], data=models["data"]))
+    assert report["labels_note"] is None and report["results"]["model"]["top1"] is not None

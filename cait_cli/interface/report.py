@@ -97,14 +97,16 @@ def print_compress_report(console: Console, report: Dict[str, Any], out: Optiona
         console.print(f"wrote {out} (model.safetensors, config.json, report.json)", highlight=False)
 
 
-def single_table(side: Dict[str, Any], title: str) -> Table:
+def single_table(side: Dict[str, Any], title: str, not_applicable: tuple = ()) -> Table:
+    """One measured side; keys in `not_applicable` (top1, top5) show as "not applicable"."""
     table = Table(title=title)
     table.add_column("")
     table.add_column("value", justify="right")
+    top = {key: NOT_APPLICABLE if key in not_applicable else _pct(side.get(key)) for key in ("top1", "top5")}
     rows = [("params (M)", _num(side.get("params") and side["params"] / 1e6, ".2f")),
             ("GMACs", _num(side.get("macs") and side["macs"] / 1e9, ".2f")),
             ("throughput (img/s)", _speed_cell(side)),
-            ("top-1", _pct(side.get("top1"))), ("top-5", _pct(side.get("top5"))),
+            ("top-1", top["top1"]), ("top-5", top["top5"]),
             ("peak GPU memory (MB)", _num(side.get("peak_memory_mb"), ".0f"))]
     for label, value in rows:
         if value != DASH:
@@ -120,13 +122,17 @@ def _speed_cell(side: Dict[str, Any]) -> str:
 
 def print_eval_report(console: Console, report: Dict[str, Any]) -> None:
     results = report["results"]
+    unlabelled = ("top1", "top5") if report.get("labels_note") else ()
     if "baseline" in results:
         console.print(comparison_table(results["baseline"], results["model"], title=f"{report['model']} vs "
-                                       f"{report['baseline']}", labels=("baseline", "model")))
+                                       f"{report['baseline']}", labels=("baseline", "model"),
+                                       not_applicable=unlabelled))
         low, high = report["speedup_range"]
         console.print(f"speedup {report['speedup']:.2f}x (repeats {low:.2f}-{high:.2f}x)", highlight=False)
     else:
-        console.print(single_table(results["model"], report["model"]))
+        console.print(single_table(results["model"], report["model"], not_applicable=unlabelled))
+    if unlabelled:
+        console.print(report["labels_note"], highlight=False)
     console.print(f"{report['device']}, batch {report['batch_size']}, {report['precision']}, "
                   f"{report['threads']} threads; {estimator_note(report)}", highlight=False)
     if report.get("skipped_images"):

@@ -7,7 +7,7 @@ preprocessing, agreement of top-1 predictions with the baseline's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,8 @@ import torch.nn as nn
 from ..errors import CaitError
 from ..models.loading import load_model
 from ..models.onnx_model import is_onnx_path
-from .data.sources import eval_loader, resolve_data_config
+from .data.sources import Batches, WithoutLabels, eval_loader, loader, resolve_data_config
+from .data.sources import _why_labels_are_dropped as why_labels_are_dropped  # compress's rule, not a copy
 from .measuring.measure import (
     SpeedConfig,
     count_macs,
@@ -62,12 +63,12 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
     sides = {name: {"params": count_params(m), "macs": count_macs(m)} for name, m in models.items()}
     if cfg.data:
         progress.message(f"accuracy on {cfg.data}")
-        loader, _ = eval_loader(cfg.data, data_cfg, batch_size or 64, cfg.workers)
+        images, report["labels_note"] = held_out_images(cfg, data_cfg, batch_size or 64, models["model"])
         for name, model in models.items():
             reference = models.get("baseline") if name == "model" else None
-            acc = measure_accuracy(model, loader, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
+            acc = measure_accuracy(model, images, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
             sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
-        report["skipped_images"] = loader.skipped
+        report["skipped_images"] = images.skipped
     progress.message(f"throughput on {device}, interleaved")
     speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp, runtime=runtime)
     speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
@@ -82,6 +83,18 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
         ratio, low, high = paired_speedup(speed, "model", "baseline")
         report.update(speedup=ratio, speedup_range=[low, high])
     return report
+
+
+def held_out_images(cfg: EvalConfig, data_cfg: Dict[str, Any], batch_size: int, model: nn.Module
+                    ) -> Tuple[Batches, Optional[str]]:
+    """`cfg.data`'s held-out images and, when their classes are not the model's (compress's rule), the
+    line saying so: their labels are then dropped, so top-1/top-5 are None and agreement still counts."""
+    images, _ = eval_loader(cfg.data, data_cfg, batch_size, cfg.workers)
+    why = why_labels_are_dropped(images.dataset, data_cfg.get("label_names"), getattr(model, "num_classes", None))
+    if why is None:
+        return images, None
+    note = why.split(", so ")[0] + ", so top-1/top-5 are not applicable"  # compress's line also says it distils
+    return loader(WithoutLabels(images.dataset), batch_size, cfg.workers), note
 
 
 def _device(cfg: EvalConfig) -> torch.device:
