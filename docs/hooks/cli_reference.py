@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 MARKER = "<!-- cli-reference -->"
-ENV = {"TERMINAL_WIDTH": "100", "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+ENV = {"TERMINAL_WIDTH": "80", "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
 
 
 def _help(app, args: list[str]) -> str:
