@@ -124,7 +124,19 @@ def merge_tokens(
     new_grid = grid_after((h, w), [axis])
     x = torch.cat([prefix, merged.flatten(1, 2)], dim=1)
     size = torch.cat([prefix_size, merged_size.flatten(1, 2)], dim=1)
-    return TokenState(x=x, size=size, grid=new_grid, num_prefix=p)
+    pos = None if state.pos is None else merge_positions(state.pos, patch_size, (h, w), axis)
+    return TokenState(x=x, size=size, grid=new_grid, num_prefix=p, pos=pos)
+
+
+def merge_positions(pos: torch.Tensor, patch_size: torch.Tensor, grid: Tuple[int, int], axis: Axis) -> torch.Tensor:
+    """Coordinates (1, H*W, 2) after one step: each pair's size-weighted mean, the centre of its cells.
+
+    patch_size: (1, H*W, 1) patches each token covers (merges are image-independent).
+    """
+    weight = patch_size[:1].to(pos.dtype)
+    sums = _pair_sums(_to_grid(pos * weight, grid), axis)
+    counts = _pair_sums(_to_grid(weight, grid), axis)
+    return (sums / counts).flatten(1, 2)
 
 
 class TokenMerge(nn.Module):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .atme import TokenMerge
 from .gates import ChannelGate
+from .rope import GridRope
 from .tokens import TokenState
 
 # What scores a token for ATME's fusion: the attention it receives from the class token
@@ -65,14 +66,16 @@ class CaitAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, h * self.v_dim)))
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
-                need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """x: (B, N, C); bias: (1 or B, 1, 1, N) log-size or None.
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor], need_importance: bool,
+                rope: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """x: (B, N, C); bias: (1 or B, 1, 1, N) log-size or None; rope: RoPE table of the
+        patch tokens (see CaitRopeAttention), None for position-free attention.
 
         Returns the output (B, N, C) and, if asked, the attention each token received
         (see `importance_source`), averaged over heads: (B, N).
         """
         q, k, v = self.project(x)
+        q, k = self.position(q, k, rope)
         out = self.attend(q, k, v, bias)
         importance = None
         if need_importance:  # (B, h, 1, N) -> (B, N); one attention row is computed
@@ -81,6 +84,18 @@ class CaitAttention(nn.Module):
                 logits = logits + bias
             importance = logits.softmax(dim=-1).mean(dim=1).squeeze(1)
         return out, importance
+
+    def position(self, q: torch.Tensor, k: torch.Tensor,
+                 rope: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Positional rotation of q and k; plain ViT attention has none (its positions are added)."""
+        return q, k
+
+    def new_qk_gate(self, scores: torch.Tensor, multiple: int) -> ChannelGate:
+        """A full-width gate for the q/k channels of every head."""
+        return ChannelGate(self.qk_dim, scores, multiple)
+
+    def keep_qk_channels(self, index: torch.Tensor) -> None:
+        """Slimming keeps q/k channels `index` of each head; plain attention holds nothing per channel."""
 
     def importance_query(self, q: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         """The query whose attention row scores the tokens: (B, h, N, d) -> (B, h, 1, d).
@@ -101,19 +116,44 @@ class CaitAttention(nn.Module):
 class CaitMlp(nn.Module):
     """timm's Mlp with a gate on the hidden units."""
 
+    hidden_inputs: Tuple[str, ...] = ("fc1",)  # the Linear layers whose outputs are the hidden units
+
     def __init__(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear,
                  drop1: nn.Module | None = None, drop2: nn.Module | None = None) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2 = fc1, act, fc2
+        self.fc1 = fc1
+        self._set_tail(act, fc2, drop1, drop2)
+
+    def _set_tail(self, act: nn.Module, fc2: nn.Linear, drop1: nn.Module | None, drop2: nn.Module | None) -> None:
+        self.act, self.fc2 = act, fc2
         self.drop1 = drop1 if drop1 is not None else nn.Identity()
         self.drop2 = drop2 if drop2 is not None else nn.Identity()
         self.gate: Optional[ChannelGate] = None
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc1(x))  # (B, N, mlp_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.fc1(x))  # (B, N, mlp_dim)
+        hidden = self.hidden(x)
         if self.gate is not None:
             hidden = hidden * self.gate()
         return self.drop2(self.fc2(self.drop1(hidden)))
+
+
+class CaitGluMlp(CaitMlp):
+    """A gated-linear-unit MLP (SwiGLU): hidden = act(fc1_g x) * fc1_x x. One gate masks the hidden
+    units, so a pruned unit drops its gate row and its value row together."""
+
+    hidden_inputs = ("fc1_g", "fc1_x")
+
+    def __init__(self, fc1_g: nn.Linear, fc1_x: nn.Linear, act: nn.Module, fc2: nn.Linear,
+                 drop1: nn.Module | None = None, drop2: nn.Module | None = None) -> None:
+        nn.Module.__init__(self)
+        self.fc1_g, self.fc1_x = fc1_g, fc1_x
+        self._set_tail(act, fc2, drop1, drop2)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc1_g(x)) * self.fc1_x(x)
 
 
 class CaitBlock(nn.Module):
@@ -126,10 +166,13 @@ class CaitBlock(nn.Module):
         self.norm1, self.attn, self.ls1, self.drop_path1 = norm1, attn, ls1, drop_path1
         self.norm2, self.mlp, self.ls2, self.drop_path2 = norm2, mlp, ls2, drop_path2
         self.merge = merge
+        self.rope: Optional[GridRope] = None  # RoPE models: the model's tables, shared by its blocks
 
     def forward(self, state: TokenState) -> TokenState:
         need_importance = self.merge is not None
-        out, importance = self.attn(self.norm1(state.x), state.log_size(), need_importance)
+        if self.rope is not None and state.rope is None and state.pos is not None:
+            state = replace(state, rope=self.rope.table(state.pos))  # once per grid; merges reset it
+        out, importance = self.attn(self.norm1(state.x), state.log_size(), need_importance, state.rope)
         state = replace(state, x=state.x + self.drop_path1(self.ls1(out)))
         if self.merge is not None:
             state = self.merge(state, importance[:, state.num_prefix:])

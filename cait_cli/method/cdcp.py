@@ -39,10 +39,18 @@ def weight_norm_scores(block: nn.Module) -> BlockScores:
     k_norm = k.view(h, qk_dim, -1).norm(dim=-1)
     v_norm = v.view(h, v_dim, -1).norm(dim=-1)  # (h, v_dim)
     proj_norm = attn.proj.weight.detach().view(-1, h, v_dim).norm(dim=0)  # (h, v_dim)
-    fc1_norm = mlp.fc1.weight.detach().norm(dim=1)  # (mlp_dim,)
+    hidden_norm = _hidden_input_norm(mlp)  # (mlp_dim,)
     fc2_norm = mlp.fc2.weight.detach().norm(dim=0)
     return BlockScores(qk=normalised((q_norm * k_norm).sum(dim=0)), v=normalised((v_norm * proj_norm).sum(dim=0)),
-                       mlp=normalised(fc1_norm * fc2_norm))
+                       mlp=normalised(hidden_norm * fc2_norm))
+
+
+def _hidden_input_norm(mlp: nn.Module) -> torch.Tensor:
+    """Product of the row norms of the layers producing each hidden unit (fc1; a GLU's gate and value)."""
+    norm = torch.ones(())
+    for name in getattr(mlp, "hidden_inputs", ("fc1",)):
+        norm = norm * getattr(mlp, name).weight.detach().norm(dim=1).cpu()
+    return norm.to(mlp.fc2.weight.device)
 
 
 def attach_gates(model: nn.Module, multiple: int = 1) -> Dict[str, ChannelGate]:
@@ -53,9 +61,10 @@ def attach_gates(model: nn.Module, multiple: int = 1) -> Dict[str, ChannelGate]:
     for block in model.blocks:
         scores = weight_norm_scores(block)
         device = block.attn.qkv.weight.device
-        block.attn.gate_qk = ChannelGate(block.attn.qk_dim, scores.qk, multiple).to(device)
-        block.attn.gate_v = ChannelGate(block.attn.v_dim, scores.v, multiple).to(device)
-        block.mlp.gate = ChannelGate(block.mlp.fc1.out_features, scores.mlp, multiple).to(device)
+        block.attn.gate_qk = block.attn.new_qk_gate(scores.qk, multiple).to(device)  # RoPE: in pairs
+        attn_multiple = block.attn.gate_qk.multiple  # q/k and v keep equal widths
+        block.attn.gate_v = ChannelGate(block.attn.v_dim, scores.v, attn_multiple).to(device)
+        block.mlp.gate = ChannelGate(block.mlp.fc2.in_features, scores.mlp, multiple).to(device)
     return gates_of(model)
 
 

@@ -54,6 +54,32 @@ class ChannelGate(nn.Module):
         return f"channels={self.channels}, keep={self.keep}, multiple={self.multiple}"
 
 
+class PairedGate(ChannelGate):
+    """A gate that keeps channels in pairs: RoPE rotates each pair of q/k channels together, so
+    keeping one member without the other would change what the kept one computes.
+
+    partner: (channels,) the index each channel is paired with (an involution without fixed points).
+    """
+
+    def __init__(self, channels: int, init_scores: torch.Tensor | None, multiple: int, partner: torch.Tensor) -> None:
+        if multiple % 2 or channels % 2:
+            raise ValueError(f"a paired gate needs an even width and multiple, got {channels} and {multiple}")
+        super().__init__(channels, init_scores, multiple)
+        self.register_buffer("partner", partner.to(torch.long), persistent=False)
+
+    def set_keep(self, keep: int) -> None:
+        if keep % 2:
+            raise ValueError(f"a paired gate keeps an even number of channels, got {keep}")
+        super().set_keep(keep)
+
+    def kept_indices(self) -> torch.Tensor:
+        """The kept pairs (best summed score first), both members each, sorted."""
+        scores, partner = self.scores.detach(), self.partner.to(self.scores.device)
+        first = (partner > torch.arange(self.channels, device=partner.device)).nonzero().squeeze(1)
+        best = (scores[first] + scores[partner[first]]).topk(self.keep // 2).indices
+        return torch.cat([first[best], partner[first[best]]]).sort().values
+
+
 def normalised(scores: torch.Tensor) -> torch.Tensor:
     """Scores scaled to mean 1, so gates of different blocks compare."""
     return scores / scores.abs().mean().clamp_min(1e-12)

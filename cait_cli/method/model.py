@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from timm.layers import Format, Mlp, PatchDropout, PatchEmbed
 from timm.layers.attention import Attention
+from timm.models.eva import Eva
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import CaitError
@@ -44,7 +45,8 @@ class CaitMixin(DenseMixin):
         # The class is made at run time (cait_class), so pickle cannot find it by name;
         # rebuild it from the timm class it extends (torch.save(model), deepcopy).
         base = next(c for c in type(self).__bases__ if not issubclass(c, CaitMixin))
-        return _new_cait_model, (base,), self.__getstate__()
+        mixin = next(c for c in type(self).__bases__ if issubclass(c, CaitMixin))
+        return _new_cait_model, (base, mixin), self.__getstate__()
 
     def embed(self, x: torch.Tensor) -> TokenState:
         """Images (B, 3, H, W) -> TokenState before the first block, on the images' own patch grid."""
@@ -141,16 +143,16 @@ class CaitMixin(DenseMixin):
 
 
 @functools.lru_cache(maxsize=None)
-def cait_class(base: type) -> type:
-    """The CAIT subclass of a timm VisionTransformer class (one per base class)."""
+def cait_class(base: type, mixin: type = CaitMixin) -> type:
+    """The CAIT subclass of a timm model class (one per base class; Eva's mixin is eva.CaitEvaMixin)."""
     if issubclass(base, CaitMixin):
         return base
-    return type(f"Cait{base.__name__}", (CaitMixin, base), {})
+    return type(f"Cait{base.__name__}", (mixin, base), {})
 
 
-def _new_cait_model(base: type) -> nn.Module:
+def _new_cait_model(base: type, mixin: type = CaitMixin) -> nn.Module:
     """An empty CAIT model of base's subclass; unpickling fills in its state."""
-    cls = cait_class(base)
+    cls = cait_class(base, mixin)
     return cls.__new__(cls)
 
 
@@ -161,8 +163,11 @@ def is_cait(model: nn.Module) -> bool:
 def check_vit(model: nn.Module) -> None:
     """Raise CaitError unless CAIT can patch this model."""
     name = type(model).__name__
+    if isinstance(model, Eva):
+        from .eva import check_eva  # eva.py builds on this module
+        return check_eva(model)
     if not isinstance(model, VisionTransformer):
-        raise CaitError(f"{name} is not a timm VisionTransformer; cait compresses timm's ViT family")
+        raise CaitError(f"{name} is not a timm VisionTransformer or Eva; cait compresses timm's ViT family")
     if model.attn_pool is not None and model.attn_pool.pos_embed is not None:
         raise CaitError(f"{name}'s attention pooling has position embeddings of a fixed token count, "
                         "which merging changes")
@@ -207,22 +212,30 @@ def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = (),
     Calling it again on a CAIT model replaces the schedule. Weights are shared with
     the original modules, not copied.
     """
+    if isinstance(model, Eva):
+        from .eva import patch_eva  # eva.py builds on this module
+        return patch_eva(model, schedule, importance)
     check_vit(model)
     importance = importance_source(model, importance)
     schedule = list(schedule)
-    _check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
+    check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
     for i, block in enumerate(model.blocks):
         if not is_cait_block(block):
             model.blocks[i] = _convert_block(block)
+    set_merges(model, schedule, importance)
+    model.__class__ = cait_class(type(model))
+    return model
+
+
+def set_merges(model: nn.Module, schedule: List[MergeStep], importance: ImportanceSource) -> None:
+    """Give the (converted) blocks their merges and importance signal, and let the model take any image size."""
     for i, block in enumerate(model.blocks):
         axes = [step.axis for step in schedule if step.block == i]
         block.merge = TokenMerge(axes) if axes else None
         block.attn.importance_source = importance
-    model.__class__ = cait_class(type(model))
     model.cait_schedule = schedule
     model.cait_importance = importance
     _accept_any_image_size(model)
-    return model
 
 
 def importance_source(model: VisionTransformer, asked: Optional[str]) -> ImportanceSource:
@@ -253,7 +266,7 @@ def _accept_any_image_size(model: VisionTransformer) -> None:
     embed.output_fmt = Format.NHWC
 
 
-def _check_schedule(schedule: Sequence[MergeStep], depth: int, grid: Tuple[int, int]) -> None:
+def check_schedule(schedule: Sequence[MergeStep], depth: int, grid: Tuple[int, int]) -> None:
     blocks = [step.block for step in schedule]
     if blocks != sorted(blocks):
         raise CaitError("merge steps must be listed in block order")
@@ -267,7 +280,7 @@ def _check_schedule(schedule: Sequence[MergeStep], depth: int, grid: Tuple[int, 
 
 def block_widths(model: nn.Module) -> List[BlockWidths]:
     """Current widths of every block of a CAIT model (gates not applied)."""
-    return [BlockWidths(b.attn.qk_dim, b.attn.v_dim, b.mlp.fc1.out_features) for b in model.blocks]
+    return [BlockWidths(b.attn.qk_dim, b.attn.v_dim, b.mlp.fc2.in_features) for b in model.blocks]
 
 
 def set_widths(model: nn.Module, widths: Sequence[BlockWidths]) -> None:
@@ -279,8 +292,10 @@ def set_widths(model: nn.Module, widths: Sequence[BlockWidths]) -> None:
         dim, heads = attn.qkv.in_features, attn.num_heads
         attn.qkv = _linear_like(attn.qkv, dim, heads * (2 * width.qk + width.v))
         attn.proj = _linear_like(attn.proj, heads * width.v, attn.proj.out_features)
+        attn.keep_qk_channels(torch.arange(width.qk))  # placeholders: a checkpoint's state fills them in
         attn.qk_dim, attn.v_dim = width.qk, width.v
-        mlp.fc1 = _linear_like(mlp.fc1, dim, width.mlp)
+        for name in mlp.hidden_inputs:
+            setattr(mlp, name, _linear_like(getattr(mlp, name), dim, width.mlp))
         mlp.fc2 = _linear_like(mlp.fc2, width.mlp, mlp.fc2.out_features)
 
 

@@ -1,6 +1,7 @@
 """Physically slim a gated CAIT model: keep the chosen channels in every head.
 
-qkv rows, proj columns, fc1 rows and fc2 columns are sliced; the gates go away.
+qkv rows, proj columns, fc1 rows (a GLU's gate and value rows) and fc2 columns are sliced;
+the gates go away.
 The softmax scale is left as it was, so the slim model computes what the gated
 model computed.
 """
@@ -47,9 +48,11 @@ def slim_block(block: nn.Module) -> None:
     ])
     attn.qkv = _sliced(attn.qkv, rows=rows)
     attn.proj = _sliced(attn.proj, cols=_per_head(keep_v, h, v))
+    attn.keep_qk_channels(keep_qk)
     attn.qk_dim, attn.v_dim = keep_qk.numel(), keep_v.numel()
     keep_mlp = mlp.gate.kept_indices()
-    mlp.fc1 = _sliced(mlp.fc1, rows=keep_mlp)
+    for name in mlp.hidden_inputs:  # fc1, or a GLU's gate and value rows together
+        setattr(mlp, name, _sliced(getattr(mlp, name), rows=keep_mlp))
     mlp.fc2 = _sliced(mlp.fc2, cols=keep_mlp)
 
 

@@ -23,12 +23,17 @@ class TokenState:
             baseline) gives (B, N, 1).
     grid:   (H, W) of the patch tokens
     num_prefix: P, the class/distillation/register tokens that never merge
+    pos:    (1, H*W, 2) rotary coordinates of the patch tokens (RoPE models), or None; a merge
+            averages them by size, so a merged token sits at the centre of the cells it covers
+    rope:   (H*W, 2 * head_dim) RoPE [sin, cos] table at `pos`, computed once per grid, or None
     """
 
     x: torch.Tensor
     size: Optional[torch.Tensor]
     grid: Tuple[int, int]
     num_prefix: int
+    pos: Optional[torch.Tensor] = None
+    rope: Optional[torch.Tensor] = None
 
     def log_size(self) -> Optional[torch.Tensor]:
         """Additive attention bias (1 or B, 1, 1, N) for proportional attention, or None."""
