@@ -25,9 +25,9 @@ FAMILIES = {  # timm name -> tiny overrides (an 8x8 patch grid, one size off squ
 MERGES = [0, 1]  # 8x8 -w-> 8x4 -h-> 4x4
 
 
-def tiny_eva(name):
+def tiny_eva(name, **overrides):
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **FAMILIES[name]).eval()
+    model = timm.create_model(name, pretrained=False, **{**FAMILIES[name], **overrides}).eval()
     with torch.no_grad():  # timm's init gives near-uniform attention (positions barely matter) and heads near zero
         for name, param in model.named_parameters():
             if name.endswith(("qkv.weight", "q_proj.weight", "k_proj.weight", "head.weight")):
@@ -154,3 +154,14 @@ def test_refusals_name_what_is_missing():
     with pytest.raises(CaitError, match="MLP"):
         patch_vit(model)
 
+
+
+def test_onnx_export_matches_pytorch(tmp_path, name="vit_small_patch16_dinov3"):  # registers, half-layout RoPE
+    pytest.importorskip("onnxruntime")
+    from cait_cli.pipeline.export.onnx_export import export_checked, random_batches
+    model = slim(merged_gated(tiny_eva(name, depth=2)))  # export time grows with depth
+    input_size = (3, *model.patch_embed.img_size)
+    exported, differences = export_checked(
+        model, tmp_path / "small.onnx", example=torch.zeros(1, *input_size), dynamic_batch=False, opset=18, meta={},
+        checks={"random": random_batches(input_size, 1, seed=0)}, tolerance=1e-4, overwrite=False)
+    assert differences["random"] < 1e-4
