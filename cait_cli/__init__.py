@@ -1,6 +1,8 @@
 """cait: compress timm Vision Transformers with ATME token merging and CDCP channel pruning.
 
     import cait_cli
+    result = cait_cli.compress("deit_small", target_speedup=1.9, data="/data/imagenet")  # as `cait compress`
+    report = cait_cli.evaluate("deit_small.cait", data="/data/imagenet", baseline="deit_small")
     model = cait_cli.load("deit_small.cait")          # a compressed checkpoint directory
     timm.create_model("hf-hub:ORG/NAME", pretrained=True)  # works once cait_cli is imported
 """
@@ -11,6 +13,8 @@ __version__ = "0.1.0"
 from .errors import CaitError  # noqa: E402
 from .models import registry as _registry  # noqa: E402,F401  (registers cait_vit with timm)
 from .models.loading import LoadedModel, load_model  # noqa: E402
+from .api import compress, evaluate, export, push  # noqa: E402  (the public entry points)
+from .pipeline.compress import CompressResult  # noqa: E402
 
 
 def load(name: str, weights: str = "pretrained"):
@@ -18,4 +22,5 @@ def load(name: str, weights: str = "pretrained"):
     return load_model(name, weights=weights, require_vit=False).model
 
 
-__all__ = ["CaitError", "LoadedModel", "load", "load_model", "__version__"]
+__all__ = ["CaitError", "CompressResult", "LoadedModel", "compress", "evaluate", "export", "load", "load_model", "push",
+           "__version__"]

@@ -97,3 +97,26 @@ def test_differently_named_classes_train_without_cross_entropy(model_dir, tmp_pa
     result = compress(cfg, Recorder())
     assert any("4 classes and the model 3" in m and "labels are ignored" in m for m in messages)
     assert result.report["baseline"]["top1"] is None and result.report["training"]["labels"] == "not applicable"
+
+
+@pytest.fixture(scope="module")
+def named_model_dir(tmp_path_factory):
+    """A 3-class model whose config names its classes zebra, ant, moth."""
+    path = save_tiny_timm_dir(tmp_path_factory.mktemp("named") / "tiny", tiny_vit(**ARGS), ARGS)
+    config = json.loads((path / "config.json").read_text())
+    config["pretrained_cfg"]["label_names"] = ["zebra", "ant", "moth"]
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("names,applies", [(["cat", "dog", "owl"], False), (["moth", "zebra", "ant"], True)])
+def test_eval_scores_top1_only_on_the_models_own_classes(named_model_dir, tmp_path, names, applies):
+    """The rule compress follows, in `cait eval`: other names are not applicable, the model's own in any order are."""
+    import cait_cli
+
+    report = cait_cli.evaluate(named_model_dir, data=named_folder(tmp_path / "data", names), batch_size=4,
+                               workers=0, repeats=1, device="cpu")
+    assert (report["results"]["model"]["top1"] is not None) == applies
+    assert (report["labels_note"] is None) == applies
+    if not applies:
+        assert "not the model's 3 label names, so top-1/top-5 are not applicable" in report["labels_note"]
