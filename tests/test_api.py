@@ -95,3 +95,12 @@ def test_the_docstring_examples_run(assets, tmp_path, monkeypatch):
     for name in ("compress", "evaluate", "export", "push"):  # each uses what the one before wrote
         runner.run(tests[name], out=said.append)
     assert runner.failures == 0, "".join(said)
+
+
+def test_progress_is_silent_unless_asked():
+    from cait_cli.interface.progress import RichProgress
+    from cait_cli.pipeline.progress import Silent
+
+    recorder = Silent()
+    assert isinstance(api._progress(None), Silent) and isinstance(api._progress(False), Silent)
+    assert isinstance(api._progress(True), RichProgress) and api._progress(recorder) is recorder
