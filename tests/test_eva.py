@@ -165,3 +165,14 @@ def test_onnx_export_matches_pytorch(tmp_path, name="vit_small_patch16_dinov3"):
         model, tmp_path / "small.onnx", example=torch.zeros(1, *input_size), dynamic_batch=False, opset=18, meta={},
         checks={"random": random_batches(input_size, 1, seed=0)}, tolerance=1e-4, overwrite=False)
     assert differences["random"] < 1e-4
+
+
+def test_cost_model_reads_unpatched_and_patched_eva_alike():
+    from cait_cli.method.cdcp import weight_norm_scores
+    from cait_cli.method.cost import block_shapes
+    model = tiny_eva("eva02_tiny_patch14_224")
+    patched = patch_vit(copy.deepcopy(model))
+    assert block_shapes(model) == block_shapes(patched)
+    assert block_shapes(model)[0].mlp_matrices == 3  # SwiGLU: gate, value and output weights per hidden unit
+    for raw, block in zip(model.blocks, patched.blocks):
+        torch.testing.assert_close(weight_norm_scores(raw).qk, weight_norm_scores(block).qk)

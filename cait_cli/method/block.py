@@ -90,6 +90,10 @@ class CaitAttention(nn.Module):
         """Positional rotation of q and k; plain ViT attention has none (its positions are added)."""
         return q, k
 
+    def channel_multiple(self, multiple: int) -> int:
+        """The multiple that kept q/k (and v) widths of this attention must be, given the one asked for."""
+        return multiple
+
     def new_qk_gate(self, scores: torch.Tensor, multiple: int) -> ChannelGate:
         """A full-width gate for the q/k channels of every head."""
         return ChannelGate(self.qk_dim, scores, multiple)

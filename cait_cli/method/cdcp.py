@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .cost import BlockShape, block_shapes, channel_costs
+from .eva import cait_view
 from .gates import ChannelGate, allowed_counts, normalised, rank_groups, spend_budget
 
 
@@ -28,12 +29,12 @@ class BlockScores:
 def weight_norm_scores(block: nn.Module) -> BlockScores:
     """Importance of each channel from the weights that produce and consume it.
 
-    Works on a CAIT block and on timm's own Block (whose heads have one width).
+    Works on a CAIT block and on timm's own ViT and Eva blocks (read as CAIT blocks).
     """
+    block = cait_view(block)
     attn, mlp = block.attn, block.mlp
     h = attn.num_heads
-    qk_dim = getattr(attn, "qk_dim", None) or attn.head_dim
-    v_dim = getattr(attn, "v_dim", None) or attn.head_dim
+    qk_dim, v_dim = attn.qk_dim, attn.v_dim
     q, k, v = attn.qkv.weight.detach().split([h * qk_dim, h * qk_dim, h * v_dim])
     q_norm = q.view(h, qk_dim, -1).norm(dim=-1)  # (h, qk_dim)
     k_norm = k.view(h, qk_dim, -1).norm(dim=-1)

@@ -4,7 +4,7 @@ Per block with N tokens into attention, N' into the MLP, embed C, h heads and
 kept widths d_qk, d_v (per head) and D (MLP hidden):
     q and k  2 N C h d_qk      v     N C h d_v
     Q K^T    N^2 h d_qk        A V   N^2 h d_v      proj  N h d_v C
-    MLP      2 N' C D
+    MLP      2 N' C D    (3 N' C D for a gated-linear-unit MLP: gate, value and output)
 Norms, softmax, GELU and merges are not counted (they are not MACs).
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
-from .model import BlockWidths, block_widths, is_cait, token_counts
+from .eva import cait_view
+from .model import token_counts
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class BlockShape:
     qk: int
     v: int
     mlp: int
+    mlp_matrices: int = 2  # weight matrices per hidden unit: fc1 and fc2, or a GLU's gate, value and fc2
 
 
 def attention_macs(s: BlockShape) -> int:
@@ -36,7 +38,7 @@ def attention_macs(s: BlockShape) -> int:
 
 
 def mlp_macs(s: BlockShape) -> int:
-    return 2 * s.tokens_out * s.dim * s.mlp
+    return s.mlp_matrices * s.tokens_out * s.dim * s.mlp
 
 
 def block_macs(s: BlockShape) -> int:
@@ -48,19 +50,17 @@ def channel_costs(s: BlockShape) -> Tuple[float, float, float]:
     n, hd = s.tokens_in, s.heads
     qk = hd * (2 * n * s.dim + n * n)
     v = hd * (n * s.dim + n * n + n * s.dim)
-    return float(qk), float(v), float(2 * s.tokens_out * s.dim)
+    return float(qk), float(v), float(s.mlp_matrices * s.tokens_out * s.dim)
 
 
 def block_shapes(model: nn.Module, grid: Optional[Tuple[int, int]] = None) -> List[BlockShape]:
-    """Shapes of every block of a timm ViT or a CAIT model."""
+    """Shapes of every block of a timm ViT or Eva, or of a CAIT model."""
     counts = token_counts(model, grid)
-    if is_cait(model):
-        widths = block_widths(model)
-    else:
-        widths = [BlockWidths(b.attn.head_dim, b.attn.head_dim, b.mlp.fc1.out_features) for b in model.blocks]
+    blocks = [cait_view(block) for block in model.blocks]  # unpatched blocks read as CAIT blocks
     return [
-        BlockShape(n_in, n_out, block.attn.qkv.in_features, block.attn.num_heads, w.qk, w.v, w.mlp)
-        for (n_in, n_out), block, w in zip(counts, model.blocks, widths)
+        BlockShape(n_in, n_out, block.attn.qkv.in_features, block.attn.num_heads, block.attn.qk_dim,
+                   block.attn.v_dim, block.mlp.fc2.in_features, 1 + len(block.mlp.hidden_inputs))
+        for (n_in, n_out), block in zip(counts, blocks)
     ]
 
 

@@ -23,7 +23,8 @@ from ..errors import CaitError
 from .atme import MergeStep
 from .block import CaitAttention, CaitBlock, CaitGluMlp, CaitMlp
 from .gates import ChannelGate, PairedGate
-from .model import CaitMixin, cait_class, check_schedule, importance_source, is_cait_block, set_merges
+from .model import (CaitMixin, cait_class, check_schedule, convert_vit_block, importance_source, is_cait_block,
+                    set_merges)
 from .rope import GridRope, pair_partner
 from .tokens import TokenState
 
@@ -51,8 +52,12 @@ class CaitRopeAttention(CaitAttention):
         k = torch.cat([k[:, :, :p], apply_rot_embed_cat(k[:, :, p:], table, half=self.rotate_half)], dim=2)
         return q, k
 
+    def channel_multiple(self, multiple: int) -> int:
+        return math.lcm(multiple, 2)  # whole RoPE pairs
+
     def new_qk_gate(self, scores: torch.Tensor, multiple: int) -> ChannelGate:
-        return PairedGate(self.qk_dim, scores, math.lcm(multiple, 2), pair_partner(self.qk_dim, self.rotate_half))
+        partner = pair_partner(self.qk_dim, self.rotate_half)
+        return PairedGate(self.qk_dim, scores, self.channel_multiple(multiple), partner)
 
     def keep_qk_channels(self, index: torch.Tensor) -> None:
         self.rope_channels = self.rope_channels[index.to(self.rope_channels.device)]
@@ -107,6 +112,16 @@ def _check_eva_block(block: nn.Module, index: int, rope: Optional[nn.Module]) ->
         raise CaitError(f"block {index}'s MLP ({type(mlp).__name__}, scale norm) is not one cait supports")
     if rope is not None and rope.dim != attn.head_dim:
         raise CaitError(f"block {index}: RoPE covers {rope.dim} of {attn.head_dim} head channels; cait needs all")
+
+
+def cait_view(block: nn.Module) -> CaitBlock:
+    """A CaitBlock computing what `block` computes (a timm ViT or Eva block, or a CaitBlock itself),
+    for reading shapes and weight norms off blocks of models that are not patched."""
+    if is_cait_block(block):
+        return block
+    if isinstance(block, EvaBlock):
+        return _convert_block(block)
+    return convert_vit_block(block)
 
 
 def patch_eva(model: Eva, schedule: Sequence[MergeStep] = (), importance: Optional[str] = None) -> Eva:

@@ -192,7 +192,7 @@ def is_cait_block(block: nn.Module) -> bool:
     return isinstance(block, CaitBlock)
 
 
-def _convert_block(block: Block) -> CaitBlock:
+def convert_vit_block(block: Block) -> CaitBlock:
     attn, mlp = block.attn, block.mlp
     heads, head_dim = attn.num_heads, attn.head_dim
     cait_attn = CaitAttention(attn.qkv, attn.proj, heads, head_dim, head_dim, attn.scale,
@@ -221,7 +221,7 @@ def patch_vit(model: VisionTransformer, schedule: Sequence[MergeStep] = (),
     check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
     for i, block in enumerate(model.blocks):
         if not is_cait_block(block):
-            model.blocks[i] = _convert_block(block)
+            model.blocks[i] = convert_vit_block(block)
     set_merges(model, schedule, importance)
     model.__class__ = cait_class(type(model))
     return model

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ...method.atme import MergeStep, TokenMerge, alternating_schedule, grid_after
 from ...method.cdcp import attach_gates, detach_gates
+from ...method.cost import block_shapes
 from ...method.gates import allowed_counts
 from ...method.model import block_widths, patch_vit, token_counts
 from ...method.slim import slim_block
@@ -112,10 +113,12 @@ def _interp2(xs, ys, grid, x: float, y: float) -> float:
 
 def table_key(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype, multiple: int,
               amp: bool = False, runtime: str = "eager") -> str:
-    block = model.blocks[0]
-    shape = (block.attn.qkv.in_features, block.attn.num_heads, block.attn.qkv.out_features,
-             block.mlp.fc1.out_features, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
+    first = block_shapes(model)[0]  # of a timm ViT or Eva, or a CAIT model
+    shape = (first.dim, first.heads, first.heads * (2 * first.qk + first.v),
+             first.mlp, model.num_prefix_tokens, tuple(model.patch_embed.grid_size),
              len(model.blocks), model.num_classes)
+    if first.mlp_matrices != 2:
+        shape += (type(model).__name__, first.mlp_matrices)
     raw = (f"v{TABLE_VERSION}|{device_name(device)}|{torch.__version__}|{torch.get_num_threads()}|{batch}|{dtype}|"
            f"{multiple}|{shape}|{runtime}" + ("|bf16-autocast" if amp else ""))
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
@@ -201,9 +204,9 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block, prefix = probe.blocks[0], probe.num_prefix_tokens
     tokens = token_chain(model)
-    attn_widths = width_points(block.attn.qk_dim, multiple, ATTN_POINTS)
-    mlp_widths = width_points(block.mlp.fc1.out_features, multiple, MLP_POINTS)
-    attn_blocks = [_sliced_block(block, w, block.mlp.fc1.out_features) for w in attn_widths]
+    attn_widths = width_points(block.attn.qk_dim, block.attn.channel_multiple(multiple), ATTN_POINTS)
+    mlp_widths = width_points(block.mlp.fc2.in_features, multiple, MLP_POINTS)
+    attn_blocks = [_sliced_block(block, w, block.mlp.fc2.in_features) for w in attn_widths]
     mlp_blocks = [_sliced_block(block, block.attn.qk_dim, w) for w in mlp_widths]
     attn_ms, mlp_ms, merge_ms = [], [], []
     for n in tokens:

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ...errors import CaitError
 from ...method.atme import MergeStep, alternating_schedule, grid_after
 from ...method.cdcp import WidthAllocator, weight_norm_scores
-from ...method.cost import BlockShape
+from ...method.cost import BlockShape, block_shapes
 from ...method.model import tokens_per_block
 from .latency import LatencyTable
 
@@ -124,10 +124,9 @@ class SpeedModel:
         self.grid = tuple(model.patch_embed.grid_size)
         self.prefix, self.depth = model.num_prefix_tokens, len(model.blocks)
         self.table = table
-        attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-        self.dim, self.heads = attn.qkv.in_features, attn.num_heads
-        self.head_dim = attn.qkv.out_features // (3 * attn.num_heads)
-        self.hidden = mlp.fc1.out_features
+        first = block_shapes(model)[0]  # full widths (of a timm ViT or Eva, or a CAIT model)
+        self.dim, self.heads, self.head_dim, self.hidden = first.dim, first.heads, first.qk, first.mlp
+        self.mlp_matrices = first.mlp_matrices
         self.allocator = WidthAllocator([weight_norm_scores(b) for b in model.blocks], multiple)
         self.baseline_ms = self.latency([], 1.0)
         self.observations: List[Observation] = []
@@ -148,7 +147,8 @@ class SpeedModel:
 
     def shapes(self, schedule: Sequence[MergeStep]) -> List[BlockShape]:
         """Full-width block shapes with the token counts of `schedule`."""
-        return [BlockShape(n_in, n_out, self.dim, self.heads, self.head_dim, self.head_dim, self.hidden)
+        return [BlockShape(n_in, n_out, self.dim, self.heads, self.head_dim, self.head_dim, self.hidden,
+                           self.mlp_matrices)
                 for n_in, n_out in tokens_per_block(self.grid, self.prefix, self.depth, schedule)]
 
     def widths(self, schedule: Sequence[MergeStep], keep: float) -> Widths:
