@@ -176,3 +176,45 @@ def test_cost_model_reads_unpatched_and_patched_eva_alike():
     assert block_shapes(model)[0].mlp_matrices == 3  # SwiGLU: gate, value and output weights per hidden unit
     for raw, block in zip(model.blocks, patched.blocks):
         torch.testing.assert_close(weight_norm_scores(raw).qk, weight_norm_scores(block).qk)
+
+
+def eva_table(model):
+    """A synthetic latency table for the tiny EVA-02 (8x8 grid, class token, head width 32): tokens x width share."""
+    from cait_cli.pipeline.planning.latency import LatencyTable
+    tokens = [1 + 64 // 2 ** k for k in range(6, -1, -1)]
+    hidden = model.blocks[0].mlp.fc2.in_features
+    attn_widths, mlp_widths = [4, 8, 16, 24, 32], [hidden // 8, hidden // 4, hidden // 2, hidden]
+    attn = [[n * w / 32 for w in attn_widths] for n in tokens]
+    mlp = [[n * w / hidden for w in mlp_widths] for n in tokens]
+    return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), fixed_ms=0.0)
+
+
+def test_compress_end_to_end_on_a_tiny_eva(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import save_file
+    from support import make_image_folder
+
+    from cait_cli.method.cost import model_macs
+    from cait_cli.pipeline.compress import CompressConfig, compress
+    name, args = "eva02_tiny_patch14_224", dict(FAMILIES["eva02_tiny_patch14_224"], num_classes=3)
+    model = timm.create_model(name, pretrained=False, **args)
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(base / "model.safetensors"))
+    (base / "config.json").write_text(json.dumps({
+        "architecture": name, "num_classes": 3, "model_args": {k: v for k, v in args.items() if k != "num_classes"},
+        "pretrained_cfg": {"input_size": [3, 112, 112], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}}))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=112)
+    monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: eva_table(model))
+    monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup",  # MACs, not this machine's load
+                        lambda base, slim_model, *a, **k: model_macs(base) / model_macs(slim_model))
+    cfg = CompressConfig(model=str(base), target_speedup=1.5, out=tmp_path / "out.cait", data=str(data),
+                         calib_steps=0, finetune_steps=0, batch_size=4, bench_batch_size=4, workers=0, device="cpu",
+                         latency_cache=tmp_path / "cache")
+    result = compress(cfg)
+    loaded = cait_cli.load(str(tmp_path / "out.cait"))
+    assert type(loaded).__name__ == "CaitEva" and loaded.cait_schedule == result.plan.schedule
+    assert model_macs(model) / model_macs(loaded) > 1.4  # the plan reached for the target
+    with torch.no_grad():
+        assert loaded(images(loaded)).shape == (2, 3)
