@@ -142,6 +142,9 @@ def test_checkpoint_round_trip(tmp_path, name):
         torch.testing.assert_close(loaded(x), want, rtol=0, atol=1e-5)
         via_timm = timm.create_model(f"local-dir:{path}", pretrained=True).eval()
         torch.testing.assert_close(via_timm(x), want, rtol=0, atol=1e-5)
+        features = timm.create_model(f"local-dir:{path}", pretrained=True, features_only=True, out_indices=(1, 2))
+        maps = features.eval()(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 8, 8)] * 2  # the full patch grid, though tokens merged
     assert block_widths(loaded) == block_widths(model)
 
 
@@ -189,7 +192,7 @@ def eva_table(model):
     return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), fixed_ms=0.0)
 
 
-def test_compress_end_to_end_on_a_tiny_eva(tmp_path, monkeypatch):
+def test_compress_end_to_end_on_a_tiny_eva(tmp_path, monkeypatch):  # CDCP calibration and fine-tuning run
     import json
 
     from safetensors.torch import save_file
@@ -210,7 +213,7 @@ def test_compress_end_to_end_on_a_tiny_eva(tmp_path, monkeypatch):
     monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup",  # MACs, not this machine's load
                         lambda base, slim_model, *a, **k: model_macs(base) / model_macs(slim_model))
     cfg = CompressConfig(model=str(base), target_speedup=1.5, out=tmp_path / "out.cait", data=str(data),
-                         calib_steps=0, finetune_steps=0, batch_size=4, bench_batch_size=4, workers=0, device="cpu",
+                         calib_steps=2, finetune_steps=2, batch_size=4, bench_batch_size=4, workers=0, device="cpu",
                          latency_cache=tmp_path / "cache")
     result = compress(cfg)
     loaded = cait_cli.load(str(tmp_path / "out.cait"))
