@@ -30,9 +30,10 @@ from cait_cli.method.tokens import TokenState
 class KeyMetricAttention(CaitAttention):
     """CaitAttention that also returns the keys averaged over heads, ToMe's similarity metric."""
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor],
-                need_importance: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor], need_importance: bool,
+                rope: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         q, k, v = self.project(x)
+        q, k = self.position(q, k, rope)
         metric = k.mean(dim=1) if need_importance else None  # (B, N, qk_dim)
         return self.attend(q, k, v, bias), metric
 
