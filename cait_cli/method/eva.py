@@ -72,7 +72,7 @@ class CaitEvaMixin(CaitMixin):
     def embed(self, x: torch.Tensor) -> TokenState:
         x = self.patch_embed(x)  # (B, H, W, C): patched models take any image size
         grid = tuple(x.shape[1:3])
-        x, _ = self._pos_embed(x)  # timm's table is replaced by one at the tokens' positions
+        x, _ = self._pos_embed(x)  # class/register tokens and absolute positions (rope=None: no table here)
         pos = self.cait_rope.coords(grid) if self.cait_rope is not None else None
         return TokenState(x=self.norm_pre(x), size=None, grid=grid, num_prefix=self.num_prefix_tokens, pos=pos)
 
@@ -130,12 +130,15 @@ def patch_eva(model: Eva, schedule: Sequence[MergeStep] = (), importance: Option
     importance = importance_source(model, importance)
     schedule = list(schedule)
     check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
-    rope = model.cait_rope if hasattr(model, "cait_rope") else (GridRope(model.rope) if model.rope else None)
+    rope = getattr(model, "cait_rope", None)  # patched before: timm's rope module is gone
+    if rope is None and model.rope is not None:
+        rope = GridRope(model.rope)
     for i, block in enumerate(model.blocks):
         if not is_cait_block(block):
             model.blocks[i] = _convert_block(block)
         model.blocks[i].rope = rope
     model.cait_rope = rope
+    model.rope = None  # timm's tables (a fixed grid) are replaced by cait_rope's; it holds no weights
     set_merges(model, schedule, importance)
     model.__class__ = cait_class(type(model), CaitEvaMixin)
     return model

@@ -51,8 +51,8 @@ class GridRope(nn.Module):
         """Coordinates of the cells of an unmerged (H, W) grid, as timm's rope sees them: (1, H*W, 2)."""
         coords = _build_grid(list(grid), grid_type=self.grid_type, ref_feat_shape=self.ref_feat_shape,
                              grid_offset=self.grid_offset, grid_indexing=self.grid_indexing,
-                             normalize_coords=self.normalize_coords)  # (H, W, 2)
-        return coords.flatten(0, 1).unsqueeze(0).to(self.frequencies.device)
+                             normalize_coords=self.normalize_coords, device=self.frequencies.device)  # (H, W, 2)
+        return coords.flatten(0, 1).unsqueeze(0)  # built on the device: no host copy (CUDA graphs capture it)
 
     def table(self, coords: torch.Tensor) -> torch.Tensor:
         """Coordinates (1, N, 2) -> concatenated [sin, cos] table (N, 2 * dim) in timm's channel layout."""
