@@ -221,3 +221,12 @@ def test_compress_end_to_end_on_a_tiny_eva(tmp_path, monkeypatch):  # CDCP calib
     assert model_macs(model) / model_macs(loaded) > 1.4  # the plan reached for the target
     with torch.no_grad():
         assert loaded(images(loaded)).shape == (2, 3)
+
+
+def test_rope_frequencies_stay_float32_when_the_model_is_cast():
+    model = patch_vit(tiny_eva("vit_small_patch16_dinov3"))
+    model.to(torch.bfloat16)
+    assert model.cait_rope.frequencies.dtype == torch.float32
+    assert all(block.rope is model.cait_rope for block in model.blocks)  # one table source, shared
+    with torch.no_grad():
+        assert model(images(model).bfloat16()).dtype == torch.bfloat16

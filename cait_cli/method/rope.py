@@ -46,6 +46,15 @@ class GridRope(nn.Module):
             self.grid_type, self.ref_feat_shape = rope.grid_type, rope.ref_feat_shape
             frequencies = rope.bands.detach().float().cpu()
         self.register_buffer("frequencies", frequencies, persistent=False)
+        self._frequency_values = frequencies.tolist()  # to rebuild them in float32 after a cast
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts as any module, but keeps the frequencies in float32: angles in bf16 would be
+        off by whole cells at the far side of the grid (timm's rope modules do the same)."""
+        module = super()._apply(fn, *args, **kwargs)
+        if self.frequencies.dtype != torch.float32:
+            self.frequencies = torch.tensor(self._frequency_values, device=self.frequencies.device)
+        return module
 
     def coords(self, grid: Tuple[int, int]) -> torch.Tensor:
         """Coordinates of the cells of an unmerged (H, W) grid, as timm's rope sees them: (1, H*W, 2)."""
