@@ -230,3 +230,11 @@ def test_rope_frequencies_stay_float32_when_the_model_is_cast():
     assert all(block.rope is model.cait_rope for block in model.blocks)  # one table source, shared
     with torch.no_grad():
         assert model(images(model).bfloat16()).dtype == torch.bfloat16
+
+
+def test_latency_table_times_eva_blocks_with_their_rope(tmp_path):
+    from cait_cli.pipeline.planning.latency import calibrate_latency
+    model = tiny_eva("eva02_tiny_patch14_224", depth=2)
+    table = calibrate_latency(model, torch.device("cpu"), 2, cache_dir=tmp_path, repeats=1, multiple=1)
+    assert all(w % 2 == 0 for w in table.attn_widths)  # RoPE pairs: attention widths are even
+    assert table.mlp_widths[-1] == model.blocks[0].mlp.fc2.in_features  # SwiGLU hidden width, not the packed fc1

@@ -213,9 +213,11 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
         images = timing_batch(batch, n)
         x = torch.randn(images, n, block.attn.qkv.in_features, device=device, dtype=dtype)
         bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
-        attn_ms.append(_running_max([best(lambda: b.attn(b.norm1(x), bias, False)) / images for b in attn_blocks]))
+        rope = _rope_table(block, n - prefix)
+        attn_ms.append(_running_max([best(lambda: b.attn(b.norm1(x), bias, False, rope)) / images
+                                     for b in attn_blocks]))
         mlp_ms.append(_running_max([best(lambda: b.mlp(b.norm2(x))) / images for b in mlp_blocks]))
-        plain, merging = _merge_calls(block, x, bias, prefix, device)
+        plain, merging = _merge_calls(block, x, bias, rope, prefix, device)
         extra = best(merging) - best(plain)
         merge_ms.append(max(0.0, extra) / images)
     images = timing_batch(batch, tokens[-1])
@@ -299,18 +301,26 @@ def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.T
     return torch.full((1, 1, 1, tokens), math.log(2.0), device=device, dtype=dtype)
 
 
-def _merge_calls(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], prefix: int,
-                 device: torch.device) -> Tuple[Callable[[], object], Callable[[], object]]:
+def _rope_table(block: nn.Module, patches: int) -> Optional[torch.Tensor]:
+    """The RoPE table of `patches` tokens for a block of a RoPE model (rotating them is part of its
+    attention's cost), None for other blocks."""
+    if block.rope is None:
+        return None
+    return block.rope.table(block.rope.coords((1, patches)))
+
+
+def _merge_calls(block: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor], rope: Optional[torch.Tensor],
+                 prefix: int, device: torch.device) -> Tuple[Callable[[], object], Callable[[], object]]:
     """A block's attention as is, and as a merging block runs it: with the class-attention row
     it needs and one merge step (their difference is the merge's cost)."""
-    plain = lambda: block.attn(x, bias, False)  # noqa: E731
+    plain = lambda: block.attn(x, bias, False, rope)  # noqa: E731
     patches = x.shape[1] - prefix
     if patches < 2:
         return plain, plain  # nothing left to merge
     state = TokenState(x=x, size=None, grid=(1, patches), num_prefix=prefix)
     merge = TokenMerge(["w"]).to(device, x.dtype)
     importance = torch.rand(x.shape[0], patches, device=device, dtype=x.dtype)
-    return plain, lambda: (block.attn(x, bias, True), merge(state, importance))
+    return plain, lambda: (block.attn(x, bias, True, rope), merge(state, importance))
 
 
 def _running_max(values: List[float]) -> List[float]:
