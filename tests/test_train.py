@@ -30,3 +30,17 @@ def test_adamw_keeps_its_default_kernels_off_the_gpu():
 def test_adamw_takes_the_fused_kernels_on_the_gpu():
     optimizer = make_optimizer(gated_vit().cuda(), TrainConfig(steps=10))
     assert optimizer.defaults["fused"]
+
+
+def test_batch_and_lr_follow_the_device_and_the_global_batch(tmp_path):
+    from cait_cli.pipeline.job import CompressConfig, resolved
+
+    auto = CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o")
+    on_cpu, on_gpu = resolved(auto, torch.device("cpu"), 1), resolved(auto, torch.device("cuda"), 2)
+    assert (on_cpu.batch_size, on_cpu.lr, on_cpu.compile) == (64, 1e-4, False)
+    assert (on_gpu.batch_size, on_gpu.compile) == (256, True) and on_gpu.lr == pytest.approx(1e-4 * 512 / 64)
+    given = resolved(CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", batch_size=8, lr=3e-4,
+                                    compile=False), torch.device("cuda"), 4)
+    assert (given.batch_size, given.lr, given.compile) == (8, 3e-4, False)  # what the user gave is kept
+    assert resolved(CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", batch_size=8),
+                    torch.device("cpu"), 1).lr == pytest.approx(1e-4 / 8)

@@ -19,7 +19,8 @@ from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
-from .data.batches import StepBatches
+from .data.batches import StepBatches, to_device
+from .data.device_decode import DECODES, device_decoded
 from .data.sources import collate_skipping, open_data, resolve_data_config
 from .distributed import (
     Cluster,
@@ -30,7 +31,7 @@ from .distributed import (
     on_main,
     total,
 )
-from .job import CompressConfig, Job
+from .job import CompressConfig, Job, resolved
 from .measuring.measure import resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import build_report, measure_models, report_json
@@ -62,8 +63,12 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--target-speedup must be at least 1.0, got {cfg.target_speedup:g}")
     if cfg.calib_steps < 0 or cfg.finetune_steps < 0:
         raise CaitError("--calib-steps and --finetune-steps must be 0 or more")
-    if cfg.batch_size < 1:
+    if cfg.batch_size is not None and cfg.batch_size < 1:
         raise CaitError("--batch-size must be at least 1")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise CaitError(f"--lr must be above 0, got {cfg.lr:g}")
+    if cfg.decode not in DECODES:
+        raise CaitError(f"--decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
     if cfg.channel_multiple < 1:
         raise CaitError(f"--channel-multiple must be at least 1, got {cfg.channel_multiple}")
     if not 0.25 <= cfg.max_keep <= 1.0:
@@ -104,6 +109,8 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
 def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> CompressResult:
     on_main(cluster, lambda: (check_config(cfg), resolve_runtime(cfg.runtime, device)))  # before any slow work
     torch.manual_seed(cfg.seed)
+    lr_rule = "as given" if cfg.lr is not None else "1e-4 x global batch / 64 (linear)"
+    cfg = resolved(cfg, device, cluster.world)  # batch, lr, compile: what runs, recorded and compared on resume
     job = _start(cfg, progress, cluster, device)
     plan = plan_from_dict(on_main(cluster, lambda: (_resumed_plan(job) or _plan(job)).to_dict()))
     job.progress.message(describe_plan(plan))
@@ -113,7 +120,8 @@ def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device:
         job.progress.message(job.labels_note)
     # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
     job.meta = {"config": _jsonable_config(cfg), "processes": cluster.world, "plan": plan.to_dict(),
-                "calibrate": job.meta.get("calibrate", plan.keep < 1.0), "attempts": job.meta.get("attempts", [])}
+                "lr_rule": lr_rule, "calibrate": job.meta.get("calibrate", plan.keep < 1.0),
+                "attempts": job.meta.get("attempts", [])}
 
     student = calibrated_student(job, plan)
     plan = landed(job, student, plan)
@@ -134,8 +142,10 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
         bundle = open_data(cfg.data, resolve_data_config(base), val_source=cfg.val_data, batch_size=cfg.batch_size,
                            workers=workers, seed=cfg.seed, max_val=cfg.max_val_images, train_augment=cfg.augment,
                            num_classes=getattr(base, "num_classes", None))
-        batches = StepBatches(bundle.train, cfg.batch_size, cfg.seed, collate_skipping, workers=workers,
-                              pin_memory=True, rank=cluster.rank, world=cluster.world)
+        on_device = device_decoded(cfg.decode, device, bundle.train, resolve_data_config(base), cfg)
+        dataset, collate, finish = on_device or (bundle.train, collate_skipping, None)
+        batches = StepBatches(dataset, cfg.batch_size, cfg.seed, collate, workers=workers, pin_memory=True,
+                              rank=cluster.rank, world=cluster.world, finish=finish)
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
     amp = cfg.amp and device.type == "cuda"  # bf16 autocast: training and every speed measurement
     runtime = resolve_runtime(cfg.runtime, device)
@@ -152,7 +162,8 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
     score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
     return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
                amp, table, Forwards(runtime, amp), run, state, meta, score, cluster,
-               bundle.why_unlabelled if bundle else None)
+               bundle.why_unlabelled if bundle else None, compile=bool(cfg.compile),
+               decode=("gpu" if batches is not None and batches.finish is not to_device else "cpu"))
 
 
 def _resumed_plan(job: Job) -> Optional[Plan]:
@@ -183,7 +194,9 @@ def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int
     report["training"] = {"batch_size_per_process": cfg.batch_size, "processes": job.cluster.world,
                           "global_batch": cfg.batch_size * job.cluster.world, "augment": cfg.augment,
                           "labels": "not applicable" if job.labels_note else ("used" if job.batches else None),
-                          "labels_note": job.labels_note, "loss": loss_name(job.base)}
+                          "labels_note": job.labels_note, "loss": loss_name(job.base), "lr": cfg.lr,
+                          "lr_rule": job.meta.get("lr_rule"),
+                          "compile": cfg.compile, "decode": job.decode, "steps": job.step_times}
     report["attempts"] = job.meta.get("attempts", [])
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,

@@ -5,7 +5,7 @@ training, calibration) depend on this, not on the orchestrator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -31,9 +31,11 @@ class CompressConfig:
     val_data: Optional[str] = None
     calib_steps: int = 300
     finetune_steps: int = 1000
-    batch_size: int = 64
+    batch_size: Optional[int] = None  # per process; None: 256 on CUDA, 64 on the CPU (DEFAULT_BATCH)
     bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
-    lr: float = 1e-4
+    lr: Optional[float] = None  # None: LR_BASE for a global batch of LR_BASE_BATCH, scaled linearly (lr_for)
+    compile: Optional[bool] = None  # the training step under torch.compile; None: on CUDA yes, on the CPU no
+    decode: str = "auto"  # training JPEGs decoded "cpu" (loader workers) or "gpu"; auto: gpu on CUDA for JPEGs
     device: str = "auto"
     runtime: str = "auto"  # what serves the model, and so what every timing runs under (runtimes.RUNTIMES)
     amp: bool = True
@@ -60,6 +62,26 @@ class CompressConfig:
                                      min_keep=self.min_keep, **kwargs)
 
 
+DEFAULT_BATCH = {"cuda": 256, "cpu": 64}  # per process; on an H200 256 about doubled images/s over 128
+LR_BASE, LR_BASE_BATCH = 1e-4, 64  # the weights' learning rate at a global batch of 64
+
+
+def lr_for(global_batch: int) -> float:
+    """timm's linear rule (lr = lr_base * batch / lr_base_size): LR_BASE scaled by global_batch / 64."""
+    return LR_BASE * global_batch / LR_BASE_BATCH
+
+
+def resolved(cfg: CompressConfig, device: torch.device, world: int) -> CompressConfig:
+    """cfg with its automatic training options made concrete for `device` and `world` processes.
+
+    A batch size or lr the user gave is used as given; an lr left out follows the global batch.
+    """
+    batch = cfg.batch_size or DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cpu"])
+    lr = cfg.lr if cfg.lr is not None else lr_for(batch * world)
+    compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    return replace(cfg, batch_size=batch, lr=lr, compile=compile)
+
+
 @dataclass
 class Job:
     """Everything one compression run works with."""
@@ -81,6 +103,9 @@ class Job:
     score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
     cluster: Cluster = field(default_factory=Cluster)  # the torchrun processes; one without torchrun
     labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
+    compile: bool = False  # the training step under torch.compile (compiled.Step)
+    decode: str = "cpu"  # where training images are decoded: "cpu" (loader workers) or "gpu" (device_decode)
+    step_times: Dict[str, Any] = field(default_factory=dict)  # phase: StepTimes.to_dict(), for the report
 
     def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))

@@ -9,7 +9,7 @@ global batch see together what one process taking all of it sees.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -17,6 +17,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ...errors import CaitError
 
 Key = Tuple[int, int, int]  # (step, position in the global batch, dataset index)
+Batch = Tuple[torch.Tensor, torch.Tensor, int]  # images, labels, how many images were unreadable
+Finish = Callable[[object, int, torch.device], Batch]  # (collated, step, device) -> a Batch on device
+
+
+def to_device(collated: Batch, step: int, device: torch.device) -> Batch:
+    """The default finish: the workers decoded the images, move them."""
+    images, labels, skipped = collated
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), skipped
 
 
 def step_seed(seed: int, step: int, position: int = -1) -> int:
@@ -39,7 +47,7 @@ class SeededSamples(Dataset):
         step, position, index = key
         torch.manual_seed(step_seed(self.seed, step, position))
         random.seed(step_seed(self.seed, step, position))
-        return self.dataset[index]
+        return self.dataset[key] if getattr(self.dataset, "wants_key", False) else self.dataset[index]
 
 
 class StepSampler(Sampler):
@@ -60,15 +68,18 @@ class StepBatches:
     """Batches by step; with `world` processes, each takes its `rank`'s part of the global batch.
 
     batch_size is per process (as in timm's train.py): the global batch is batch_size * world.
+    `finish` turns a collated batch into images on the device (default: move them there;
+    device_decode.DeviceDecode: decode JPEG bytes there).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, collate: Callable[[Sequence], object], *,
-                 workers: int = 0, pin_memory: bool = False, rank: int = 0, world: int = 1) -> None:
+                 workers: int = 0, pin_memory: bool = False, rank: int = 0, world: int = 1,
+                 finish: Optional[Finish] = None) -> None:
         if len(dataset) == 0:
             raise CaitError("the training data holds no images")
         self.samples, self.seed, self.collate = SeededSamples(dataset, seed), seed, collate
         self.workers, self.pin_memory, self.rank, self.world = workers, pin_memory, rank, world
-        self.skipped = 0
+        self.skipped, self.finish = 0, finish or to_device
         self._order: Tuple[int, torch.Tensor] | None = None  # (epoch, its shuffled order), made once an epoch
         self.batch_size = min(batch_size * world, len(dataset))  # the global batch
         self.per_epoch = max(1, len(dataset) // self.batch_size)
@@ -100,7 +111,8 @@ class StepBatches:
 
     def batch(self, step: int, limit: int | None = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """One batch decoded here (no workers): e.g. the planner's scoring batch."""
-        return self._checked(step, self.collate([self.samples[k] for k in self.keys(step, limit)]))
+        collated = self.collate([self.samples[k] for k in self.keys(step, limit)])
+        return self._checked(step, self.finish(collated, step, torch.device("cpu")))
 
     def iterate(self, start: int, stop: int, device: torch.device) -> Iterator[Tuple[int, Tuple]]:
         """(step, (images, labels)) on `device` for steps start..stop-1, decoded ahead by the workers."""
@@ -108,12 +120,12 @@ class StepBatches:
                             collate_fn=self.collate, pin_memory=self.pin_memory and device.type == "cuda",
                             prefetch_factor=4 if self.workers else None)
         for step, collated in zip(range(start, stop), loader):
-            images, labels = self._checked(step, collated)
+            images, labels = self._checked(step, self.finish(collated, step, device))
             torch.manual_seed(step_seed(self.seed, step))  # dropout and the like of this step
-            yield step, (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+            yield step, (images, labels)
 
-    def _checked(self, step: int, collated) -> Tuple[torch.Tensor, torch.Tensor]:
-        images, labels, skipped = collated
+    def _checked(self, step: int, finished: Batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, labels, skipped = finished
         self.skipped += skipped
         if len(images) == 0:
             raise CaitError(f"every image of training batch {step} was unreadable")

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from ...errors import Interrupted
 from ..distributed import data_parallel
-from .train import LogitsOnly, TrainConfig, make_optimizer, train_step
+from .compiled import Step
+from .train import LogitsOnly, TrainConfig, make_optimizer
 
 if TYPE_CHECKING:
     from ..job import Job
@@ -27,6 +28,7 @@ def run_phase(job: "Job", student: nn.Module, tcfg: TrainConfig, phase: str,
         optimizer.load_state_dict(job.state["optimizer"])
         start = job.state["step"]
     wrapped = data_parallel(job.cluster, LogitsOnly(student).train(), job.device)
+    train_step = Step(wrapped, job.base, compile=job.compile, warn=job.progress.message)
 
     def checkpoint(step: int) -> None:
         job.run.save({"phase": phase, "step": step, "student": student.state_dict(),
@@ -39,16 +41,17 @@ def run_phase(job: "Job", student: nn.Module, tcfg: TrainConfig, phase: str,
         for step, (images, labels) in job.batches.iterate(start, tcfg.steps, job.device):
             if before_step is not None:
                 before_step(step)
-            loss = train_step(wrapped, job.base, images, labels, optimizer, tcfg, step)
+            loss = train_step(images, labels, optimizer, tcfg, step)
             done = step + 1
             if done % job.cfg.checkpoint_every == 0 and done < tcfg.steps:
                 checkpoint(done)
             job.progress.advance(done, loss=loss)
     except KeyboardInterrupt:
-        checkpoint(done)
+        checkpoint(done)  # (its step times are not kept: a resumed phase reports the steps it ran)
         job.progress.stop()
         raise Interrupted(f"interrupted during {phase} after step {done}/{tcfg.steps}; the checkpoint is in "
                           f"{job.run.path}; continue with the same command plus --resume") from None
     job.progress.stop()
+    job.step_times[phase] = train_step.times.to_dict()
     checkpoint(tcfg.steps)
     student.eval()

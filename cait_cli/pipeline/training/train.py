@@ -83,6 +83,11 @@ def distill_outputs(model: nn.Module, images: torch.Tensor) -> Outputs:
     return tokens, model.forward_head(tokens, pre_logits=True)
 
 
+def teach(teacher: nn.Module, images: torch.Tensor) -> Outputs:
+    """The teacher's outputs: a LogitsOnly (compiled or not) gives them as it is, a model through distill_outputs."""
+    return teacher(images) if getattr(teacher, "gives_outputs", False) else distill_outputs(teacher, images)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     scores, decay, no_decay = [], [], []
     for name, param in model.named_parameters():
@@ -122,7 +127,7 @@ def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, lab
     device_type = images.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
         with torch.no_grad():
-            teacher_out = distill_outputs(teacher, images)
+            teacher_out = teach(teacher, images)
         loss = objective(student(images), teacher_out, labels, cfg.ce_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -140,6 +145,8 @@ def _base_lrs(optimizer: torch.optim.Optimizer) -> list:
 class LogitsOnly(nn.Module):
     """Wrap a model so it returns what distillation compares (`distill_outputs`): one logits
     tensor (training-mode tuples averaged), or a headless model's tokens and pooled feature."""
+
+    gives_outputs = True  # train_step calls it as it is (torch.compile's wrapper passes this through)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
