@@ -66,8 +66,11 @@ class SpeedConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
     warmup: int = 2
     repeats: int = 7  # at most; fewer when `stop` (measure_throughput's) says the answer is known
-    iters_per_repeat: int = 2  # at least; more when a pass is shorter than min_run_seconds allows
-    min_run_seconds: float = 0.2  # every timed run of the fastest model lasts about this long
+    # Forwards per timed run: at least this, more when one forward of the fastest model is shorter than
+    # min_run_seconds (short runs are mostly timer and scheduler noise). One is enough when a forward
+    # outlasts it (DeiT-S at batch 64 on 2 cores: 1-2.5 s); a second only doubled every measurement.
+    iters_per_repeat: int = 1
+    min_run_seconds: float = 0.2
     amp: bool = False  # bfloat16 autocast, GPU only
     dtype: torch.dtype = torch.float32  # of the input images (the models' own precision)
     runtime: str = "eager"  # runtimes.RUNTIMES: what serves the models while they are timed

@@ -66,7 +66,7 @@ def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, 
     original is compiled or exported once for every measurement).
     """
     least, most = QUICK_REPEATS
-    cfg = SpeedConfig(batch_size=batch, amp=amp, warmup=1, repeats=most, iters_per_repeat=2,
+    cfg = SpeedConfig(batch_size=batch, amp=amp, warmup=1, repeats=most,
                       runtime=forwards.runtime if forwards else runtime)
     stop = band_stop("compressed", "original", band, cfg.estimator, least) if band else None
     results = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device,
