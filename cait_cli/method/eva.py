@@ -48,9 +48,11 @@ class CaitRopeAttention(CaitAttention):
         full = rope.shape[-1] // 2
         table = rope.index_select(-1, torch.cat([self.rope_channels, self.rope_channels + full]))
         p = self.num_prefix
-        q = torch.cat([q[:, :, :p], apply_rot_embed_cat(q[:, :, p:], table, half=self.rotate_half)], dim=2)
-        k = torch.cat([k[:, :, :p], apply_rot_embed_cat(k[:, :, p:], table, half=self.rotate_half)], dim=2)
-        return q, k
+
+        def rotated(t: torch.Tensor) -> torch.Tensor:  # prefix tokens have no position
+            return torch.cat([t[:, :, :p], apply_rot_embed_cat(t[:, :, p:], table, half=self.rotate_half)], dim=2)
+
+        return rotated(q), rotated(k)
 
     def channel_multiple(self, multiple: int) -> int:
         return math.lcm(multiple, 2)  # whole RoPE pairs
@@ -81,10 +83,6 @@ class CaitEvaMixin(CaitMixin):
         for block in self.blocks:
             state = block(state)
         return state
-
-
-def is_eva(model: nn.Module) -> bool:
-    return isinstance(model, Eva)
 
 
 def check_eva(model: Eva) -> None:
