@@ -5,14 +5,18 @@ For DeiT-T/S/B with random weights (speed does not depend on them):
      throughput against the original (batch 256, bf16 autocast, interleaved), eagerly and
      replayed from CUDA graphs (GPU work alone, without the host's per-op launch cost);
   2. training images/s: the fine-tuning step alone (a batch already on the device, compress's
-     train_step on a slimmed student), then CDCP calibration and fine-tuning through compress's
-     own loop from pre-made tensors (collated by the main process) and from a generated JPEG
-     folder decoded by --workers processes, with peak GPU memory. The gaps say what holds the
-     GPU back: the loop (step alone vs pre-made) or the input (pre-made vs JPEG).
+     step on a slimmed student) eager and under torch.compile (compile time apart), then CDCP
+     calibration and fine-tuning through compress's own loop from pre-made tensors (collated by
+     the main process) and from a generated folder of 500x375 JPEGs decoded by --workers
+     processes or on the GPU (--decode gpu), with peak GPU memory and the fraction of the GPU's
+     peak bf16 FLOP/s. The gaps say what holds the GPU back: the loop (step alone vs pre-made) or
+     the input (pre-made vs JPEG).
 
     python -m benchmarks.gpu --out benchmarks/results/gpu_h100.md
     python -m benchmarks.gpu --device cpu --models deit_tiny --targets 1.5 --images 16 \\
         --batch-size 4 --steps 3 --warmup 1 --bench-batch-size 8      # smoke test of the script only
+    python -m benchmarks.gpu --device cpu --parts training --models deit_tiny --images 8 --batch-size 2 \\
+        --steps 2 --warmup 1 --width 64 --height 48 --compile-backend aot_eager --workers 1  # smoke: training
 
 Without a CUDA GPU (and without --device cpu) it refuses in one line.
 """
@@ -23,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import torch
 
@@ -36,11 +40,13 @@ from benchmarks.input_speed import (
 from benchmarks.profile_step import setup
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
+from cait_cli.method.cost import model_macs
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.distributed import default_workers
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
 from cait_cli.pipeline.measuring.measure import synchronize
-from cait_cli.pipeline.training.train import TrainConfig, make_optimizer, train_step
+from cait_cli.pipeline.training.compiled import Step
+from cait_cli.pipeline.training.train import TrainConfig, make_optimizer
 
 
 def peak_mb(device: str) -> float:
@@ -91,39 +97,66 @@ def cross_speedup(cfg: CompressConfig, runtime: str, args) -> str:
     return f"{report['speedup']:.2f}x ({low:.2f}-{high:.2f})"
 
 
-def step_alone_rate(model: str, args) -> float:
-    """Images/s of compress's fine-tuning step on a batch that is already on the device."""
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense bf16, SXM
+
+
+def peak_tflops(args) -> float:
+    """The GPU's dense bf16 peak (--peak-tflops, else by name; NaN when unknown)."""
+    if args.peak_tflops:
+        return args.peak_tflops
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else ""
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
+
+
+def train_flops(base, student) -> float:
+    """FLOPs of one image's step: the teacher's forward, the student's forward and backward (2x)."""
+    inner = getattr(student, "model", student)
+    return 2.0 * (model_macs(base) + 3 * model_macs(inner))
+
+
+def step_alone(model: str, args, compile: bool) -> Dict[str, float]:
+    """compress's fine-tuning step (compiled.Step) on a batch already on the device: images/s after the
+    warm-up steps, the compile time (steps that compiled), peak memory and the fraction of peak FLOP/s."""
     device = torch.device(args.device)
+    reset_peak(args.device)
     base, student, images, labels = setup(model, args.batch_size, device, merge=True, keep=0.7)
     cfg = TrainConfig(steps=args.steps + args.warmup, amp=True)
     optimizer = make_optimizer(student, cfg)
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
+    step = Step(student, base, compile=compile, backend=args.compile_backend)
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
             synchronize(device)
             start = time.perf_counter()
-        train_step(student, base, images, labels, optimizer, cfg, step)
+        step(images, labels, optimizer, cfg, i)
     synchronize(device)
-    return args.steps * args.batch_size / (time.perf_counter() - start)
+    rate = args.steps * args.batch_size / (time.perf_counter() - start)
+    return {"rate": rate, "compile": step.times.compile_seconds, "peak": peak_mb(args.device),
+            "flops": rate * train_flops(base, student) / (peak_tflops(args) * 1e12), "compiled": step.times.compiled}
 
 
 def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
-    reset_peak(args.device)
-    rows = [f"| {model} | fine-tuning step alone (batch on the device) | | {step_alone_rate(model, args):.0f} | "
-            f"{peak_mb(args.device):.0f} |"]
-    print(rows[-1], flush=True)
+    rows = []
+    for compile in (False, True):
+        got = step_alone(model, args, compile)
+        mode = "compiled" if got["compiled"] else ("eager" if not compile else "eager (compile failed)")
+        rows.append(f"| {model} | step alone, batch on the device, {mode} | | {got['rate']:.0f} | "
+                    f"{got['compile']:.0f} s | {got['peak']:.0f} | {got['flops']:.1%} |")
+        print(rows[-1], flush=True)
     run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp, device=args.device,
                calib_steps=args.steps, target=1.9, method="cait", bench_batch=args.bench_batch_size)
-    inputs = (("pre-made tensors, main process", 0), (f"JPEG folder, {args.workers} workers", args.workers))
-    for label, workers in inputs:
+    inputs = (("loop, pre-made tensors, main process", 0, "cpu"),
+              (f"loop, {args.width}x{args.height} JPEGs, {args.workers} workers decode", args.workers, "cpu"),
+              (f"loop, {args.width}x{args.height} JPEGs, decoded on the GPU", args.workers, "gpu"))
+    for label, workers, decode in inputs:
         reset_peak(args.device)
         with fixed_plan(keep=0.7):  # a plan that prunes, so calibration runs
             if workers == 0:
                 with premade_inputs(args.images, 224):
                     rates = training_rates(model, data, workers=0, **run)
             else:
-                rates = training_rates(model, data, workers=workers, **run)
+                rates = training_rates(model, data, workers=workers, decode=decode, **run)
         rows.append(f"| {model} | {label} | {rates.get('calibrate', float('nan')):.0f} | "
-                    f"{rates.get('finetune', float('nan')):.0f} | {peak_mb(args.device):.0f} |")
+                    f"{rates.get('finetune', float('nan')):.0f} | | {peak_mb(args.device):.0f} | |")
         print(rows[-1], flush=True)
     return rows
 
@@ -139,10 +172,15 @@ def main() -> None:
                         help="runtimes the landed checkpoint is measured under too")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--bench-batch-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch (compress's CUDA default)")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per phase")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--images", type=int, default=4096, help="generated 224x224 JPEGs")
+    parser.add_argument("--images", type=int, default=4096, help="generated JPEGs (--width x --height)")
+    parser.add_argument("--width", type=int, default=500, help="of the generated JPEGs (ImageNet's typical 500x375)")
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--compile-backend", default="inductor", help="of the compiled step alone "
+                        "(aot_eager: a quick CPU smoke test)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: by its name)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--parts", nargs="+", choices=["speed", "training"], default=["speed", "training"],
                         help="which tables to measure (one call each fits a short GPU lease better)")
@@ -180,10 +218,11 @@ def speed_table(args, tmp: Path) -> List[str]:
 
 
 def training_table(args, tmp: Path) -> List[str]:
-    data = str(make_jpeg_folder(tmp / "jpegs", args.images))
-    lines = ["", f"training images/s through compress's loop (batch {args.batch_size} per step, "
-             f"{args.steps} steps, first {args.warmup} not timed):", "",
-             "| model | input | calibration img/s | fine-tuning img/s | peak MB |", "|---|---|---|---|---|"]
+    data = str(make_jpeg_folder(tmp / "jpegs", args.images, size=args.height, width=args.width))
+    lines = ["", f"training images/s (batch {args.batch_size} per step, bf16, {args.steps} steps timed after "
+             f"{args.warmup}; the loop compiles the step on CUDA; peak FLOP/s {peak_tflops(args):g} TFLOP/s):", "",
+             "| model | input | calibration img/s | fine-tuning img/s | compile | peak MB | of peak FLOP/s |",
+             "|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for model in args.models:
         lines += training_rows(model, data, args, tmp)

@@ -39,15 +39,18 @@ from cait_cli.pipeline.progress import Silent
 SMALL = dict(img_size=224, patch_size=16, depth=2, embed_dim=64, num_heads=2, num_classes=10)
 
 
-def make_jpeg_folder(root: Path, images: int, classes: int = 10, size: int = 224, seed: int = 0) -> Path:
-    """root/train/class_k/*.jpg: smooth colour fields with noise (decode cost of a photo, about)."""
+def make_jpeg_folder(root: Path, images: int, classes: int = 10, size: int = 224, seed: int = 0,
+                     width: Optional[int] = None) -> Path:
+    """root/train/class_k/*.jpg: smooth colour fields with noise (decode cost of a photo, about),
+    size x size, or width x size (ImageNet's typical photo: width 500, size 375)."""
     rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 1, size)[None, :, None]
+    width = width or size
+    ramp = np.linspace(0, 1, width)[None, :, None]
     for i in range(images):
         folder = root / "train" / f"class_{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         colour = rng.uniform(0, 255, 3)
-        pixels = colour * ramp + rng.normal(0, 25, (size, size, 3))
+        pixels = colour * ramp + rng.normal(0, 25, (size, width, 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype("uint8")).save(folder / f"{i}.jpg", quality=90)
     return root
 
@@ -133,13 +136,14 @@ def premade_inputs(images: int, size: int) -> Iterator[None]:
 
 def training_rates(model: str, data: str, steps: int, batch: int, warmup: int, workers: int, tmp: Path,
                    device: str = "cpu", calib_steps: int = 0, target: float = 1.3, method: str = "atme",
-                   bench_batch: Optional[int] = None, amp: bool = True) -> Dict[str, float]:
-    """Images/s of calibration (if calib_steps) and fine-tuning through compress's own loop."""
+                   bench_batch: Optional[int] = None, amp: bool = True, **options) -> Dict[str, float]:
+    """Images/s of calibration (if calib_steps) and fine-tuning through compress's own loop.
+    `options`: further CompressConfig fields (compile, decode)."""
     cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"out-{time.monotonic_ns()}.cait",
                          data=data, calib_steps=calib_steps, finetune_steps=steps, batch_size=batch,
                          bench_batch_size=bench_batch, workers=workers, device=device, replan=False,
                          method=method, weights="random", latency_cache=tmp / "latency", max_val_images=0,
-                         amp=amp, checkpoint_every=10 ** 9)
+                         amp=amp, checkpoint_every=10 ** 9, **options)
     clock = StepClock(batch, warmup)
     compress(cfg, clock)
     return clock.rates

@@ -39,7 +39,7 @@ def setup(model_name: str, batch: int, device: torch.device, merge: bool, keep: 
     base = load_model(model_name, weights="random").model.to(device).eval()
     schedule = schedule_at(base, (0.5,) if merge else ())
     student = LogitsOnly(compressed_variant(base, schedule, keep=keep, multiple=8).to(device)).train()
-    images = torch.randn(batch, 3, 224, 224, device=device)
+    images = torch.randn(batch, 3, *base.patch_embed.img_size, device=device)
     labels = torch.randint(0, base.num_classes, (batch,), device=device)
     return base, student, images, labels
 
