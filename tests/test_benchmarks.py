@@ -200,5 +200,6 @@ def test_gpu_benchmark_refuses_without_cuda_and_its_step_alone_runs(monkeypatch,
         gpu.run_script(gpu.main)
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.count("\n") == 1 and "CUDA GPU" in err
-    args = SimpleNamespace(device="cpu", batch_size=2, steps=1, warmup=1)
-    assert gpu.step_alone_rate("deit_tiny", args) > 0
+    args = SimpleNamespace(device="cpu", batch_size=2, steps=1, warmup=1, compile_backend="inductor", peak_tflops=1.0)
+    got = gpu.step_alone("deit_tiny", args, compile=False)
+    assert got["rate"] > 0 and got["flops"] > 0 and not got["compiled"]
