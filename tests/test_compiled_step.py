@@ -1,8 +1,9 @@
 """The compiled training step: same losses as eager, no recompile per gate change, eager fallback.
 
 The backend is aot_eager: it runs dynamo's capture and AOTAutograd's joint forward/backward graph
-(what changes the numerics' order and what recompiles), without inductor's C++ build, which on
-a shared 2-core CI machine takes minutes for even a tiny ViT.
+(what changes the numerics' order and what recompiles), without inductor's C++ code generation and
+build, whose time on a shared 2-core CI machine was not measured (aot_eager alone took 12-19 s a test
+here); inductor runs on the GPU (benchmarks/gpu.py) and in benchmarks/train_compile.py.
 """
 from __future__ import annotations
 
