@@ -72,11 +72,19 @@ def compress(
     calib_steps: int = typer.Option(COMPRESS["calib_steps"], help="CDCP calibration steps"),
     finetune_steps: int = typer.Option(COMPRESS["finetune_steps"], help="fine-tuning steps of the slim model "
                                        "(0 allowed)"),
-    batch_size: int = typer.Option(COMPRESS["batch_size"], help="training batch size per process (under torchrun: "
-                                   "per GPU)"),
+    batch_size: Optional[int] = typer.Option(COMPRESS["batch_size"], help="training batch per process (under "
+                                             "torchrun: per GPU); default 256 on CUDA, 64 on the CPU"),
     bench_batch_size: Optional[int] = typer.Option(COMPRESS["bench_batch_size"], help="throughput batch (default 64 "
                                                    "on CPU, 256 on GPU)"),
-    lr: float = typer.Option(COMPRESS["lr"], help="learning rate of the weights"),
+    lr: Optional[float] = typer.Option(COMPRESS["lr"], help="learning rate of the weights; default 1e-4 x global "
+                                       "batch / 64 (linear scaling; global batch = batch size x processes); a value "
+                                       "given is used as is"),
+    compile: Optional[bool] = typer.Option(COMPRESS["compile"], "--compile/--no-compile", help="compile the "
+                                           "training step with torch.compile (default: on for CUDA, off on the "
+                                           "CPU); if compiling fails, one line says so and training runs eagerly"),
+    decode: str = typer.Option(COMPRESS["decode"], help="where training JPEGs are decoded: cpu (loader workers), "
+                               "gpu (in batches on the training device, JPEG folders only), auto (gpu on CUDA for a "
+                               "JPEG folder)"),
     device: str = typer.Option(COMPRESS["device"], help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
     runtime: str = typer.Option(COMPRESS["runtime"], help=RUNTIME_HELP),
     amp: bool = typer.Option(COMPRESS["amp"], "--amp/--no-amp", help="bfloat16 autocast on GPU"),

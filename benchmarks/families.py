@@ -1,0 +1,110 @@
+"""The ViT families people use now, compressed on this device: does each land, reload, give dense
+maps and export?
+
+For every model and target this runs `cait compress MODEL --weights random --target-speedup S
+--calib-steps 0 --finetune-steps 0` (speed does not depend on the weights), then checks what a user
+does next with the checkpoint:
+
+- reload: `timm.create_model("local-dir:CKPT", pretrained=True)` gives the same logits as
+  `cait_cli.load(CKPT)` (max difference);
+- dense: `features_only=True` at a non-square input (two more patches wide) gives the full patch
+  grid (shape checked, not just run);
+- ONNX: `cait_cli.export(CKPT)` writes a file only when ONNX Runtime matches PyTorch within 1e-4
+  (its max difference is reported).
+
+    python -m benchmarks.families --out benchmarks/results/families_cpu.md
+    python -m benchmarks.families --models eva02_tiny_patch14_224 --targets 1.5 --bench-batch-size 2  # smoke
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import timm
+import torch
+
+import cait_cli
+from cait_cli.atomic import write_text_atomic
+from cait_cli.errors import CaitError, run_script
+
+MODELS = ["vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256", "eva02_tiny_patch14_224",
+          "vit_small_patch16_dinov3"]
+
+
+def reload_difference(ckpt: Path, images: torch.Tensor) -> float:
+    """Max |logits| difference, timm's local-dir loader vs cait_cli.load."""
+    with torch.inference_mode():
+        ours = cait_cli.load(str(ckpt))(images)
+        theirs = timm.create_model(f"local-dir:{ckpt}", pretrained=True).eval()(images)
+    return float((ours - theirs).abs().max())
+
+
+def dense_maps(ckpt: Path, height: int, width: int, patch: int) -> str:
+    """features_only at (height, width): the maps' shape, and whether it is the full patch grid."""
+    features = timm.create_model(f"local-dir:{ckpt}", pretrained=True, features_only=True).eval()
+    with torch.inference_mode():
+        maps = features(torch.randn(1, 3, height, width))
+    grid = (height // patch, width // patch)
+    full = all(tuple(m.shape[-2:]) == grid for m in maps)
+    return f"{len(maps)} maps {tuple(maps[-1].shape[1:])}" + ("" if full else f" NOT the {grid} grid")
+
+
+def onnx_difference(ckpt: Path, out: Path) -> str:
+    try:
+        report = cait_cli.export(str(ckpt), out=out, overwrite=True)
+    except CaitError as err:
+        return f"refused: {err}"
+    return f"{max(report['max_difference'].values()):.1e}"
+
+
+def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
+    ckpt = tmp / f"{model}-{target:g}.cait"
+    start = time.perf_counter()
+    try:
+        result = cait_cli.compress(model, target_speedup=target, out=ckpt, weights="random", calib_steps=0,
+                                   finetune_steps=0, bench_batch_size=args.bench_batch_size,
+                                   latency_cache=tmp / "latency", overwrite=True)
+    except CaitError as err:
+        return f"| {model} | {target:g}x | refused: {err} | | | | | | |"
+    wall = time.perf_counter() - start
+    report: Dict[str, Any] = result.report
+    plan, (low, high) = report["plan"], report["measured_speedup_range"]
+    merges = ",".join(str(block) for block, _ in plan["schedule"]) or "none"
+    embed = cait_cli.load(str(ckpt)).patch_embed
+    (height, width), patch = embed.img_size, embed.patch_size[0]
+    images = torch.randn(2, 3, height, width)
+    return (f"| {model} | {target:g}x | {merges}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
+            f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} "
+            f"| {reload_difference(ckpt, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
+            f"| {onnx_difference(ckpt, tmp / f'{model}-{target:g}.onnx')} | {wall / 60:.1f} min |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9])
+    parser.add_argument("--bench-batch-size", type=int, default=None, help="default: compress's (64 on the CPU)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    lines: List[str] = [
+        f"Command: `python -m benchmarks.families {' '.join(sys.argv[1:])}`", "",
+        "| model | target | plan (merges after blocks; keep) | measured (repeat range) | in band | reload "
+        "max diff (local-dir vs cait_cli.load) | features_only, non-square | ONNX max diff | wall |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory(prefix="cait-families-") as tmp:
+        for model in args.models:
+            for target in args.targets:
+                lines.append(row(model, target, args, Path(tmp)))
+                print(lines[-1], flush=True)
+    lines += ["", f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads.", ""]
+    if args.out:
+        write_text_atomic(args.out, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    run_script(main)
