@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks, in one call that fits a 15-minute lease. PARTS picks them (default: the runtime
-# landing first, then the CLI and the GPU-only tests; add "training step" for issue 27's rates).
+# The GPU checks, in one call that fits a 15-minute lease (a call may run 600 s; the default parts'
+# limits add up to 530 s). PARTS picks them: by default the runtime landing (issue 26), the training
+# rates (issue 27) and the cross-runtime rows; a second call with PARTS="tests cli" runs the GPU-only
+# tests and the CLI end to end if the lease has time left ("step": the step by batch size).
 # Each part runs under its own time limit and logs to $OUT (the device tool's folder) or ./gpu-out,
 # so a part cut short still leaves what it printed. Run from the repository root:
 #
@@ -23,7 +25,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-parts=" ${PARTS:-speed cross cli tests} "
+parts=" ${PARTS:-speed training cross} "
 part() {  # part NAME SECONDS COMMAND...: run under a limit, log to $out/NAME.log, say how it ended
     local name=$1 limit=$(( $2 * ${LIMIT_SCALE:-1} ))
     shift 2
@@ -45,8 +47,8 @@ else
 fi
 
 python3 -c "from benchmarks.input_speed import make_jpeg_folder; make_jpeg_folder(__import__('pathlib').Path('$work/jpegs'), $images)"
-part speed 240 python3 -m benchmarks.gpu --device "$device" --parts speed "${speed[@]}" --cross --out "$out/gpu_speed.md"
-part cross 150 python3 -m benchmarks.gpu --device "$device" --parts speed "${cross[@]}" --out "$out/gpu_cross.md"
+part speed 200 python3 -m benchmarks.gpu --device "$device" --parts speed "${speed[@]}" --cross --out "$out/gpu_speed.md"
+part cross 130 python3 -m benchmarks.gpu --device "$device" --parts speed "${cross[@]}" --out "$out/gpu_cross.md"
 cli=(--weights random --data "$work/jpegs" --calib-steps "$steps" --finetune-steps "$steps" --batch-size 16
      --bench-batch-size "$bench" --target-speedup 1.7 --device "$device")
 # compress exits 3 when it writes a checkpoint that misses the target (DeiT-T's speedup on an H100 moves
@@ -57,7 +59,7 @@ part cli 150 bash -c "
     python3 -m cait_cli eval $work/tiny.cait --data $work/jpegs/train --device $device --batch-size $bench &&
     python3 -m cait_cli export $work/tiny.cait --out $work/tiny.onnx"
 part tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py tests/test_eval.py \
-    tests/test_runtimes.py  # GPU-only tests run there
-part training 150 python3 -m benchmarks.gpu --device "$device" --models deit_small deit_tiny --parts training \
+    tests/test_runtimes.py tests/test_compiled_step.py tests/test_device_decode.py  # GPU-only tests run there
+part training 200 python3 -m benchmarks.gpu --device "$device" --models deit_small deit_tiny --parts training \
     "${train[@]}" --out "$out/gpu_training.md"
 part step 60 python3 -m benchmarks.profile_step --device "$device" --models deit_tiny --sweep "${step[@]}"
