@@ -51,9 +51,10 @@ def trained(tmp_path_factory):
 def test_static_int8_agrees_with_pytorch_and_is_compared_with_fp32_and_the_original(trained):
     out = trained["root"] / "tiny.int8.onnx"
     report = export(ExportConfig(model=trained["model"], out=out, quantize="int8", data=trained["data"],
-                                 baseline=trained["model"], **QUICK))
+                                 baseline=trained["model"], int8_method="static", **QUICK))
     check = report["quantize"]
     assert check["method"] == "static" and check["checked_by"] == "top-1" and check["drop"] <= 1.0
+    assert list(check["tried"]) == ["static"]
     assert "48 images of" in check["images"] and "/train (calibration)" in check["images"]
     assert "/val (comparison)" in check["images"] and check["compared_images"] == 48
     assert set(check["agreement"]) == {"fp32", "baseline"} and check["agreement"]["fp32"] >= 0.9
@@ -86,8 +87,24 @@ def test_broken_calibration_is_refused_and_nothing_is_written(trained, tmp_path,
     out.write_text("the previous file")
     with pytest.raises(CaitError, match=r"int8 top-1 falls \d+\.\d\d pt below fp32 on .* was not written"):
         export(ExportConfig(model=trained["model"], out=out, quantize="int8", data=trained["data"], keep_fp32=(),
-                            overwrite=True, **QUICK))
+                            overwrite=True, int8_method="static", **QUICK))
     assert out.read_text() == "the previous file" and [p.name for p in tmp_path.iterdir()] == ["broken.onnx"]
+    # auto tries dynamic too (no calibration), which keeps the accuracy: that file is written instead
+    report = export(ExportConfig(model=trained["model"], out=out, quantize="int8", data=trained["data"],
+                                 keep_fp32=(), overwrite=True, **QUICK))
+    tried = report["quantize"]["tried"]
+    assert report["quantize"]["method"] == "dynamic" and "was not written" in tried["static"]["refused"]
+    assert tried["dynamic"]["refused"] is None and out.stat().st_size > 100
+
+
+def test_auto_int8_writes_the_faster_of_static_and_dynamic(trained, tmp_path):
+    out = tmp_path / "auto.onnx"
+    report = export(ExportConfig(model=trained["model"], out=out, quantize="int8", data=trained["data"], **QUICK))
+    check = report["quantize"]
+    speeds = {m: t["images_per_second"] for m, t in check["tried"].items()}
+    assert check["int8_method"] == "auto" and set(speeds) == {"static", "dynamic"}
+    assert all(s > 0 for s in speeds.values()) and check["method"] == max(speeds, key=speeds.get)
+    assert check["drop"] <= 1.0 and out.is_file()
 
 
 def test_cli_dynamic_int8_without_data_says_accuracy_was_not_measured(trained, tmp_path):
@@ -109,6 +126,8 @@ def test_cli_dynamic_int8_without_data_says_accuracy_was_not_measured(trained, t
     (["--quantize", "int4"], "unknown --quantize 'int4'"),
     (["--calib-images", "0"], "at least 1"),
     (["--keep-fp32", "patch embed"], "neither a layer group"),
+    (["--int8-method", "static"], "static int8 calibrates on images: pass --data"),
+    (["--int8-method", "fastest"], "unknown int8 method 'fastest'"),
 ])
 def test_cli_bad_int8_options(trained, tmp_path, extra, message):
     args = ["export", trained["model"], "--out", str(tmp_path / "x.onnx"), "--quantize", "int8", *extra]
@@ -138,6 +157,7 @@ def test_push_with_onnx_and_int8_states_its_accuracy_and_speed(trained, tmp_path
                   quantize="int8", data=trained["data"])
     assert {"model.onnx", "model.int8.onnx"} <= set(result.files)
     card = (tmp_path / "p" / "README.md").read_text()
-    assert "## int8 (`model.int8.onnx`)" in card and "static quantization" in card
+    assert "## int8 (`model.int8.onnx`)" in card and re.search(r"(static|dynamic) quantization", card)
+    assert "chosen as the faster of static and dynamic that kept the accuracy" in card
     assert re.search(r"top-1 \d+\.\d\d% against \d+\.\d\d% for fp32", card)
     assert re.search(r"ran\s+\d+\.\d images/s against \d+\.\d for `model.onnx`", card)

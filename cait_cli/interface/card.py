@@ -118,7 +118,7 @@ def int8_section(int8: Optional[Dict[str, Any]]) -> str:
     return f"""
 ## int8 (`model.int8.onnx`)
 
-Quantized by ONNX Runtime ({check['method']} quantization, QDQ int8; {kept} kept in fp32) from
+Quantized by ONNX Runtime ({_int8_method(check)}; {kept} kept in fp32) from
 `model.onnx`, and run the same way. {accuracy}
 
 Under ONNX Runtime on {int8['device']} ({int8['threads']} threads, batch {int8['bench_batch_size']}) it ran
@@ -171,3 +171,13 @@ features = model.forward_grid(images)  # (B, C, H', W') patch features on the me
 dense = model.unmerge(features)        # back to the full token grid, for dense heads
 ```
 {onnx_section(config, onnx, repo_id)}{int8_section(int8)}"""
+
+
+def _int8_method(check: Dict[str, Any]) -> str:
+    """How the int8 file was made, and why that way when both were tried."""
+    how = ("static quantization, QDQ int8 calibrated on images" if check["method"] == "static"
+           else "dynamic quantization: int8 weights, activations quantized as they run")
+    tried = check.get("tried") or {}
+    if len(tried) > 1:
+        how += f"; chosen as the faster of {' and '.join(tried)} that kept the accuracy"
+    return how

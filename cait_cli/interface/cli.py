@@ -189,8 +189,11 @@ def export_(
     workers: int = typer.Option(EXPORT["workers"], help="data loading processes"),
     weights: str = typer.Option(EXPORT["weights"], help="pretrained, or random (speed only)"),
     overwrite: bool = typer.Option(EXPORT["overwrite"], "--overwrite", help="replace an existing --out"),
-    quantize: Optional[str] = typer.Option(EXPORT["quantize"], help="int8: quantize with ONNX Runtime (static, "
-                                           "calibrated on --data's train/; dynamic without --data)"),
+    quantize: Optional[str] = typer.Option(EXPORT["quantize"], help="int8: quantize with ONNX Runtime (with --data: "
+                                           "calibrated on its train/, checked on its val/; see --int8-method)"),
+    int8_method: str = typer.Option(EXPORT["int8_method"], help="int8: auto (with --data, a static and a dynamic "
+                                    "file are both made and checked, the faster written; without, dynamic), "
+                                    "static or dynamic"),
     max_drop: float = typer.Option(EXPORT["max_drop"], help="int8: refuse a file whose top-1 (agreement, without "
                                    "labels) falls more points than this below the fp32 file's"),
     calib_images: int = typer.Option(EXPORT["calib_images"], help="int8: calibration images from --data's train/ "

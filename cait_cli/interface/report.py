@@ -172,13 +172,15 @@ def print_export_report(console: Console, report: Dict[str, Any]) -> None:
 def int8_check_line(check: Dict[str, Any]) -> str:
     """What the int8 file was checked on, and by what."""
     kept = ", ".join(check["keep_fp32"]) or "nothing"
+    tried = [m for m, t in check.get("tried", {}).items() if not t.get("refused")]
+    method = check["method"] + (f", the faster of {' and '.join(tried)}" if len(tried) > 1 else "")
     if "drop" not in check:
         random = check["random_check"]
-        return (f"int8 ({check['method']}, {kept} kept in fp32): accuracy not measured (no --data); on "
+        return (f"int8 ({method}, {kept} kept in fp32): accuracy not measured (no --data); on "
                 f"{random['images']} random images its logits are off by {random['relative_error']:.2g} of the "
                 f"largest, and it agrees with fp32 on {100 * random['agreement']:.0f}% of the top-1 classes")
     note = f"; {check['labels_note']}" if check.get("labels_note") else ""
-    return (f"int8 ({check['method']}, {kept} kept in fp32): {check['checked_by']} {check['drop']:.2f} pt below "
+    return (f"int8 ({method}, {kept} kept in fp32): {check['checked_by']} {check['drop']:.2f} pt below "
             f"fp32 (--max-drop {check['max_drop']:g}) on {check['images']}{note}")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -81,6 +82,7 @@ class ExportConfig:
     calib_images: int = 128  # of --data's train/ split, for static quantization
     compare_images: int = 1000  # of --data's val/ split, the int8 file is compared with fp32 on
     keep_fp32: Tuple[str, ...] = int8.DEFAULT_KEEP_FP32  # layer groups and op types left in fp32
+    int8_method: str = "auto"  # quantize.METHODS: auto (with --data, the faster of static and dynamic), ...
 
 
 def default_out(model: str, quantize: Optional[str] = None) -> Path:
@@ -104,6 +106,8 @@ def validate(cfg: ExportConfig) -> None:
         raise CaitError(f"--tolerance must be zero or more, got {cfg.tolerance}")
     if cfg.quantize is not None and cfg.quantize not in int8.MODES:
         raise CaitError(f"unknown --quantize {cfg.quantize!r}; cait quantizes to {', '.join(int8.MODES)}")
+    if cfg.quantize is not None:
+        int8.candidates(cfg.int8_method, cfg.data is not None)  # refuses an unknown method, static without data
     if not 0 <= cfg.max_drop <= 100:  # also refuses NaN
         raise CaitError(f"--max-drop must be between 0 and 100 points, got {cfg.max_drop}")
     if cfg.calib_images < 1 or cfg.compare_images < 1:
@@ -272,23 +276,49 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batch: Optional[int],
                 progress: Progress) -> Tuple[OnnxModel, Dict[str, Any]]:
     """ONNX Runtime's int8 version of the checked fp32 file models["model"], written to `out` only if it
-    keeps fp32's top-1 within cfg.max_drop on held-out images (see quantize.check_int8)."""
+    keeps fp32's top-1 within cfg.max_drop on held-out images (see quantize.check_int8). With
+    int8_method "auto" and images, a static and a dynamic file are both made and checked, and the
+    faster of those that pass is written."""
     fp32, data_cfg = models["model"], models["model"].pretrained_cfg
     images = int8.int8_images(cfg.data, data_cfg, calib_images=cfg.calib_images, compare_images=cfg.compare_images,
                               num_classes=fp32.num_classes, workers=cfg.workers, seed=cfg.seed) if cfg.data else None
-    progress.message(f"quantizing to int8 with ONNX Runtime ({'static: ' + images.described if images else 'dynamic'})")
+    methods = int8.candidates(cfg.int8_method, images is not None)
+    progress.message(f"quantizing to int8 with ONNX Runtime ({', '.join(methods)}"
+                     + (f"; {images.described})" if images else ")"))
     settings = int8.Int8Settings(keep_fp32=tuple(cfg.keep_fp32))
-    compared = {"int8": None, "fp32": fp32, **({"baseline": models["baseline"]} if "baseline" in models else {})}
-    with atomic_file(out, cfg.overwrite) as tmp:
-        method = int8.quantize_file(fp32.path, tmp, images.calibration if images else None, settings)
-        compared["int8"] = load_onnx(tmp)
-        random = random_batches(tuple(data_cfg["input_size"]), batch, cfg.seed)
-        check = int8.check_int8(compared, images, random, cfg.max_drop, out)
-    compared["int8"].path = out
-    return compared["int8"], {
+    others = {"fp32": fp32, **({"baseline": models["baseline"]} if "baseline" in models else {})}
+    random = random_batches(tuple(data_cfg["input_size"]), batch, cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="cait-int8-") as tmp:
+        made, checks, refused = {}, {}, {}
+        for method in methods:
+            path = Path(tmp) / f"{method}.onnx"
+            int8.quantize_file(fp32.path, path, images.calibration if images else None, settings, method)
+            made[method] = load_onnx(path)
+            try:
+                checks[method] = int8.check_int8({"int8": made[method], **others}, images, random, cfg.max_drop, out)
+            except CaitError as err:
+                refused[method] = str(err)
+        if not checks:
+            raise CaitError(next(iter(refused.values())))
+        speeds = _race({m: made[m] for m in checks}, data_cfg, batch or cfg.bench_batch_size or 64)
+        chosen = max(speeds, key=speeds.get)
+        with atomic_file(out, cfg.overwrite) as dst:
+            shutil.copyfile(made[chosen].path, dst)
+    result = load_onnx(out)
+    tried = {m: {"images_per_second": speeds.get(m), "refused": refused.get(m)} for m in methods}
+    return result, {
         "out": str(out), "file_mb": out.stat().st_size / 2**20, "precision": cfg.quantize,
-        "quantize": {"mode": cfg.quantize, "method": method, "keep_fp32": list(settings.keep_fp32),
-                     "max_drop": cfg.max_drop, **check}}
+        "quantize": {"mode": cfg.quantize, "method": chosen, "int8_method": cfg.int8_method, "tried": tried,
+                     "keep_fp32": list(settings.keep_fp32), "max_drop": cfg.max_drop, **checks[chosen]}}
+
+
+def _race(files: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: int) -> Dict[str, float]:
+    """Images/s of each int8 file under ONNX Runtime, timed interleaved (one file: not timed)."""
+    if len(files) == 1:
+        return {name: float("nan") for name in files}
+    speed_cfg = SpeedConfig(batch_size=batch, warmup=1, repeats=5)
+    speed = measure_throughput(files, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
+    return {name: result.throughput for name, result in speed.items()}
 
 
 def timing(cfg: ExportConfig, models: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional[int],

@@ -30,6 +30,10 @@ from ..measuring.measure import logits_of
 
 MODES = ("int8",)
 STATIC, DYNAMIC = "static", "dynamic"
+# How the int8 file is made. auto: with images, both ways, each checked, and the faster of those that
+# keep the accuracy is written (int8_modes_cpu.md: on a CPU without VNNI dynamic ran 1.13-1.17x static;
+# with VNNI static usually wins); without images, dynamic (nothing to calibrate on).
+METHODS = ("auto", STATIC, DYNAMIC)
 # Layer groups found by their place in the graph; anything else in keep_fp32 is an ONNX op type.
 GROUPS = ("patch_embed", "head", "attention")
 DEFAULT_KEEP_FP32 = ("patch_embed", "head", "LayerNormalization")  # measured: int8_layers_cpu.md
@@ -192,11 +196,22 @@ def quiet_quantizer() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
+def candidates(method: str, has_images: bool) -> List[str]:
+    """The ways to quantize that `method` asks for (CaitError for static without images)."""
+    if method not in METHODS:
+        raise CaitError(f"unknown int8 method {method!r}; use one of {', '.join(METHODS)}")
+    if method == STATIC and not has_images:
+        raise CaitError("static int8 calibrates on images: pass --data (or --int8-method dynamic)")
+    if method == "auto":
+        return [STATIC, DYNAMIC] if has_images else [DYNAMIC]
+    return [method]
+
+
 def quantize_file(src: Path, dst: Path, calibration: Optional[Sequence[torch.Tensor]],
-                  settings: Int8Settings) -> str:
-    """Write the int8 version of the fp32 file `src` to `dst`; returns "static" (calibrated on
-    `calibration`) or "dynamic" (no calibration images)."""
-    method = STATIC if calibration else DYNAMIC
+                  settings: Int8Settings, method: Optional[str] = None) -> str:
+    """Write the int8 version of the fp32 file `src` to `dst`; returns the method used: "static"
+    (calibrated on `calibration`) or "dynamic"; None: static when there are calibration images."""
+    method = method or (STATIC if calibration else DYNAMIC)
     with tempfile.TemporaryDirectory(prefix="cait-int8-") as tmp, quiet_quantizer():
         prepared = Path(tmp) / "prepared.onnx"
         try:
