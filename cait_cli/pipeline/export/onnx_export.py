@@ -300,11 +300,12 @@ def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batc
                 refused[method] = str(err)
         if not checks:
             raise CaitError(next(iter(refused.values())))
-        speeds = _race({m: made[m] for m in checks}, data_cfg, batch or cfg.bench_batch_size or 64)
-        chosen = max(speeds, key=speeds.get)
+        speeds = _race({m: made[m] for m in checks}, data_cfg, batch or cfg.bench_batch_size)
+        chosen = max(speeds, key=speeds.get) if speeds else next(iter(checks))
         with atomic_file(out, cfg.overwrite) as dst:
             shutil.copyfile(made[chosen].path, dst)
-    result = load_onnx(out)
+    result = made[chosen]  # its session holds the model; only the file moved
+    result.path = out
     tried = {m: {"images_per_second": speeds.get(m), "refused": refused.get(m)} for m in methods}
     return result, {
         "out": str(out), "file_mb": out.stat().st_size / 2**20, "precision": cfg.quantize,
@@ -312,10 +313,10 @@ def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batc
                      "keep_fp32": list(settings.keep_fp32), "max_drop": cfg.max_drop, **checks[chosen]}}
 
 
-def _race(files: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: int) -> Dict[str, float]:
-    """Images/s of each int8 file under ONNX Runtime, timed interleaved (one file: not timed)."""
+def _race(files: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional[int]) -> Dict[str, float]:
+    """Images/s of each int8 file under ONNX Runtime, timed interleaved; one file is not timed ({})."""
     if len(files) == 1:
-        return {name: float("nan") for name in files}
+        return {}
     speed_cfg = SpeedConfig(batch_size=batch, warmup=1, repeats=5)
     speed = measure_throughput(files, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
     return {name: result.throughput for name, result in speed.items()}
