@@ -4,11 +4,14 @@ import copy
 import pytest
 import timm
 import torch
+from rich.console import Console
 
 import cait_cli
 from cait_cli.errors import CaitError
+from cait_cli.interface.report import print_compress_report
 from cait_cli.method.atme import MergeStep, alternating_schedule
 from cait_cli.method.model import patch_vit
+from cait_cli.pipeline.measuring.measure import measure_accuracy
 from cait_cli.pipeline.planning.scoring import kl_score
 from cait_cli.pipeline.training.train import (FEATURE_LOSS, LOGITS_LOSS, LogitsOnly, TrainConfig, distill_outputs,
                                               feature_loss, loss_name, make_optimizer, objective, train_step)
@@ -163,3 +166,29 @@ def test_planner_scores_a_headless_model_by_its_features():
     assert score([], 1.0) < 1e-6  # nothing compressed: the original's own features
     assert score(alternating_schedule(MERGES, (8, 8)), 0.5) > 1e-3
     assert feature_loss(*[(torch.ones(1, 2, 3), torch.ones(1, 3))] * 2) < 1e-6
+
+
+def test_accuracy_against_a_headless_baseline_is_the_feature_cosine():
+    base = family_vit("gap", num_classes=0)
+    images = [(paired_images(4), torch.full((4,), -1))]
+    cpu = torch.device("cpu")
+    same = measure_accuracy(copy.deepcopy(base), images, cpu, baseline=base)
+    assert same.agreement is None  # an argmax over feature dimensions means nothing
+    assert same.feature_cosine == pytest.approx(1.0, abs=1e-5)
+    compressed = measure_accuracy(gated(copy.deepcopy(base), keep=0.5), images, cpu, baseline=base)
+    assert compressed.feature_cosine < 0.999
+    classifier = tiny_vit()
+    labelled = measure_accuracy(copy.deepcopy(classifier), images, cpu, baseline=classifier)
+    assert labelled.feature_cosine is None and labelled.agreement == 1.0
+
+
+def test_compress_report_of_a_headless_model_names_the_feature_loss():
+    console = Console(record=True, width=140)
+    side = {"params": 1e6, "macs": 1e9, "throughput": 10.0}
+    report = {"baseline": side, "compressed": {**side, "throughput": 19.0, "feature_cosine": 0.9731},
+              "target_speedup": 1.9, "measured_speedup": 1.9, "measured_speedup_range": [1.8, 2.0],
+              "training": {"loss": FEATURE_LOSS}}
+    print_compress_report(console, report, out=None)
+    text = console.export_text()
+    assert "feature cosine to original" in text and "0.9731" in text
+    assert "distilled on features" in text and "agreement" not in text

@@ -43,6 +43,8 @@ def results_table(report: Optional[Dict[str, Any]]) -> str:
         ("throughput (img/s)", "throughput", ".1f", 1.0, ""), ("top-1", "top1", ".2f", 100.0, "%"),
         ("top-5", "top5", ".2f", 100.0, "%"), ("agreement with original", "agreement", ".2f", 100.0, "%"),
     ]
+    if comp.get("feature_cosine") is not None:  # a headless model: features, not classes
+        rows.append(("feature cosine to original", "feature_cosine", ".4f", 1.0, ""))
     lines = ["| | original | compressed |", "|---|---|---|"]
     for label, key, spec, scale, suffix in rows:
         lines.append(f"| {label} | {_fmt(base.get(key), spec, scale, suffix)} | "

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional
 from rich.console import Console
 from rich.table import Table
 
+from ..pipeline.training.train import FEATURE_LOSS
+
 DASH = "—"
 NOT_APPLICABLE = "not applicable"
 
@@ -42,6 +44,7 @@ def comparison_table(base: Dict[str, Any], comp: Dict[str, Any], title: str = "o
         ("top-1", "top1", _pct, lambda n, o: _change(n, o, ".2f", 100, " pt")),
         ("top-5", "top5", _pct, lambda n, o: _change(n, o, ".2f", 100, " pt")),
         ("agreement with original", "agreement", _pct, lambda n, o: DASH),
+        ("feature cosine to original", "feature_cosine", lambda v: _num(v, ".4f"), lambda n, o: DASH),
     ]
     for label, key, fmt, change in rows:
         old, new = base.get(key), comp.get(key)
@@ -88,6 +91,9 @@ def print_compress_report(console: Console, report: Dict[str, Any], out: Optiona
     console.print(summary_line(report), highlight=False)
     if unlabelled:
         console.print(training["labels_note"], highlight=False)
+    if training.get("loss") == FEATURE_LOSS:
+        console.print("headless model (no classifier): distilled on features, 1 - cosine of the final tokens on "
+                      "the full patch grid plus 1 - cosine of the pooled feature", highlight=False)
     if training.get("processes", 1) > 1:
         console.print(f"trained on {training['processes']} processes, global batch {training['global_batch']} "
                       f"({training['batch_size_per_process']} per process)", highlight=False)

@@ -67,7 +67,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
         for name, model in models.items():
             reference = models.get("baseline") if name == "model" else None
             acc = measure_accuracy(model, images, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
-            sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
+            sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement,
+                               feature_cosine=acc.feature_cosine, images=acc.n)
         report["skipped_images"] = images.skipped
     progress.message(f"throughput on {device}, interleaved")
     speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp, runtime=runtime)

@@ -200,7 +200,13 @@ class AccuracyResult:
     top1: Optional[float] = None
     top5: Optional[float] = None
     agreement: Optional[float] = None  # top-1 equal to the baseline's
+    feature_cosine: Optional[float] = None  # headless: mean cosine of the pooled feature to the baseline's
     skipped: int = 0
+
+
+def is_headless(model: nn.Module) -> bool:
+    """A backbone shipped without a classifier: its output is a pooled feature, not logits."""
+    return getattr(model, "num_classes", None) == 0
 
 
 def logits_of(output) -> torch.Tensor:
@@ -214,11 +220,17 @@ def logits_of(output) -> torch.Tensor:
 def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *,
                      baseline: Optional[nn.Module] = None, amp: bool = False,
                      max_batches: Optional[int] = None) -> AccuracyResult:
-    """Top-1/top-5 on labelled images (label -1: unlabelled) and agreement with a baseline."""
+    """Top-1/top-5 on labelled images (label -1: unlabelled) and agreement with a baseline.
+
+    Against a headless baseline (its output a feature, not logits) agreement of argmaxes means
+    nothing: the mean cosine of the two pooled features is measured instead.
+    """
     model.eval()
     if baseline is not None:
         baseline.eval()
+    headless = baseline is not None and is_headless(baseline)
     n = labelled = correct1 = correct5 = agree = 0
+    cosine = 0.0
     autocast = amp and device.type == "cuda"
     for i, (images, labels) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -232,7 +244,9 @@ def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *
         labelled += int(known.sum())
         correct1 += int((top[:, 0] == labels)[known].sum())
         correct5 += int((top == labels.unsqueeze(1)).any(dim=1)[known].sum())
-        if reference is not None:
+        if headless:
+            cosine += float(torch.nn.functional.cosine_similarity(logits, reference, dim=-1).sum())
+        elif reference is not None:
             agree += int((top[:, 0] == reference.argmax(-1)).sum())
         n += images.shape[0]
         num_classes = logits.shape[-1]
@@ -242,7 +256,8 @@ def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *
         n=n,
         top1=correct1 / labelled if labelled else None,
         top5=correct5 / labelled if labelled and num_classes >= 5 else None,
-        agreement=agree / n if baseline is not None else None,
+        agreement=agree / n if baseline is not None and not headless else None,
+        feature_cosine=cosine / n if headless else None,
         skipped=int(getattr(loader, "skipped", 0)),
     )
 

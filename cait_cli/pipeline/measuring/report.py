@@ -98,7 +98,8 @@ def _model_side(params: int, macs: int, speed, acc: Optional[AccuracyResult]) ->
             "throughput_min": speed.throughput_min, "throughput_max": speed.throughput_max,
             "peak_memory_mb": speed.peak_memory_mb}
     if acc is not None:
-        side.update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, images=acc.n)
+        side.update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, feature_cosine=acc.feature_cosine,
+                    images=acc.n)
     return side
 
 

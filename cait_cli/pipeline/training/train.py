@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...method.model import is_cait
-from ..measuring.measure import logits_of
+from ..measuring.measure import is_headless, logits_of
 
 Features = Tuple[torch.Tensor, torch.Tensor]  # final tokens on the full grid (B, P + H*W, C), pooled (B, C)
 Outputs = Union[torch.Tensor, Features]  # what distillation compares: logits (B, K), or Features if headless
@@ -61,11 +61,6 @@ def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weigh
     if isinstance(student, torch.Tensor):
         return distill_loss(student, teacher, labels, ce_weight)
     return feature_loss(student, teacher)
-
-
-def is_headless(model: nn.Module) -> bool:
-    """A backbone shipped without a classifier: its output is a pooled feature, not logits."""
-    return getattr(model, "num_classes", None) == 0
 
 
 def loss_name(model: nn.Module) -> str:
