@@ -77,8 +77,9 @@ def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
     embed = cait_cli.load(str(ckpt)).patch_embed
     (height, width), patch = embed.img_size, embed.patch_size[0]
     images = torch.randn(2, 3, height, width)
+    tries = ", ".join(f"{a['measured']:.2f}" for a in report.get("attempts", []))
     return (f"| {model} | {target:g}x | {merges}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
-            f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} "
+            f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} ({tries}) "
             f"| {reload_difference(ckpt, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
             f"| {onnx_difference(ckpt, tmp / f'{model}-{target:g}.onnx')} | {wall / 60:.1f} min |")
 
@@ -92,8 +93,9 @@ def main() -> None:
     args = parser.parse_args()
     lines: List[str] = [
         f"Command: `python -m benchmarks.families {' '.join(sys.argv[1:])}`", "",
-        "| model | target | plan (merges after blocks; keep) | measured (repeat range) | in band | reload "
-        "max diff (local-dir vs cait_cli.load) | features_only, non-square | ONNX max diff | wall |",
+        "| model | target | plan (merges after blocks; keep) | measured (repeat range) "
+        "| in band (landing measurements) | reload max diff (local-dir vs cait_cli.load) "
+        "| features_only, non-square | ONNX max diff | wall |",
         "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory(prefix="cait-families-") as tmp:
