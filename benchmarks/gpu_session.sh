@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, in one call that fits a 15-minute lease (a call may run 600 s; the default parts'
 # limits add up to 530 s). PARTS picks them: by default the runtime landing (issue 26), the training
-# rates (issue 27) and the cross-runtime rows; a second call with PARTS="tests cli" runs the GPU-only
-# tests and the CLI end to end if the lease has time left ("step": the step by batch size).
+# rates (issue 27) and the cross-runtime rows; a second call with PARTS="tests cli accuracy" (510 s)
+# runs the GPU-only tests, the CLI end to end and the eager-vs-compiled accuracy check (issue 27) if
+# the lease has time left ("step": the step by batch size).
 # Each part runs under its own time limit and logs to $OUT (the device tool's folder) or ./gpu-out,
 # so a part cut short still leaves what it printed. Run from the repository root:
 #
@@ -16,7 +17,9 @@
 #    batch size and AdamW's kernels (foreach, fused);
 # 3. landing under the GPU's default runtime (CUDA graphs) at batch 256 in bf16: DeiT-T at 1.7x,
 #    DeiT-S and DeiT-B at 1.9x (issue 26: in the band, repeats within +-3%), each landed checkpoint
-#    also measured under torch.compile and TensorRT (rows "failed: ..." where torch-tensorrt is missing).
+#    also measured under torch.compile and TensorRT (rows "failed: ..." where torch-tensorrt is missing);
+# 4. accuracy: the quick start's short run eager and compiled on the same seed (and eager on another
+#    seed, the noise).
 set -uo pipefail
 out=${OUT:-gpu-out}
 device=${DEVICE:-cuda}
@@ -39,11 +42,11 @@ if [ -n "${QUICK:-}" ]; then  # the smallest settings: does every command run? (
     LIMIT_SCALE=${LIMIT_SCALE:-4}
     images=16 steps=2 bench=8 train=(--images 8 --batch-size 4 --steps 3 --warmup 1 --bench-batch-size 8)
     speed=(--cases deit_tiny:1.5 --bench-batch-size 8) cross=(--cases deit_tiny:1.5 --bench-batch-size 8 --cross compile)
-    step=(--batches 2)
+    step=(--batches 2) accuracy=(--calib-steps 2 --finetune-steps 2)
 else
     images=512 steps=20 bench=256 train=(--images 2048 --steps 30 --warmup 5)
     speed=(--cases deit_tiny:1.7 deit_small:1.9 deit_base:1.9) cross=(--cases deit_small:1.9 --cross compile tensorrt)
-    step=(--batches 128 256)
+    step=(--batches 128 256) accuracy=()
 fi
 
 python3 -c "from benchmarks.input_speed import make_jpeg_folder; make_jpeg_folder(__import__('pathlib').Path('$work/jpegs'), $images)"
@@ -62,4 +65,6 @@ part tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_train.py test
     tests/test_runtimes.py tests/test_compiled_step.py tests/test_device_decode.py  # GPU-only tests run there
 part training 200 python3 -m benchmarks.gpu --device "$device" --models deit_small deit_tiny --parts training \
     "${train[@]}" --out "$out/gpu_training.md"
+part accuracy 240 python3 -m benchmarks.compile_accuracy --device "$device" "${accuracy[@]}" \
+    --out "$out/compile_accuracy.md"
 part step 60 python3 -m benchmarks.profile_step --device "$device" --models deit_tiny --sweep "${step[@]}"

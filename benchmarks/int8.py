@@ -74,50 +74,63 @@ def top1(models: Dict[str, torch.nn.Module], test: Sequence) -> Dict[str, float]
 
 
 def four_files(original: str, cait: str, folder: Path, args: argparse.Namespace, weights: str,
-               max_drop: float) -> Dict[str, OnnxModel]:
-    """fp32 and int8 files of the original and of its CAIT version (dynamic batch)."""
+               max_drop: float, batch: int) -> Tuple[Dict[str, OnnxModel], str]:
+    """fp32 and int8 files of the original and of its CAIT version (dynamic batch); each int8 file is
+    `export`'s choice (the auto method: static and dynamic both checked, the faster at `batch` written);
+    with the methods chosen, "original/CAIT"."""
     files: Dict[str, OnnxModel] = {}
+    methods: List[str] = []
     for label, name in (("original", original), ("CAIT", cait)):
         fp32, _ = export_file(ExportConfig(model=name, out=folder / f"{label}.onnx", dynamic_batch=True,
                                            weights=weights))
         common = dict(model=name, dynamic_batch=True, weights=weights, data=args.calib_data, max_drop=max_drop,
-                      calib_images=args.calib_images, repeats=1, warmup=0, bench_batch_size=1)
+                      calib_images=args.calib_images, repeats=1, warmup=0, bench_batch_size=batch)
         report = export(ExportConfig(out=folder / f"{label}.int8.onnx", quantize="int8", **common))
-        print(f"{label} int8: {report['quantize']['checked_by']} drop {report['quantize'].get('drop', 0):.2f} pt "
-              f"on {report['quantize'].get('images', 'random images')}", flush=True)
+        check = report["quantize"]
+        print(f"{label} int8 ({check['method']}): {check['checked_by']} drop {check.get('drop', 0):.2f} pt "
+              f"on {check.get('images', 'random images')}", flush=True)
         files[f"{label} fp32"], files[f"{label} int8"] = fp32, load_onnx(report["out"])
-    return {side: files[side] for side in SIDES}
+        methods.append(check["method"])
+    return {side: files[side] for side in SIDES}, "/".join(methods)
 
 
-def speed_rows(name: str, models: Dict[str, OnnxModel], args: argparse.Namespace) -> List[str]:
-    rows = []
+def speed_row(name: str, made: Tuple[Dict[str, OnnxModel], str], batch: int, args: argparse.Namespace) -> str:
+    models, methods = made
     input_size = tuple(models["original fp32"].pretrained_cfg["input_size"])
-    for batch in args.batch_sizes:
-        cfg = SpeedConfig(batch_size=batch, warmup=args.warmup, repeats=args.repeats, iters_per_repeat=args.iters)
-        speed = measure_throughput(models, input_size, cfg, torch.device("cpu"))
-        cells = " | ".join(f"{speed[s].throughput:.1f}" for s in SIDES)
-        ratios = " | ".join("{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, a, b)) for a, b in RATIOS)
-        rows.append(f"| {name} | {batch} | {cells} | {ratios} |")
-        print(rows[-1], flush=True)
-    return rows
+    cfg = SpeedConfig(batch_size=batch, warmup=args.warmup, repeats=args.repeats, iters_per_repeat=args.iters)
+    speed = measure_throughput(models, input_size, cfg, torch.device("cpu"))
+    cells = " | ".join(f"{speed[s].throughput:.1f}" for s in SIDES)
+    ratios = " | ".join("{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, a, b)) for a, b in RATIOS)
+    row = f"| {name} | {batch} | {methods} | {cells} | {ratios} |"
+    print(row, flush=True)
+    return row
 
 
 def speed_header() -> List[str]:
-    return ["| model | batch | " + " | ".join(f"{s} img/s" for s in SIDES) + " | "
-            + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |", "|---" * (2 + len(SIDES) + len(RATIOS)) + "|"]
+    return ["| model | batch | int8 method (original/CAIT) | " + " | ".join(f"{s} img/s" for s in SIDES) + " | "
+            + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |", "|---" * (3 + len(SIDES) + len(RATIOS)) + "|"]
+
+
+def cait_for(batch: int, args: argparse.Namespace) -> str:
+    """The DeiT-S checkpoint served at `batch`: --cait, or --cait-batch1 (planned for batch 1) at batch 1."""
+    return args.cait_batch1 if batch == 1 and args.cait_batch1 else args.cait
 
 
 def benchmark(args: argparse.Namespace, folder: Path) -> List[str]:
     lines = ["## Speed under ONNX Runtime (median img/s; ratios: median (min-max) of paired repeats)", "",
              *speed_header()]
-    deit = four_files(args.model, args.cait, folder / "deit", args, "random", max_drop=100.0)
-    lines += speed_rows(f"{args.model} (random weights)", deit, args)
-    reference = four_files(args.reference, args.cait_reference, folder / "reference", args, "pretrained",
-                           max_drop=args.max_drop)
-    lines += speed_rows(args.reference, reference, args)
-    test = fashion_test(reference["original fp32"].pretrained_cfg, args.limit)
-    accuracy = top1(reference, test)
-    lines += ["", f"## Top-1 on {sum(len(b[1]) for b in test)} Fashion-MNIST test images", "",
+    for batch in args.batch_sizes:
+        deit = four_files(args.model, cait_for(batch, args), folder / f"deit{batch}", args, "random", 100.0, batch)
+        lines.append(speed_row(f"{args.model} (random weights) -> {cait_for(batch, args)}", deit, batch, args))
+    for batch in args.batch_sizes:
+        reference = four_files(args.reference, args.cait_reference, folder / f"reference{batch}", args,
+                               "pretrained", args.max_drop, batch)
+        lines.append(speed_row(args.reference, reference, batch, args))
+    models, methods = reference  # the files raced at the last batch size
+    test = fashion_test(models["original fp32"].pretrained_cfg, args.limit)
+    accuracy = top1(models, test)
+    lines += ["", f"## Top-1 on {sum(len(b[1]) for b in test)} Fashion-MNIST test images (int8 methods, "
+              f"original/CAIT: {methods}, as chosen at batch {args.batch_sizes[-1]})", "",
               "| model | " + " | ".join(SIDES) + " | CAIT int8 - CAIT fp32 |", "|---" * (2 + len(SIDES)) + "|",
               f"| {args.reference} | " + " | ".join(f"{100 * accuracy[s]:.2f}%" for s in SIDES)
               + f" | {100 * (accuracy['CAIT int8'] - accuracy['CAIT fp32']):+.2f} pt |"]
@@ -162,6 +175,8 @@ def main() -> None:
     parser.add_argument("--model", default="deit_small", help="the speed model (random weights)")
     parser.add_argument("--cait", help="its compressed checkpoint (cait compress ... --target-speedup 1.9)")
     parser.add_argument("--reference", default="examples/reference_converged")
+    parser.add_argument("--cait-batch1", help="DeiT-S compressed for batch-1 serving (--runtime onnxruntime "
+                        "--bench-batch-size 1), timed at batch 1 in place of --cait")
     parser.add_argument("--cait-reference", help="the reference's compressed checkpoint (fine-tuned)")
     parser.add_argument("--calib-data", default="examples/fashion_mnist")
     parser.add_argument("--calib-images", type=int, default=128)

@@ -1,0 +1,110 @@
+"""Does the compiled training step train as well as the eager one?
+
+Runs the README quick start's short run (`cait compress examples/reference --data
+examples/fashion_mnist --target-speedup 1.9 --calib-steps 50 --finetune-steps 150`) three times
+through the library, all with one latency table and the first plan kept (`replan=False`), so every
+run slims the same plan:
+
+- eager, seed 0, and compiled (`compile=True`), seed 0: the same images in the same order and the
+  same steps; only the step's execution differs;
+- eager, seed 1: the noise to judge the difference by (another data order and initialisation).
+
+Top-1 and agreement with the original on the data's validation images; the compiled run's compile
+time from the report. The compiled result "matches within noise" when its top-1 differs from eager
+seed 0's by no more than seed 1 differs from seed 0 (or by one validation image).
+
+    python -m benchmarks.compile_accuracy --device cuda --out benchmarks/results/compile_accuracy_gpu.md
+    python -m benchmarks.compile_accuracy --calib-steps 2 --finetune-steps 2  # smoke, on the CPU
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+import cait_cli
+from cait_cli.atomic import write_text_atomic
+from cait_cli.errors import CaitError, run_script
+
+RUNS = (("eager, seed 0", False, 0), ("compiled, seed 0", True, 0), ("eager, seed 1", False, 1))
+
+
+def run(compiled: bool, seed: int, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
+    start = time.perf_counter()
+    result = cait_cli.compress(args.model, target_speedup=args.target, data=args.data, out=out,
+                               calib_steps=args.calib_steps, finetune_steps=args.finetune_steps, compile=compiled,
+                               seed=seed, device=args.device, workers=0, replan=False, overwrite=True,
+                               latency_cache=args.latency_cache or out.parent / "latency")
+    return dict(result.report, wall_s=time.perf_counter() - start)
+
+
+def compile_seconds(report: Dict[str, Any]) -> str:
+    steps = (report.get("training") or {}).get("steps") or {}
+    if not any(phase.get("compiled") for phase in steps.values()):
+        fallbacks = [phase["fallback"] for phase in steps.values() if phase.get("fallback")]
+        return f"eager ({fallbacks[0]})" if fallbacks else "—"
+    return f"{sum(phase.get('compile_seconds', 0.0) for phase in steps.values()):.0f} s"
+
+
+def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
+    rows = ["| run | plan (merges after blocks; keep) | top-1 original -> compressed | agreement | compile | wall |",
+            "|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        plan, base, small = r["plan"], r["baseline"], r["compressed"]
+        merges = ",".join(str(block) for block, _ in plan["schedule"]) or "none"
+        rows.append(f"| {name} | {merges}; keep {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
+                    f"{100 * small['top1']:.1f}% | {100 * small['agreement']:.1f}% | {compile_seconds(r)} | "
+                    f"{r['wall_s']:.0f} s |")
+    return rows
+
+
+def verdict(reports: Dict[str, Dict[str, Any]]) -> str:
+    eager, compiled, other_seed = (r["compressed"] for r in reports.values())
+    images = eager["images"]
+    gap = abs(compiled["top1"] - eager["top1"])
+    noise = max(abs(other_seed["top1"] - eager["top1"]), 1 / images)
+    within = "within" if gap <= noise + 1e-9 else "NOT within"
+    return (f"compiled - eager (same seed): {100 * (compiled['top1'] - eager['top1']):+.2f} pt of top-1; seed 1 - "
+            f"seed 0 (eager): {100 * (other_seed['top1'] - eager['top1']):+.2f} pt; one image is "
+            f"{100 / images:.2f} pt: {within} noise.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="examples/reference")
+    parser.add_argument("--data", default="examples/fashion_mnist")
+    parser.add_argument("--target", type=float, default=1.9)
+    parser.add_argument("--calib-steps", type=int, default=50)
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--latency-cache", type=Path)
+    parser.add_argument("--out", type=Path, help="markdown file (default: print only)")
+    args = parser.parse_args()
+    reports: Dict[str, Dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cait-compile-accuracy-") as tmp:
+        for name, compiled, seed in RUNS:
+            reports[name] = run(compiled, seed, args, Path(tmp) / f"{len(reports)}.cait")
+            print(table({name: reports[name]})[-1], flush=True)
+    plans = {(str(r["plan"]["schedule"]), round(r["plan"]["keep"], 6)) for r in reports.values()}
+    if len(plans) != 1:
+        raise CaitError("the runs slimmed different plans; the comparison needs one (same latency cache)")
+    first = next(iter(reports.values()))
+    lines = ["# Eager vs compiled training step: accuracy on the same seed", "",
+             f"Command: `python -m benchmarks.{Path(__file__).stem} {' '.join(sys.argv[1:])}`", "",
+             f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
+             f"steps on {args.data}, one plan for all runs, on {first['device']} ({first['precision']}); top-1 and "
+             f"agreement on {first['compressed']['images']} validation images.", "", *table(reports), "",
+             verdict(reports), "", f"torch {torch.__version__}.", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        write_text_atomic(args.out, text)
+
+
+if __name__ == "__main__":
+    run_script(main)
