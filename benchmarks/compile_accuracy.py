@@ -21,26 +21,21 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 
-import cait_cli
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import CaitError, run_script
+from benchmarks.one_plan import compress_run, merges, publish, require_one_plan
+from cait_cli.errors import run_script
 
 RUNS = (("eager, seed 0", False, 0), ("compiled, seed 0", True, 0), ("eager, seed 1", False, 1))
 
 
 def run(compiled: bool, seed: int, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
-    start = time.perf_counter()
-    result = cait_cli.compress(args.model, target_speedup=args.target, data=args.data, out=out,
-                               calib_steps=args.calib_steps, finetune_steps=args.finetune_steps, compile=compiled,
-                               seed=seed, device=args.device, workers=0, replan=False, overwrite=True,
-                               latency_cache=args.latency_cache or out.parent / "latency")
-    return dict(result.report, wall_s=time.perf_counter() - start)
+    return compress_run(args.model, out, args.latency_cache or out.parent / "latency", target_speedup=args.target,
+                        data=args.data, calib_steps=args.calib_steps, finetune_steps=args.finetune_steps,
+                        compile=compiled, seed=seed, device=args.device)
 
 
 def compile_seconds(report: Dict[str, Any]) -> str:
@@ -56,8 +51,7 @@ def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             "|---|---|---|---|---|---|"]
     for name, r in reports.items():
         plan, base, small = r["plan"], r["baseline"], r["compressed"]
-        merges = ",".join(str(block) for block, _ in plan["schedule"]) or "none"
-        rows.append(f"| {name} | {merges}; keep {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
+        rows.append(f"| {name} | {merges(plan)}; keep {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
                     f"{100 * small['top1']:.1f}% | {100 * small['agreement']:.1f}% | {compile_seconds(r)} | "
                     f"{r['wall_s']:.0f} s |")
     return rows
@@ -90,9 +84,7 @@ def main() -> None:
         for name, compiled, seed in RUNS:
             reports[name] = run(compiled, seed, args, Path(tmp) / f"{len(reports)}.cait")
             print(table({name: reports[name]})[-1], flush=True)
-    plans = {(str(r["plan"]["schedule"]), round(r["plan"]["keep"], 6)) for r in reports.values()}
-    if len(plans) != 1:
-        raise CaitError("the runs slimmed different plans; the comparison needs one (same latency cache)")
+    require_one_plan(reports.values())
     first = next(iter(reports.values()))
     lines = ["# Eager vs compiled training step: accuracy on the same seed", "",
              f"Command: `python -m benchmarks.{Path(__file__).stem} {' '.join(sys.argv[1:])}`", "",
@@ -100,10 +92,7 @@ def main() -> None:
              f"steps on {args.data}, one plan for all runs, on {first['device']} ({first['precision']}); top-1 and "
              f"agreement on {first['compressed']['images']} validation images.", "", *table(reports), "",
              verdict(reports), "", f"torch {torch.__version__}.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import timm
 import torch
 
 import cait_cli
+from benchmarks.one_plan import merges
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
 
@@ -73,12 +74,11 @@ def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
     wall = time.perf_counter() - start
     report: Dict[str, Any] = result.report
     plan, (low, high) = report["plan"], report["measured_speedup_range"]
-    merges = ",".join(str(block) for block, _ in plan["schedule"]) or "none"
     embed = cait_cli.load(str(ckpt)).patch_embed
     (height, width), patch = embed.img_size, embed.patch_size[0]
     images = torch.randn(2, 3, height, width)
     tries = ", ".join(f"{a['measured']:.2f}" for a in report.get("attempts", []))
-    return (f"| {model} | {target:g}x | {merges}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
+    return (f"| {model} | {target:g}x | {merges(plan)}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
             f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} ({tries}) "
             f"| {reload_difference(ckpt, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
             f"| {onnx_difference(ckpt, tmp / f'{model}-{target:g}.onnx')} | {wall / 60:.1f} min |")

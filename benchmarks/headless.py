@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -32,8 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import cait_cli
-from cait_cli.atomic import write_json_atomic, write_text_atomic
-from cait_cli.errors import CaitError, run_script
+from benchmarks.one_plan import compress_run, merges, publish, require_one_plan
+from cait_cli.atomic import write_json_atomic
+from cait_cli.errors import run_script
 from cait_cli.pipeline.data.sources import eval_loader, resolve_data_config
 from cait_cli.pipeline.training.train import distill_outputs
 
@@ -57,16 +57,6 @@ def save_headless_dinov2(folder: Path, img_size: int, layer_scale: float, seed: 
     return folder
 
 
-def compress_run(source: Path, out: Path, calib: int, finetune: int, args: argparse.Namespace) -> Dict[str, Any]:
-    start = time.perf_counter()
-    result = cait_cli.compress(str(source), target_speedup=args.target, out=out, data=args.data,
-                               calib_steps=calib, finetune_steps=finetune, batch_size=args.batch_size,
-                               bench_batch_size=args.bench_batch_size, workers=0, seed=args.seed, replan=False,
-                               latency_cache=args.latency_cache or out.parent / "latency", overwrite=True)
-    report = dict(result.report, wall_s=time.perf_counter() - start)
-    return report
-
-
 @torch.inference_mode()
 def cosines(compressed: torch.nn.Module, original: torch.nn.Module, data: str) -> Tuple[float, float, int]:
     """Mean cosine to the original's final tokens (full grid) and pooled feature, over held-out images."""
@@ -87,10 +77,9 @@ def table(runs: Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]]) -> L
             "pooled cosine | report's feature cosine | measured speedup | wall |", "|---|---|---|---|---|---|---|---|"]
     for name, (report, (tokens, pooled, _)) in runs.items():
         plan = report["plan"]
-        merges = ",".join(str(block) for block, _ in plan["schedule"]) or "none"
         loss = (report.get("training") or {}).get("loss", "—")
         reported = report["compressed"].get("feature_cosine")
-        rows.append(f"| {name} | {merges}; keep {plan['keep']:.0%} | {loss} | {tokens:.4f} | {pooled:.4f} | "
+        rows.append(f"| {name} | {merges(plan)}; keep {plan['keep']:.0%} | {loss} | {tokens:.4f} | {pooled:.4f} | "
                     f"{'—' if reported is None else f'{reported:.4f}'} | {report['measured_speedup']:.2f}x | "
                     f"{report['wall_s'] / 60:.1f} min |")
     return rows
@@ -118,12 +107,13 @@ def main() -> None:
                                       (f"after: {args.calib_steps} + {args.finetune_steps} steps",
                                        args.calib_steps, args.finetune_steps)):
             out = Path(tmp) / f"run{len(runs)}.cait"
-            report = compress_run(source, out, calib, finetune, args)
+            report = compress_run(str(source), out, args.latency_cache or out.parent / "latency",
+                                  target_speedup=args.target, data=args.data, calib_steps=calib,
+                                  finetune_steps=finetune, batch_size=args.batch_size,
+                                  bench_batch_size=args.bench_batch_size, seed=args.seed)
             runs[name] = report, cosines(cait_cli.load(str(out)), original, args.data)
             print(table({name: runs[name]})[-1], flush=True)
-    plans = {(str(r["plan"]["schedule"]), round(r["plan"]["keep"], 6)) for r, _ in runs.values()}
-    if len(plans) != 1:
-        raise CaitError("the two runs slimmed different plans; the comparison needs one (same latency cache)")
+    require_one_plan(report for report, _ in runs.values())
     (_, (before, _, images)), (_, (after, _, _)) = runs.values()
     lines = ["# A headless DINOv2 at 1.9x: does the feature loss move the compressed tokens toward the original's?",
              "", f"Command: `python -m benchmarks.{Path(__file__).stem} {' '.join(sys.argv[1:])}`", "",
@@ -134,10 +124,7 @@ def main() -> None:
              f"Final-token cosine to the original: {before:.4f} before the short run, {after:.4f} after it "
              f"({'closer' if after > before else 'NOT closer'}).", "",
              f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

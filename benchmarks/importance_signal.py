@@ -14,27 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import CaitError, run_script
-from cait_cli.method.block import IMPORTANCE_SOURCES
-from cait_cli.pipeline.compress import compress
-from cait_cli.pipeline.job import CompressConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from benchmarks.one_plan import compress_run, merges, publish, require_one_plan  # noqa: E402
+from cait_cli.errors import run_script  # noqa: E402
+from cait_cli.method.block import IMPORTANCE_SOURCES  # noqa: E402
 
 
 def compress_with(signal: str, args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
     """The quick start's run with token importance `signal`; its report."""
-    cfg = CompressConfig(model=args.model, target_speedup=args.target, out=out_dir / f"{signal}.cait",
-                         data=args.data, calib_steps=args.calib_steps, finetune_steps=args.finetune_steps,
-                         workers=0, seed=args.seed, replan=False, overwrite=True, importance=signal,
-                         latency_cache=args.latency_cache)
-    start = time.perf_counter()
-    report = compress(cfg).report
-    report["wall_s"] = time.perf_counter() - start
-    return report
+    return compress_run(args.model, out_dir / f"{signal}.cait", args.latency_cache, target_speedup=args.target,
+                        data=args.data, calib_steps=args.calib_steps, finetune_steps=args.finetune_steps,
+                        seed=args.seed, importance=signal)
 
 
 def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -42,16 +36,10 @@ def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
             "measured speedup | wall time |", "|---|---|---|---|---|---|"]
     for signal, r in reports.items():
         plan, base, small = r["plan"], r["baseline"], r["compressed"]
-        merges = "+".join(str(block) for block, _ in plan["schedule"]) or "none"
-        rows.append(f"| {signal} | {merges}; {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
+        rows.append(f"| {signal} | {merges(plan, '+')}; {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
                     f"{100 * small['top1']:.1f}% ({100 * (small['top1'] - base['top1']):+.1f} pt) | "
                     f"{100 * small['agreement']:.1f}% | {r['measured_speedup']:.2f}x | {r['wall_s']:.0f} s |")
     return rows
-
-
-def same_plan(reports: Dict[str, Dict[str, Any]]) -> bool:
-    plans = [(r["plan"]["schedule"], round(r["plan"]["keep"], 6)) for r in reports.values()]
-    return all(plan == plans[0] for plan in plans)
 
 
 def main() -> None:
@@ -67,8 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         reports = {signal: compress_with(signal, args, Path(tmp)) for signal in IMPORTANCE_SOURCES}
-    if not same_plan(reports):
-        raise CaitError("the runs trained different plans; the comparison needs one plan (same latency cache)")
+    require_one_plan(reports.values())
     lines = ["# Token importance for ATME: class-token attention vs attention received", "",
              f"Command: `OMP_NUM_THREADS=1 python {' '.join(sys.argv)}`", "",
              f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
@@ -76,10 +63,7 @@ def main() -> None:
              "cls: the attention the class token gives each token; received: the attention each token receives "
              "from the size-weighted mean query (the renormalised geometric mean over queries), both averaged "
              "over heads. Top-1 and agreement on the data's validation images.", "", *table(reports), ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+    publish("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
