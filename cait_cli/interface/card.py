@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional
 
+from ..pipeline.export.quantize import raced_methods
+
 TAGS = ["image-classification", "timm", "cait", "vision-transformer", "token-merging", "pruning"]
 
 
@@ -179,7 +181,7 @@ def _int8_method(check: Dict[str, Any]) -> str:
     """How the int8 file was made, and why that way when both were tried."""
     how = ("static quantization, QDQ int8 calibrated on images" if check["method"] == "static"
            else "dynamic quantization: int8 weights, activations quantized as they run")
-    tried = check.get("tried") or {}
-    if len(tried) > 1:
-        how += f"; chosen as the faster of {' and '.join(tried)} that kept the accuracy"
+    raced = raced_methods(check)
+    if len(raced) > 1:
+        how += f"; chosen as the faster of {' and '.join(raced)} that kept the accuracy"
     return how

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 from rich.console import Console
 from rich.table import Table
 
+from ..pipeline.export.quantize import raced_methods
 from ..pipeline.training.train import FEATURE_LOSS
 
 DASH = "—"
@@ -178,8 +179,8 @@ def print_export_report(console: Console, report: Dict[str, Any]) -> None:
 def int8_check_line(check: Dict[str, Any]) -> str:
     """What the int8 file was checked on, and by what."""
     kept = ", ".join(check["keep_fp32"]) or "nothing"
-    tried = [m for m, t in check.get("tried", {}).items() if not t.get("refused")]
-    method = check["method"] + (f", the faster of {' and '.join(tried)}" if len(tried) > 1 else "")
+    raced = raced_methods(check)
+    method = check["method"] + (f", the faster of {' and '.join(raced)}" if len(raced) > 1 else "")
     if "drop" not in check:
         random = check["random_check"]
         return (f"int8 ({method}, {kept} kept in fp32): accuracy not measured (no --data); on "

@@ -207,6 +207,11 @@ def candidates(method: str, has_images: bool) -> List[str]:
     return [method]
 
 
+def raced_methods(check: Dict[str, Any]) -> List[str]:
+    """The methods an int8 report's file was chosen among: those made, checked and not refused."""
+    return [method for method, tried in (check.get("tried") or {}).items() if not tried.get("refused")]
+
+
 def quantize_file(src: Path, dst: Path, calibration: Optional[Sequence[torch.Tensor]],
                   settings: Int8Settings, method: Optional[str] = None) -> str:
     """Write the int8 version of the fp32 file `src` to `dst`; returns the method used: "static"
