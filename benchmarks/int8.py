@@ -74,15 +74,19 @@ def top1(models: Dict[str, torch.nn.Module], test: Sequence) -> Dict[str, float]
 
 
 def four_files(original: str, cait: str, folder: Path, args: argparse.Namespace, weights: str,
-               max_drop: float, batch: int) -> Tuple[Dict[str, OnnxModel], str]:
+               max_drop: float, batch: int, fp32_files: Dict[Tuple[str, str], OnnxModel]
+               ) -> Tuple[Dict[str, OnnxModel], str]:
     """fp32 and int8 files of the original and of its CAIT version (dynamic batch); each int8 file is
     `export`'s choice (the auto method: static and dynamic both checked, the faster at `batch` written);
-    with the methods chosen, "original/CAIT"."""
+    with the methods chosen, "original/CAIT". fp32 files, the same at every batch, are exported once
+    into `fp32_files` (by model and weights)."""
     files: Dict[str, OnnxModel] = {}
     methods: List[str] = []
     for label, name in (("original", original), ("CAIT", cait)):
-        fp32, _ = export_file(ExportConfig(model=name, out=folder / f"{label}.onnx", dynamic_batch=True,
-                                           weights=weights))
+        if (name, weights) not in fp32_files:
+            fp32_files[name, weights], _ = export_file(ExportConfig(model=name, out=folder / f"{label}.onnx",
+                                                                    dynamic_batch=True, weights=weights))
+        fp32 = fp32_files[name, weights]
         common = dict(model=name, dynamic_batch=True, weights=weights, data=args.calib_data, max_drop=max_drop,
                       calib_images=args.calib_images, repeats=1, warmup=0, bench_batch_size=batch)
         report = export(ExportConfig(out=folder / f"{label}.int8.onnx", quantize="int8", **common))
@@ -119,12 +123,14 @@ def cait_for(batch: int, args: argparse.Namespace) -> str:
 def benchmark(args: argparse.Namespace, folder: Path) -> List[str]:
     lines = ["## Speed under ONNX Runtime (median img/s; ratios: median (min-max) of paired repeats)", "",
              *speed_header()]
+    fp32_files: Dict[Tuple[str, str], OnnxModel] = {}
     for batch in args.batch_sizes:
-        deit = four_files(args.model, cait_for(batch, args), folder / f"deit{batch}", args, "random", 100.0, batch)
+        deit = four_files(args.model, cait_for(batch, args), folder / f"deit{batch}", args, "random", 100.0, batch,
+                          fp32_files)
         lines.append(speed_row(f"{args.model} (random weights) -> {cait_for(batch, args)}", deit, batch, args))
     for batch in args.batch_sizes:
         reference = four_files(args.reference, args.cait_reference, folder / f"reference{batch}", args,
-                               "pretrained", args.max_drop, batch)
+                               "pretrained", args.max_drop, batch, fp32_files)
         lines.append(speed_row(args.reference, reference, batch, args))
     models, methods = reference  # the files raced at the last batch size
     test = fashion_test(models["original fp32"].pretrained_cfg, args.limit)
