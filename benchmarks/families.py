@@ -36,10 +36,10 @@ MODELS = ["vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256", "eva02_ti
           "vit_small_patch16_dinov3"]
 
 
-def reload_difference(ckpt: Path, images: torch.Tensor) -> float:
-    """Max |logits| difference, timm's local-dir loader vs cait_cli.load."""
+def reload_difference(ckpt: Path, loaded: torch.nn.Module, images: torch.Tensor) -> float:
+    """Max |logits| difference, timm's local-dir loader vs `loaded` (cait_cli.load's model)."""
     with torch.inference_mode():
-        ours = cait_cli.load(str(ckpt))(images)
+        ours = loaded(images)
         theirs = timm.create_model(f"local-dir:{ckpt}", pretrained=True).eval()(images)
     return float((ours - theirs).abs().max())
 
@@ -74,13 +74,14 @@ def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
     wall = time.perf_counter() - start
     report: Dict[str, Any] = result.report
     plan, (low, high) = report["plan"], report["measured_speedup_range"]
-    embed = cait_cli.load(str(ckpt)).patch_embed
+    loaded = cait_cli.load(str(ckpt))
+    embed = loaded.patch_embed
     (height, width), patch = embed.img_size, embed.patch_size[0]
     images = torch.randn(2, 3, height, width)
     tries = ", ".join(f"{a['measured']:.2f}" for a in report.get("attempts", []))
     return (f"| {model} | {target:g}x | {merges(plan)}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
             f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} ({tries}) "
-            f"| {reload_difference(ckpt, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
+            f"| {reload_difference(ckpt, loaded, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
             f"| {onnx_difference(ckpt, tmp / f'{model}-{target:g}.onnx')} | {wall / 60:.1f} min |")
 
 
