@@ -3,8 +3,8 @@
 Fast and without mkdocs (`mkdocs build --strict` runs in .ci/run): every relative link in README.md
 and docs/ reaches a file, every `--8<--` include names a committed file, every Python block in
 docs/ compiles and those whose first line is `# runs in tests/test_docs.py` run (keep them tiny), the README stays
-short and keeps the quick start command the benchmark measured, and the CLI reference hook renders
-every command's --help.
+short and keeps the quick start command the benchmark measured, and the home page and CLI reference
+hooks render README.md and every command's --help.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def without_code(text: str) -> str:
     return re.sub(r"`[^`\n]*`", "", text)
 
 
-def relative_links(path: Path) -> list[str]:
+def relative_links(text: str) -> list[str]:
     links = []
-    for target in LINK.findall(without_code(path.read_text())):
+    for target in LINK.findall(without_code(text)):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
             continue  # http(s), mailto, ...; anchors within the page
         links.append(target.split("#")[0])
@@ -51,7 +51,7 @@ def test_docs_exist_and_mkdocs_config_names_them():
 
 @pytest.mark.parametrize("path", [ROOT / "README.md", *doc_pages()], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_relative_links_resolve(path: Path):
-    missing = [t for t in relative_links(path) if t and not (path.parent / t).exists()]
+    missing = [t for t in relative_links(path.read_text()) if t and not (path.parent / t).exists()]
     assert not missing, f"{path.relative_to(ROOT)}: links to missing files: {missing}"
 
 
@@ -64,7 +64,7 @@ def test_snippet_includes_exist():
 def test_link_checker_catches_a_broken_link(tmp_path: Path):
     page = tmp_path / "page.md"
     page.write_text("[ok](page.md) [gone](nowhere.md#x) [web](https://example.org) `[code](no.md)`\n")
-    assert [t for t in relative_links(page) if not (tmp_path / t).exists()] == ["nowhere.md"]
+    assert [t for t in relative_links(page.read_text()) if not (tmp_path / t).exists()] == ["nowhere.md"]
 
 
 def python_blocks():
@@ -97,20 +97,28 @@ def test_readme_is_short_and_keeps_the_two_commands():
     assert "-m pytest -q" in (ROOT / ".ci/run").read_text()
 
 
+def _load_hook(name: str):
+    spec = importlib.util.spec_from_file_location(name, DOCS / "hooks" / f"{name}.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    return hook
+
+
 def test_site_home_is_the_readme():
-    """docs/index.md is README.md with its links made relative to docs/ (regenerate it with this)."""
+    """docs/index.md is README.md, links made relative to docs/, rendered by docs/hooks/home.py."""
+    hook = _load_hook("home")
+    config = {"config_file_path": str(ROOT / "mkdocs.yml")}
+    page = hook.on_page_markdown((DOCS / "index.md").read_text(), None, config, None)
     readme = (ROOT / "README.md").read_text()
-    expected = (readme.replace("The site is built from [`docs/`](docs/index.md) with MkDocs",
-                               "This site is built from `docs/` with MkDocs")
-                .replace("](docs/", "](")
-                .replace("[Changelog](CHANGELOG.md)", "[Changelog](changelog.md)"))
-    assert (DOCS / "index.md").read_text() == expected
+    assert hook.MARKER not in page and readme.splitlines()[0] in page
+    assert "](docs/" in readme and "](docs/" not in page
+    assert "[Changelog](changelog.md)" in page
+    missing = [t for t in relative_links(page) if t and not (DOCS / t).exists()]
+    assert not missing, f"the home page links to missing files: {missing}"
 
 
 def test_cli_reference_renders_every_command():
-    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "hooks" / "cli_reference.py")
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
+    hook = _load_hook("cli_reference")
     page = (DOCS / "reference" / "cli.md").read_text()
     assert hook.MARKER in page
     rendered = hook.on_page_markdown(page, None, {"config_file_path": str(ROOT / "mkdocs.yml")}, None)
