@@ -172,7 +172,15 @@ def test_segment_runs_end_to_end_with_head_seeds(tmp_path, monkeypatch):
 
 
 def test_proof_gives_torch_pruning_one_row_per_setting(tmp_path, monkeypatch):
+    from functools import partial
+
+    from cait_cli.pipeline.measuring import report
+
     monkeypatch.setattr(proof, "RATIO_RESOLUTION", 0.3)  # two halvings of the search, not seven
+    # short timings (what is asserted is the rows, not their speeds): each search step, then the final
+    # measurement of the four pruned models, timed in a few short runs instead of 11 of 0.2 s each
+    monkeypatch.setattr(report, "QUICK_REPEATS", (2, 3))
+    monkeypatch.setattr(proof, "SpeedConfig", partial(proof.SpeedConfig, min_run_seconds=0.02))
     reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
     data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
     out = tmp_path / "proof"
