@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from benchmarks.one_plan import compress_run, merges, publish, require_one_plan
+from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan
 from cait_cli.errors import run_script
 
 RUNS = (("eager, seed 0", False, 0), ("compiled, seed 0", True, 0), ("eager, seed 1", False, 1))
@@ -70,14 +70,8 @@ def verdict(reports: Dict[str, Dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="examples/reference")
-    parser.add_argument("--data", default="examples/fashion_mnist")
-    parser.add_argument("--target", type=float, default=1.9)
-    parser.add_argument("--calib-steps", type=int, default=50)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    add_run_options(parser)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--latency-cache", type=Path)
-    parser.add_argument("--out", type=Path, help="markdown file (default: print only)")
     args = parser.parse_args()
     reports: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cait-compile-accuracy-") as tmp:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import cait_cli
-from benchmarks.one_plan import compress_run, merges, publish, require_one_plan
+from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan
 from cait_cli.atomic import write_json_atomic
 from cait_cli.errors import run_script
 from cait_cli.pipeline.data.sources import eval_loader, resolve_data_config
@@ -87,17 +87,12 @@ def table(runs: Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]]) -> L
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="examples/fashion_mnist")
-    parser.add_argument("--target", type=float, default=1.9)
-    parser.add_argument("--calib-steps", type=int, default=50)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    add_run_options(parser, model=None)
     parser.add_argument("--batch-size", type=int, default=16, help="training batch (the quick start: 64)")
     parser.add_argument("--bench-batch-size", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--layer-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latency-cache", type=Path)
-    parser.add_argument("--out", type=Path, help="markdown file (default: print only)")
     args = parser.parse_args()
     runs: Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="cait-headless-") as tmp:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from benchmarks.one_plan import compress_run, merges, publish, require_one_plan  # noqa: E402
+from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan  # noqa: E402
 from cait_cli.errors import run_script  # noqa: E402
 from cait_cli.method.block import IMPORTANCE_SOURCES  # noqa: E402
 
@@ -44,14 +44,8 @@ def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="examples/reference")
-    parser.add_argument("--data", default="examples/fashion_mnist")
-    parser.add_argument("--target", type=float, default=1.9)
-    parser.add_argument("--calib-steps", type=int, default=50)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    add_run_options(parser, latency_cache_help="default: cait's cache ($CAIT_CACHE)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--latency-cache", type=Path, help="default: cait's cache ($CAIT_CACHE)")
-    parser.add_argument("--out", type=Path, help="markdown file (default: print only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         reports = {signal: compress_with(signal, args, Path(tmp)) for signal in IMPORTANCE_SOURCES}
