@@ -276,3 +276,53 @@ def test_a_run_from_before_min_keep_resumes_at_its_default(tmp_path):
     cfg.min_keep = 0.9
     with pytest.raises(CaitError, match="--min-keep differ"):
         _check_resumable({"config": older}, cfg, Cluster())
+
+
+def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(assets, tmp_path, monkeypatch):
+    """Landing measures plan A far too fast, re-plans to B (in the band, not the inner band), and the
+    next re-plan proposes A again: measured before, so landing stops and keeps B. Asking whether A
+    was measured must not leave the student at A: the written checkpoint, the report's plan and the
+    model the final speedup was measured on are all B."""
+    from cait_cli.method.model import block_widths
+    from cait_cli.pipeline.planning import landing
+    from cait_cli.pipeline.state import plan_from_dict
+
+    stand_in_speed(monkeypatch, 1.0)
+    measured = iter([1.3 * 1.15, 1.3 * 1.07])
+    monkeypatch.setattr(landing, "quick_speedup", lambda *args, **kwargs: next(measured))
+    replan, proposed = landing._replan, []
+
+    def replan_then_propose_the_first_again(job, goal, speed):
+        proposed.append(replan(job, goal, speed) if not proposed else plan_from_dict(measured_plans[0]))
+        return proposed[-1]
+
+    measured_plans, real_measure = [], landing._measure
+
+    def measure(job, student, plan, speed, inner):
+        measured_plans.append(plan.to_dict())
+        return real_measure(job, student, plan, speed, inner)
+
+    final = {}
+    real_models = cait_cli.pipeline.compress.measure_models
+
+    def measure_models(base, compressed, *args, **kwargs):
+        final.update(schedule=list(compressed.cait_schedule), widths=block_widths(compressed))
+        return real_models(base, compressed, *args, **kwargs)
+
+    monkeypatch.setattr(landing, "_replan", replan_then_propose_the_first_again)
+    monkeypatch.setattr(landing, "_measure", measure)
+    monkeypatch.setattr(cait_cli.pipeline.compress, "measure_models", measure_models)
+    compress(config(assets, tmp_path / "o", target_speedup=1.3, calib_steps=4, finetune_steps=0))
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    attempts = report["attempts"]
+    assert len(attempts) == 2 and len(proposed) == 2  # A, B, then A proposed again and refused
+    named = [a for a in attempts if a["plan"] | {"predicted_speedup": 0} == report["plan"] | {"predicted_speedup": 0}]
+    assert named == [attempts[1]]  # B: the one in the band
+    assert (attempts[0]["plan"]["schedule"], attempts[0]["widths"]) != (attempts[1]["plan"]["schedule"],
+                                                                      attempts[1]["widths"])
+    written = cait_cli.load(str(tmp_path / "o"))
+    schedule = [[s.block, s.axis] for s in written.cait_schedule]
+    assert schedule == attempts[1]["plan"]["schedule"]
+    assert [[w.qk, w.mlp] for w in block_widths(written)] == attempts[1]["widths"]
+    assert [[s.block, s.axis] for s in final["schedule"]] == schedule  # the final speedup: measured on B
+    assert final["widths"] == block_widths(written)

@@ -47,7 +47,8 @@ class Attempt:
     widths: List[Tuple[int, int]] = field(default_factory=list)  # per block: kept q/k width per head, MLP units
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured}
+        return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured,
+                "widths": [list(w) for w in self.widths]}
 
 
 def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:
@@ -87,8 +88,7 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
         plan = next_plan
         job.progress.message("re-planned: " + describe_plan(plan))
     chosen = choose(attempts, inner, (low, high))
-    if chosen is not attempts[-1]:
-        _apply(student, chosen.plan)
+    _apply(student, chosen.plan)  # whatever was measured or asked last, the student ends at the chosen plan
     if not low <= chosen.measured <= high:
         job.progress.message(_missed_band(chosen, target, low, high, len(attempts), job.cfg.channel_multiple))
     job.meta["attempts"] = [a.to_dict() for a in attempts]
@@ -132,9 +132,17 @@ def _widths(student: nn.Module) -> List[Tuple[int, int]]:
 
 def _measured_before(student: nn.Module, plan: Plan, attempts: List[Attempt]) -> bool:
     """Whether `plan` slims the student to a model measured already (same merges, same kept widths:
-    a budget that differs by less than one channel step keeps the same channels)."""
-    _apply(student, plan)
-    return any(a.plan.schedule == plan.schedule and a.widths == _widths(student) for a in attempts)
+    a budget that differs by less than one channel step keeps the same channels). Asks a copy:
+    the student itself is left as it is."""
+    widths = _widths_under(student, plan)
+    return any(a.plan.schedule == plan.schedule and a.widths == widths for a in attempts)
+
+
+def _widths_under(student: nn.Module, plan: Plan) -> List[Tuple[int, int]]:
+    """The kept widths `plan` would give the student (its learned scores choose them)."""
+    probe = copy.deepcopy(student)
+    _apply(probe, plan)
+    return _widths(probe)
 
 
 def _measure(job: "Job", student: nn.Module, plan: Plan, speed: SpeedModel, inner: tuple[float, float]) -> Attempt:
