@@ -31,8 +31,9 @@ import torch.nn as nn
 
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
-from cait_cli.method.model import block_widths, token_counts
+from cait_cli.method.base import token_counts
 from cait_cli.method.variants import compressed_variant
+from cait_cli.method.widths import block_widths
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.measuring.measure import (
     SpeedConfig,

@@ -6,7 +6,8 @@ import torch
 
 from cait_cli.method.atme import (MergeStep, TokenMerge, alternating_schedule, grid_after,
                                   merge_tokens, unmerge)
-from cait_cli.method.model import patch_vit, token_counts
+from cait_cli.method.base import token_counts
+from cait_cli.method.model import patch_vit
 from cait_cli.method.tokens import TokenState
 
 

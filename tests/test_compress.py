@@ -283,7 +283,7 @@ def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(asse
     next re-plan proposes A again: measured before, so landing stops and keeps B. Asking whether A
     was measured must not leave the student at A: the written checkpoint, the report's plan and the
     model the final speedup was measured on are all B."""
-    from cait_cli.method.model import block_widths
+    from cait_cli.method.widths import block_widths
     from cait_cli.pipeline.planning import landing
     from cait_cli.pipeline.state import plan_from_dict
 

@@ -8,10 +8,11 @@ import torch
 import cait_cli
 from cait_cli.method.atme import alternating_schedule, merge_tokens, unmerge
 from cait_cli.method.cdcp import attach_gates, gates_of, set_budget
-from cait_cli.method.model import block_widths, patch_vit
+from cait_cli.method.model import patch_vit
 from cait_cli.method.rope import GridRope
 from cait_cli.method.slim import slim
 from cait_cli.method.tokens import TokenState
+from cait_cli.method.widths import block_widths
 from cait_cli.models.checkpoint import save_checkpoint
 from cait_cli.models.spec import CaitSpec
 

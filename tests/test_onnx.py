@@ -14,7 +14,7 @@ import cait_cli
 from cait_cli.errors import CaitError
 from cait_cli.interface.cli import app
 from cait_cli.interface.hub import push
-from cait_cli.method.model import block_widths
+from cait_cli.method.widths import block_widths
 from cait_cli.models.loading import load_model
 from cait_cli.models.onnx_model import load_onnx
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate

@@ -7,8 +7,9 @@ import torch
 from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cdcp import attach_gates, gates_of, set_budget
 from cait_cli.method.cost import model_macs
-from cait_cli.method.model import block_widths, patch_vit
+from cait_cli.method.model import patch_vit
 from cait_cli.method.slim import slim
+from cait_cli.method.widths import block_widths
 
 
 def gated(model, keep=0.5, blocks=(1, 2), multiple=1):

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from .cost import BlockShape, block_shapes, channel_costs
-from .eva import cait_view
 from .gates import ChannelGate, allowed_counts, normalised, rank_groups, spend_budget
+from .model import cait_view
 
 
 @dataclass

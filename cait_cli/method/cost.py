@@ -14,8 +14,8 @@ from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
-from .eva import cait_view
-from .model import token_counts
+from .base import token_counts
+from .model import cait_view
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,9 @@ from timm.models.eva import Eva, EvaAttention, EvaBlock
 
 from ..errors import CaitError
 from .atme import MergeStep
+from .base import CaitMixin, is_cait_block, patch_model
 from .block import CaitAttention, CaitBlock, CaitGluMlp, CaitMlp
 from .gates import ChannelGate, PairedGate
-from .model import (CaitMixin, cait_class, check_schedule, convert_vit_block, importance_source, is_cait_block,
-                    set_merges)
 from .rope import GridRope, pair_partner
 from .tokens import TokenState
 
@@ -112,37 +111,21 @@ def _check_eva_block(block: nn.Module, index: int, rope: Optional[nn.Module]) ->
         raise CaitError(f"block {index}: RoPE covers {rope.dim} of {attn.head_dim} head channels; cait needs all")
 
 
-def cait_view(block: nn.Module) -> CaitBlock:
-    """A CaitBlock computing what `block` computes (a timm ViT or Eva block, or a CaitBlock itself),
-    for reading shapes and weight norms off blocks of models that are not patched."""
-    if is_cait_block(block):
-        return block
-    if isinstance(block, EvaBlock):
-        return _convert_block(block)
-    return convert_vit_block(block)
-
-
 def patch_eva(model: Eva, schedule: Sequence[MergeStep] = (), importance: Optional[str] = None) -> Eva:
-    """Turn a timm Eva into a CAIT model in place (see patch_vit; weights are shared, not copied)."""
+    """Turn a timm Eva into a CAIT model in place (see model.patch_vit; weights are shared, not copied)."""
     check_eva(model)
-    importance = importance_source(model, importance)
-    schedule = list(schedule)
-    check_schedule(schedule, len(model.blocks), tuple(model.patch_embed.grid_size))
     rope = getattr(model, "cait_rope", None)  # patched before: timm's rope module is gone
     if rope is None and model.rope is not None:
         rope = GridRope(model.rope)
-    for i, block in enumerate(model.blocks):
-        if not is_cait_block(block):
-            model.blocks[i] = _convert_block(block)
-        model.blocks[i].rope = rope
+    patch_model(model, schedule, importance, convert_eva_block, CaitEvaMixin)
+    for block in model.blocks:
+        block.rope = rope
     model.cait_rope = rope
     model.rope = None  # timm's tables (a fixed grid) are replaced by cait_rope's; it holds no weights
-    set_merges(model, schedule, importance)
-    model.__class__ = cait_class(type(model), CaitEvaMixin)
     return model
 
 
-def _convert_block(block: EvaBlock) -> CaitBlock:
+def convert_eva_block(block: EvaBlock) -> CaitBlock:
     attn = block.attn
     cait_attn = CaitRopeAttention(_fused_qkv(attn), attn.proj, attn.num_heads, attn.head_dim, attn.head_dim,
                                   attn.scale, attn.attn_drop.p, attn.proj_drop,

@@ -36,7 +36,7 @@ def checkpoint_config(model: nn.Module, spec: CaitSpec, source: Dict[str, Any]) 
     pretrained_cfg = {k: _jsonable(base_cfg[k]) for k in _DATA_KEYS if k in base_cfg}
     pretrained_cfg["num_classes"] = model.num_classes
     pretrained_cfg["input_size"] = [model.patch_embed.proj.in_channels, *model.patch_embed.img_size]
-    pretrained_cfg["fixed_input_size"] = False  # CAIT models run at any size (method/model.py: dynamic_img_size)
+    pretrained_cfg["fixed_input_size"] = False  # CAIT models run at any size (method/base.py: dynamic_img_size)
     return {
         "architecture": ARCHITECTURE,
         "num_classes": model.num_classes,

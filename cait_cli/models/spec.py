@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from ..errors import CaitError
 from ..method.atme import MergeStep
-from ..method.model import BlockWidths, block_widths, patch_vit, set_widths
+from ..method.model import patch_vit
+from ..method.widths import BlockWidths, block_widths, set_widths
 
 ARCHITECTURE = "cait_vit"
 

@@ -29,12 +29,15 @@ import torch
 import torch.nn as nn
 
 from ...method.atme import MergeStep, TokenMerge, alternating_schedule, grid_after
+from ...method.base import token_counts
 from ...method.cdcp import attach_gates, detach_gates
 from ...method.cost import block_shapes
 from ...method.gates import allowed_counts
-from ...method.model import block_widths, patch_vit, token_counts
+from ...method.model import patch_vit
 from ...method.slim import slim_block
 from ...method.tokens import TokenState
+from ...method.variants import compressed_variant
+from ...method.widths import block_widths
 from ..measuring.measure import (
     SpeedConfig,
     device_name,
@@ -265,10 +268,6 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
     negative cost) falls back to the scale alone.
     """
-    from ...method.variants import (
-        compressed_variant,  # variants build on the modules this one uses
-    )
-
     variants, design = {}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):
         schedule = schedule_at(model, fractions)

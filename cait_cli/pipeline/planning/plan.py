@@ -24,7 +24,7 @@ from ...errors import CaitError
 from ...method.atme import MergeStep, alternating_schedule, grid_after
 from ...method.cdcp import WidthAllocator, weight_norm_scores
 from ...method.cost import BlockShape, block_shapes
-from ...method.model import tokens_per_block
+from ...method.base import tokens_per_block
 from .latency import LatencyTable
 
 ScoreFn = Callable[[List[MergeStep], float], float]
