@@ -8,13 +8,12 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import CaitError  # noqa: E402
-from .models import registry as _registry  # noqa: E402,F401  (registers cait_vit with timm)
-from .models.loading import LoadedModel, load_model  # noqa: E402
-from .api import compress, evaluate, export, push  # noqa: E402  (the public entry points)
-from .pipeline.compress import CompressResult  # noqa: E402
+from .errors import CaitError
+from .version import __version__
+from .models import registry as _registry  # noqa: F401  (registers cait_vit with timm)
+from .models.loading import LoadedModel, load_model
+from .api import compress, evaluate, export, push  # (the public entry points)
+from .pipeline.compress import CompressResult
 
 
 def load(name: str, weights: str = "pretrained"):

@@ -14,11 +14,11 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
 from ..atomic import atomic_directory
 from ..errors import CaitError, first_line
 from ..method.cdcp import gates_of
 from ..method.model import is_cait
+from ..version import __version__
 from .spec import ARCHITECTURE, CaitSpec, build
 
 WEIGHTS_NAME = "model.safetensors"

@@ -13,12 +13,9 @@ top-1 within `max_drop` points; all of them are timed together.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -29,6 +26,7 @@ import torch.nn as nn
 from ...atomic import atomic_file
 from ...errors import CaitError, first_line
 from ...models.loading import load_model, model_stem
+from ...models.onnx_file import write_onnx
 from ...models.onnx_model import (
     META_DATA_CFG,
     META_MACS,
@@ -53,7 +51,6 @@ from . import quantize as int8
 
 FORMATS = ("onnx",)
 MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer without version conversion
-SINGLE_FILE_LIMIT = 2 * 2**30  # protobuf's limit on one ONNX file
 DYNAMIC_CHECK_BATCHES = (1, 3)  # a dynamic-batch file is checked at two batch sizes
 
 
@@ -137,28 +134,6 @@ def metadata(model: nn.Module, data_cfg: Dict[str, Any], source: str) -> Dict[st
     if macs is not None:
         meta[META_MACS] = str(macs)
     return meta
-
-
-def write_onnx(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batch: bool, opset: int,
-               meta: Dict[str, str]) -> None:
-    """Export `model` (example: (B, 3, H, W)) to one self-contained ONNX file at `path`."""
-    onnx, _ = require_onnx()
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    if size >= SINGLE_FILE_LIMIT:
-        raise CaitError(f"the model's weights take {size / 2**30:.1f} GB, over the 2 GB that one ONNX file holds")
-    shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                        input_names=["images"], output_names=["logits"], dynamic_shapes=shapes)
-        program.model.metadata_props.update(meta)
-        program.save(str(path), external_data=False)
-        onnx.checker.check_model(str(path))
-    except CaitError:
-        raise
-    except Exception as err:  # torch.export and onnx raise many types; one line for the user
-        raise CaitError(f"torch could not export the model to ONNX: {first_line(err)}") from None
 
 
 def random_batches(input_size: Tuple[int, ...], batch: Optional[int], seed: int) -> List[torch.Tensor]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import CaitError, first_line
+from ...models.onnx_file import write_onnx
 from ...models.onnx_model import OnnxModel, cpu_session, require_onnx
 
 Forward = Callable[[], object]
@@ -189,8 +190,6 @@ def _tensorrt(model: nn.Module, images: torch.Tensor, amp: bool) -> Forward:
 def _onnxruntime(model: nn.Module, images: torch.Tensor, amp: bool) -> Forward:
     """The model exported as `cait export` writes it (fixed batch, fp32), run by ONNX Runtime.
     An exported file (OnnxModel) runs in its own session, as `cait eval FILE.onnx` loaded it."""
-    from ..export.onnx_export import write_onnx  # the export pipeline builds on measuring: import late
-
     if isinstance(model, OnnxModel):
         return lambda: model(images)
     with tempfile.TemporaryDirectory(prefix="cait-runtime-") as tmp:
