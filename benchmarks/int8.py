@@ -34,14 +34,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
-from cait_cli.models.onnx_model import OnnxModel, load_onnx
-from cait_cli.pipeline.data.idx import DEBIAN_FASHION_MNIST, load_fashion_mnist
-from cait_cli.pipeline.data.sources import eval_transform
-from cait_cli.pipeline.export import quantize as int8
-from cait_cli.pipeline.export.onnx_export import ExportConfig, export, export_file
-from cait_cli.pipeline.measuring.measure import SpeedConfig, device_name, measure_throughput, paired_speedup
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+
+from benchmarks.fashion_mnist import DEBIAN_FASHION_MNIST, load_fashion_mnist  # noqa: E402
+from cait_cli.atomic import write_text_atomic  # noqa: E402
+from cait_cli.errors import run_script  # noqa: E402
+from cait_cli.models.onnx_model import OnnxModel, load_onnx  # noqa: E402
+from cait_cli.pipeline.data.sources import eval_transform  # noqa: E402
+from cait_cli.pipeline.export import quantize as int8  # noqa: E402
+from cait_cli.pipeline.export.onnx_export import ExportConfig, export, export_file  # noqa: E402
+from cait_cli.pipeline.measuring.measure import (  # noqa: E402
+    SpeedConfig,
+    device_name,
+    measure_throughput,
+    paired_speedup,
+)
 
 SIDES = ("original fp32", "original int8", "CAIT fp32", "CAIT int8")
 RATIOS = (("CAIT int8", "original fp32"), ("CAIT fp32", "original fp32"), ("CAIT int8", "CAIT fp32"),

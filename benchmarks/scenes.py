@@ -16,7 +16,7 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
-from cait_cli.pipeline.data.idx import load_fashion_mnist
+from benchmarks.fashion_mnist import load_fashion_mnist
 
 BACKGROUND = 0
 NUM_CLASSES = 11  # background + 10 garments

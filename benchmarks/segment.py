@@ -46,6 +46,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import proof  # noqa: E402
+from benchmarks.fashion_mnist import DEBIAN_FASHION_MNIST  # noqa: E402
 from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
 from benchmarks.segment_head import (  # noqa: E402
     FrozenBackbone,
@@ -62,7 +63,6 @@ from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from cait_cli.errors import CaitError, run_script  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.data.batches import StepBatches  # noqa: E402
-from cait_cli.pipeline.data.idx import DEBIAN_FASHION_MNIST  # noqa: E402
 from cait_cli.pipeline.data.sources import (  # noqa: E402
     collate_skipping,
     dataset_from,

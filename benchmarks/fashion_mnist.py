@@ -1,4 +1,5 @@
-"""The IDX format of MNIST and Fashion-MNIST (optionally gzipped)."""
+"""Fashion-MNIST from its IDX files (the format of MNIST and Fashion-MNIST, optionally gzipped),
+for the examples and benchmarks that train on it: cait itself reads image folders and timm datasets."""
 from __future__ import annotations
 
 import gzip
@@ -7,7 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ...errors import CaitError
+from cait_cli.errors import CaitError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
