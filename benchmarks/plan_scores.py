@@ -17,8 +17,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable, List, Sequence
 
 import torch
+import torch.nn as nn
 
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
@@ -27,13 +29,26 @@ from cait_cli.pipeline.data.sources import open_data, resolve_data_config
 from cait_cli.pipeline.planning.latency import calibrate_latency
 from cait_cli.pipeline.planning.plan import (
     PlanConfig,
+    ScoreFn,
     SpeedModel,
     candidate_schedules,
     make_plan,
 )
-from cait_cli.pipeline.planning.scoring import feature_score, kl_score
+from cait_cli.pipeline.planning.scoring import kl_score, plan_score
 
 KEEP_CAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def feature_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int,
+                  indices: Sequence[int]) -> ScoreFn:
+    """Mean relative squared error of the plan's full-grid features at `indices` (what a dense head reads)."""
+    def features(model: nn.Module, batch: torch.Tensor) -> List[torch.Tensor]:
+        return model.forward_intermediates(batch, indices=list(indices), intermediates_only=True)
+
+    def error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
+        return sum(float(((g - w) ** 2).mean() / (w ** 2).mean()) for g, w in zip(got, want)) / len(want)
+
+    return plan_score(base, images, multiple, features, error)
 
 
 def landing_plans(speed: SpeedModel, cfg: PlanConfig) -> list:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit, write_fashion_idx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -151,6 +152,15 @@ def test_plan_scores_lists_every_landing_plan_and_both_picks(tmp_path, monkeypat
     assert rows and "fewest-pruned" in text and "spread over budgets" in text
     kls = [float(row.split("|")[2]) for row in rows]
     assert kls == sorted(kls)
+
+
+def test_feature_score_is_zero_for_the_original_and_grows_with_merging(make_vit):
+    from benchmarks.plan_scores import feature_score
+    from cait_cli.method.atme import MergeStep
+    model = make_vit().eval()
+    score = feature_score(model, lambda: torch.randn(4, 3, 32, 32), multiple=1, indices=[1, 3])
+    assert score([], 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert score([MergeStep(1, "w")], 1.0) > 0
 
 
 def test_segment_runs_end_to_end_with_head_seeds(tmp_path, monkeypatch):

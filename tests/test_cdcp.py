@@ -2,8 +2,7 @@
 import torch
 
 from cait_cli.method.atme import alternating_schedule
-from cait_cli.method.cdcp import (attach_gates, full_gated_macs, gated_macs, gates_of, set_budget,
-                                  set_uniform_keep)
+from cait_cli.method.cdcp import attach_gates, full_gated_macs, gated_macs, gates_of, set_budget
 from cait_cli.method.gates import ChannelGate, allocate_keep
 from cait_cli.method.model import patch_vit
 
@@ -33,8 +32,8 @@ def test_pruned_channel_gets_gradient_and_can_revive():
 
 def test_masks_are_shared_by_heads_and_by_query_and_key(make_vit, monkeypatch):
     model = patch_vit(make_vit())
-    attach_gates(model)
-    set_uniform_keep(model, 0.5)
+    for gate in attach_gates(model).values():
+        gate.set_keep(gate.channels // 2)
     attn = model.blocks[0].attn
     x = torch.randn(1, 65, 48)
     captured = {}
@@ -81,13 +80,6 @@ def test_budgets_are_spent_in_groups_of_the_channel_multiple():
     assert keeps[0] % 8 == 0 and keeps[1] in (8, 16, 20) and sum(keeps) <= 30
     assert allocate_keep(scores, [1.0, 1.0], budget=1e9, multiple=8) == [32, 20]  # full width is allowed
     assert allocate_keep(scores, [1.0, 1.0], budget=0.0, multiple=8) == [8, 8]  # at least one group
-
-
-def test_uniform_keep_rounds_to_the_gate_multiple(make_vit):
-    model = patch_vit(make_vit())
-    gates = attach_gates(model, multiple=8)  # head width 16, MLP 192
-    set_uniform_keep(model, 0.3)
-    assert gates["blocks.0.qk"].keep == 8 and gates["blocks.0.mlp"].keep == 56
 
 
 def test_set_budget_spends_the_fraction_of_gated_macs(make_vit):

@@ -1,4 +1,6 @@
 """The planner: latency tables measured and cached, plans that reach the target."""
+import re
+
 import pytest
 import torch
 from support import synthetic_table
@@ -12,7 +14,6 @@ from cait_cli.pipeline.planning.plan import (
     SpeedModel,
     candidate_schedules,
     make_plan,
-    max_speedup,
     shortlist_by_budget,
 )
 
@@ -130,9 +131,11 @@ def test_impossible_targets_are_refused_with_the_maximum(make_vit):
     table = synthetic_table(model)
     with pytest.raises(CaitError, match="at least 1.0"):
         make_plan(model, table, PlanConfig(target=0.5))
-    best = max_speedup(model, table)
-    with pytest.raises(CaitError, match=r"beyond .*about [0-9.]+x at most"):
-        make_plan(model, table, PlanConfig(target=best * 2))
+    with pytest.raises(CaitError, match=r"beyond .*about [0-9.]+x at most") as refused:
+        make_plan(model, table, PlanConfig(target=1000.0))
+    best = float(re.search(r"about ([0-9.]+)x at most", str(refused.value)).group(1))
+    reachable = best / PlanConfig.margin * 0.98  # a plan aims a margin above its target
+    assert make_plan(model, table, PlanConfig(target=reachable)).predicted_speedup >= reachable
 
 
 def test_ablation_methods_use_one_part_only(make_vit):
@@ -215,10 +218,3 @@ def test_kl_score_is_zero_for_the_original_and_computed_once_per_plan(make_vit, 
     assert first > 0 and score(list(merged), 0.6) == first
     assert len(built) == 2
 
-
-def test_feature_score_is_zero_for_the_original_and_grows_with_merging(make_vit):
-    import cait_cli.pipeline.planning.scoring as scoring
-    model = make_vit().eval()
-    score = scoring.feature_score(model, lambda: torch.randn(4, 3, 32, 32), multiple=1, indices=[1, 3])
-    assert score([], 1.0) == pytest.approx(0.0, abs=1e-6)
-    assert score([MergeStep(1, "w")], 1.0) > 0

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .cost import BlockShape, block_shapes, channel_costs
-from .gates import ChannelGate, allowed_counts, normalised, rank_groups, spend_budget
+from .gates import ChannelGate, normalised, rank_groups, spend_budget
 from .model import cait_view
 
 
@@ -153,9 +153,3 @@ class WidthAllocator:
         keeps = spend_budget(self.ranked, costs, keep_fraction * full)
         return list(zip(keeps[0::2], keeps[1::2]))
 
-
-def set_uniform_keep(model: nn.Module, fraction: float) -> None:
-    """Keep about the same fraction of channels in every gate (a multiple of its `multiple`)."""
-    for gate in gates_of(model).values():
-        counts = allowed_counts(gate.channels, gate.multiple)
-        gate.set_keep(min(counts, key=lambda c: abs(c - fraction * gate.channels)))

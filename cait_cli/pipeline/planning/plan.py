@@ -248,11 +248,6 @@ def shortlist_by_budget(candidates: Sequence[Candidate], size: int) -> List[Cand
     return picked[:size]
 
 
-def max_speedup(model: nn.Module, table: LatencyTable, min_keep: float = 0.25, multiple: int = 1) -> float:
-    speed = SpeedModel(model, table, multiple)
-    return max(speed.speedup(s, min_keep) for s in candidate_schedules(speed.depth, speed.grid))
-
-
 def describe_plan(plan: Plan) -> str:
     merges = ", ".join(f"after block {s.block} ({s.axis})" for s in plan.schedule) or "none"
     tokens = " ".join(str(n_out) for _, n_out in plan.tokens)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,14 +60,3 @@ def headless_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple
     """Cosine distance of the plan's final tokens (full grid) and pooled feature from the original's."""
     return plan_score(base, images, multiple, distill_outputs, lambda got, want: float(feature_loss(got, want)))
 
-
-def feature_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int,
-                  indices: Sequence[int]) -> ScoreFn:
-    """Mean relative squared error of the plan's full-grid features at `indices` (what a dense head reads)."""
-    def features(model: nn.Module, batch: torch.Tensor) -> List[torch.Tensor]:
-        return model.forward_intermediates(batch, indices=list(indices), intermediates_only=True)
-
-    def error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
-        return sum(float(((g - w) ** 2).mean() / (w ** 2).mean()) for g, w in zip(got, want)) / len(want)
-
-    return plan_score(base, images, multiple, features, error)
