@@ -163,6 +163,17 @@ def test_feature_score_is_zero_for_the_original_and_grows_with_merging(make_vit)
     assert score([MergeStep(1, "w")], 1.0) > 0
 
 
+def test_timing_noise_reads_the_same_timings_by_each_estimator():
+    from benchmarks.timing_noise import ESTIMATORS
+    # a neighbour's load only slows runs down: repeat 2 of "a" and repeat 3 of "b" were disturbed
+    a, b = [200.0, 120.0, 198.0, 190.0, 150.0], [100.0, 101.0, 60.0, 99.0, 100.0]
+    ratios = [x / y for x, y in zip(a, b)]
+    assert ESTIMATORS["fastest"](a, b) == 200.0 / 101.0
+    assert ESTIMATORS["median"](a, b) == sorted(ratios)[2]
+    # the quietest half: repeats 1, 4 and 5 had both models nearest their best
+    assert ESTIMATORS["quiet"](a, b) == sorted([ratios[0], ratios[3], ratios[4]])[1]
+
+
 def test_segment_runs_end_to_end_with_head_seeds(tmp_path, monkeypatch):
     from benchmarks import segment
     from support import save_compressed_tiny

@@ -68,12 +68,7 @@ def _speedup(new: Optional[float], old: Optional[float]) -> str:
 
 def estimator_note(report: Dict[str, Any]) -> str:
     """How the throughputs (and so the speedup) were read from the timed repeats."""
-    repeats = report.get("repeats", "the")
-    if report.get("estimator") == "fastest":
-        return f"throughput is each model's fastest of {repeats} repeats (min-max)"
-    if report.get("estimator") == "quiet":
-        return f"speedup is the median ratio of the quietest half of {repeats} paired repeats (min-max)"
-    return f"throughput is the median of {repeats} repeats (min-max)"
+    return f"throughput is the median of {report.get('repeats', 'the')} repeats (min-max)"
 
 
 def summary_line(report: Dict[str, Any]) -> str:

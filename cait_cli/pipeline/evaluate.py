@@ -78,7 +78,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
                            throughput_max=result.throughput_max, peak_memory_mb=result.peak_memory_mb)
     first = speed["model"]
     report.update(device=first.device, batch_size=first.batch_size, precision=first.precision,
-                  runtime=first.runtime, estimator=first.estimator, repeats=len(first.per_repeat),
+                  runtime=first.runtime, repeats=len(first.per_repeat),
                   threads=first.threads, results=sides)
     if "baseline" in speed:
         ratio, low, high = paired_speedup(speed, "model", "baseline")

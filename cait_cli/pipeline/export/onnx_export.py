@@ -310,7 +310,7 @@ def timing(cfg: ExportConfig, models: Dict[str, nn.Module], data_cfg: Dict[str, 
     first = speed["model"]
     result: Dict[str, Any] = {"results": sides, "runtime": "onnxruntime", "device": first.device,
                               "bench_batch_size": first.batch_size, "threads": first.threads,
-                              "estimator": first.estimator, "repeats": len(first.per_repeat)}
+                              "repeats": len(first.per_repeat)}
     for other, key in (("baseline", "speedup"), ("fp32", "int8_speedup")):
         if other in models:
             ratio, low, high = paired_speedup(speed, "model", other)

@@ -50,17 +50,6 @@ def device_name(device: torch.device) -> str:
     return "CPU"
 
 
-# How a speedup is read from repeated timings (compared in benchmarks/results/timing_noise_cpu.md):
-# "median", the median of the paired per-repeat ratios; "fastest", the ratio of each model's fastest
-# run (a neighbour's load only ever slows a run, so the fastest is the least disturbed); "quiet",
-# the median ratio of the half of the pairs timed in the quietest moments (both models near their
-# best), where a load that hit one model of a pair and not the other is least likely.
-# In two runs of six there, the median moved least from run to run and read a copy of the model
-# closest to 1.00x (fastest: worst, its extreme single runs are luck as much as quiet).
-ESTIMATORS = ("median", "fastest", "quiet")
-DEFAULT_ESTIMATOR = "median"
-
-
 @dataclass
 class SpeedConfig:
     batch_size: Optional[int] = None  # None: 64 on CPU, 256 on GPU
@@ -74,7 +63,6 @@ class SpeedConfig:
     amp: bool = False  # bfloat16 autocast, GPU only
     dtype: torch.dtype = torch.float32  # of the input images (the models' own precision)
     runtime: str = "eager"  # runtimes.RUNTIMES: what serves the models while they are timed
-    estimator: str = DEFAULT_ESTIMATOR
 
     def batch_for(self, device: torch.device) -> int:
         return self.batch_size or (256 if device.type == "cuda" else 64)
@@ -82,15 +70,13 @@ class SpeedConfig:
     def check(self, device: torch.device) -> str:
         """The runtime these settings time under on `device` (auto resolved); CaitError if they cannot
         run there (callers may check before slow work)."""
-        if self.estimator not in ESTIMATORS:
-            raise CaitError(f"unknown speed estimator {self.estimator!r}; use one of {', '.join(ESTIMATORS)}")
         return resolve_runtime(self.runtime, device)
 
 
 @dataclass
 class SpeedResult:
     name: str
-    throughput: float  # images/s, by the estimator (median over repeats, or the fastest run)
+    throughput: float  # images/s, the median over repeats
     throughput_min: float
     throughput_max: float
     per_repeat: List[float] = field(default_factory=list)
@@ -100,7 +86,6 @@ class SpeedResult:
     threads: int = 0
     peak_memory_mb: Optional[float] = None  # CUDA only: max allocated during this model's runs
     runtime: str = "eager"
-    estimator: str = DEFAULT_ESTIMATOR
 
 
 def synchronize(device: torch.device) -> None:
@@ -159,39 +144,30 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
         if stop is not None and stop({name: [batch * iters / t for t in ts] for name, ts in times.items()}):
             break
     label = precision(forwards.runtime, amp)
-    return {name: _speed_result(name, t, batch * iters, batch, device, label, peaks.get(name), forwards.runtime,
-                                cfg.estimator) for name, t in times.items()}
+    return {name: _speed_result(name, t, batch * iters, batch, device, label, peaks.get(name), forwards.runtime)
+            for name, t in times.items()}
 
 
-def estimate(rates: Sequence[float], estimator: str = DEFAULT_ESTIMATOR) -> float:
-    """One throughput from repeated runs: the fastest run, or the median."""
-    return max(rates) if estimator == "fastest" else statistics.median(rates)
-
-
-def speedup_estimate(num: Sequence[float], den: Sequence[float], estimator: str = DEFAULT_ESTIMATOR) -> float:
+# A speedup is the median of the paired per-repeat ratios. Of the readings compared in
+# benchmarks/results/timing_noise_cpu.md (each model's fastest run, the quietest half of the pairs),
+# the median moved least from run to run and read a copy of the model closest to 1.00x.
+def speedup_estimate(num: Sequence[float], den: Sequence[float]) -> float:
     """The speedup of `num` over `den` from their per-repeat rates (paired: same repeats)."""
-    if estimator == "fastest":
-        return max(num) / max(den)
-    ratios = [a / b for a, b in zip(num, den)]
-    if estimator == "quiet":
-        calm = [a / max(num) + b / max(den) for a, b in zip(num, den)]  # 2.0: both at their best
-        quietest = sorted(range(len(ratios)), key=lambda i: -calm[i])[: (len(ratios) + 1) // 2]
-        ratios = [ratios[i] for i in quietest]
-    return statistics.median(ratios)
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def _speed_result(name: str, seconds: List[float], images: int, batch: int, device: torch.device,
-                  label: str, peak: Optional[float], runtime: str, estimator: str) -> SpeedResult:
+                  label: str, peak: Optional[float], runtime: str) -> SpeedResult:
     rates = [images / s for s in seconds]
-    return SpeedResult(name, estimate(rates, estimator), min(rates), max(rates), rates, batch,
-                       device_name(device), label, torch.get_num_threads(), peak, runtime, estimator)
+    return SpeedResult(name, statistics.median(rates), min(rates), max(rates), rates, batch,
+                       device_name(device), label, torch.get_num_threads(), peak, runtime)
 
 
 def paired_speedup(results: Dict[str, SpeedResult], num: str, den: str) -> Tuple[float, float, float]:
-    """The speedup num/den by the results' estimator, and the min and max of the per-repeat ratios."""
+    """The speedup num/den (speedup_estimate), and the min and max of the per-repeat ratios."""
     a, b = results[num].per_repeat, results[den].per_repeat
     ratios = [x / y for x, y in zip(a, b)]
-    return speedup_estimate(a, b, results[num].estimator), min(ratios), max(ratios)
+    return speedup_estimate(a, b), min(ratios), max(ratios)
 
 
 @dataclass

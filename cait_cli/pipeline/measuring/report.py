@@ -35,14 +35,14 @@ QUICK_REPEATS = (5, 11)  # a landing measurement
 FINAL_REPEATS = (7, 21)  # the report's
 
 
-def band_stop(num: str, den: str, band: Tuple[float, float], estimator: str, least: int,
+def band_stop(num: str, den: str, band: Tuple[float, float], least: int,
               settle: int = 3) -> StopRule:
     """Stop once the last `settle` estimates agree on the side of `band` the speedup falls (below,
     in, above) and move less among themselves than they stand from the nearest band edge."""
     history: List[float] = []
 
     def stop(rates: Dict[str, List[float]]) -> bool:
-        history.append(speedup_estimate(rates[num], rates[den], estimator))
+        history.append(speedup_estimate(rates[num], rates[den]))
         recent = history[-settle:]
         if len(history) < max(least, settle) or len({_side(r, band) for r in recent}) > 1:
             return False
@@ -68,7 +68,7 @@ def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, 
     least, most = QUICK_REPEATS
     cfg = SpeedConfig(batch_size=batch, amp=amp, warmup=1, repeats=most,
                       runtime=forwards.runtime if forwards else runtime)
-    stop = band_stop("compressed", "original", band, cfg.estimator, least) if band else None
+    stop = band_stop("compressed", "original", band, least) if band else None
     results = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device,
                                  forwards, stop)
     return paired_speedup(results, "compressed", "original")[0]
@@ -80,7 +80,7 @@ def measure_models(base: nn.Module, compressed: nn.Module, val, device: torch.de
     """Speed (interleaved), params, MACs and, with held-out images, accuracy of both models."""
     least, most = FINAL_REPEATS
     cfg = SpeedConfig(batch_size=batch, amp=amp, repeats=most, runtime=forwards.runtime if forwards else "eager")
-    stop = band_stop("compressed", "original", band, cfg.estimator, least) if band else None
+    stop = band_stop("compressed", "original", band, least) if band else None
     speed = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device,
                                forwards, stop)
     out: Dict[str, Any] = {"speed": speed, "speedup": paired_speedup(speed, "compressed", "original")}
@@ -121,7 +121,6 @@ def build_report(target: float, plan: Plan, measured: Dict[str, Any], tolerance:
         "batch_size": first.batch_size,
         "precision": first.precision,
         "runtime": first.runtime,
-        "estimator": first.estimator,
         "repeats": len(first.per_repeat),
         "threads": first.threads,
         "baseline": _model_side(measured["original_params"], measured["original_macs"], first,
