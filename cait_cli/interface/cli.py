@@ -147,19 +147,17 @@ def eval_(
     device: str = typer.Option(EVAL["device"], help="auto (cuda, then cpu), cpu, cuda or cuda:N"),
     amp: bool = typer.Option(EVAL["amp"], "--amp/--no-amp", help="bfloat16 autocast on GPU"),
     runtime: str = typer.Option(EVAL["runtime"], help=RUNTIME_HELP),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", hidden=True, help="the same as --runtime cuda-graphs"),
     workers: int = typer.Option(EVAL["workers"], help="data loading processes"),
     repeats: int = typer.Option(EVAL["repeats"], help="timed repeats (median and min-max reported)"),
     weights: str = typer.Option(EVAL["weights"], help="pretrained, or random (speed only)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON here"),
 ) -> None:
     """Measure accuracy and speed of a model, interleaved with a baseline when given."""
-    options = _options(locals(), "json_out", "cuda_graphs")
+    options = _options(locals(), "json_out")
     from .progress import RichProgress
     from .report import print_eval_report
 
     console = Console()
-    options["runtime"] = "cuda-graphs" if cuda_graphs else runtime
     report = run_or_exit(lambda: api.evaluate(progress=RichProgress(console), **options), err_console())
     print_eval_report(console, report)
     _write_json(json_out, report)
