@@ -23,14 +23,14 @@ class atomic_directory:
             parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
         except OSError as err:
-            raise CaitError(f"cannot write to {parent}: {err.strerror or err}") from None
+            raise CaitError(f"cannot write to {parent}: {err.strerror or err}") from err
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             if isinstance(exc, OSError):
-                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
             return False
         old = None
         if self.path.exists() and self.overwrite:
@@ -59,7 +59,7 @@ class atomic_file:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except OSError as err:
-            raise CaitError(f"cannot write to {self.path.parent}: {err.strerror or err}") from None
+            raise CaitError(f"cannot write to {self.path.parent}: {err.strerror or err}") from err
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp
@@ -68,13 +68,13 @@ class atomic_file:
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
-                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+                raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
             return False
         try:
             os.replace(self.tmp, self.path)
         except OSError as err:
             self.tmp.unlink(missing_ok=True)
-            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from None
+            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from err
         return False
 
 

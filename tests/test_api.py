@@ -15,7 +15,7 @@ from cait_cli.pipeline.export.quantize import parse_keep_fp32
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 COMMANDS = {"compress": cli.compress, "evaluate": cli.eval_, "export": cli.export_, "push": cli.push}
-CLI_ONLY = {"json_out"}  # --json writes the returned report
+CLI_ONLY = {"ctx", "json_out"}  # Typer's context (--debug); --json writes the returned report
 QUICK = dict(target_speedup=1.2, calib_steps=2, finetune_steps=2, batch_size=8, bench_batch_size=16, workers=0,
              device="cpu", replan=False)
 
@@ -23,7 +23,7 @@ QUICK = dict(target_speedup=1.2, calib_steps=2, finetune_steps=2, batch_size=8, 
 def cli_defaults(command) -> dict:
     """The defaults of a Typer command's options (its arguments have none)."""
     params = inspect.signature(command).parameters.values()
-    return {p.name: p.default.default for p in params if p.default.default is not ... and p.name not in CLI_ONLY}
+    return {p.name: p.default.default for p in params if p.name not in CLI_ONLY and p.default.default is not ...}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -1,11 +1,14 @@
 """The `cait` command: a thin Typer layer over library functions.
 
 Every command parses options, calls one library function and prints its result.
-A CaitError becomes one red line on stderr and exit code 1; Ctrl-C exits 130.
+A CaitError becomes one red line on stderr and exit code 1 (`cait --debug` or CAIT_DEBUG=1
+also prints its traceback, with the torch, ONNX or Hub error that caused it); Ctrl-C exits 130.
 """
 from __future__ import annotations
 
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
@@ -30,11 +33,29 @@ RUNTIME_HELP = ("what serves the model, so what the speedup is measured under: e
                 "tensorrt, onnxruntime; auto: cuda-graphs on a GPU, eager on the CPU")
 
 
-def run_or_exit(action: Callable[[], T], console: Console) -> T:
-    """Run `action`; user errors become one line and a non-zero exit, never a traceback."""
+@dataclass
+class Settings:
+    """The options given before the command (`cait --debug compress ...`): the commands' ctx.obj."""
+
+    debug: bool = False
+
+
+@app.callback()
+def settings(ctx: typer.Context,
+             debug: bool = typer.Option(False, "--debug", envvar="CAIT_DEBUG", help="on an error, also print "
+                                        "its traceback and what caused it (torch, ONNX, the Hub)")) -> None:
+    ctx.obj = Settings(debug=debug)
+
+
+def run_or_exit(action: Callable[[], T], ctx: typer.Context) -> T:
+    """Run `action`; user errors become one line on stderr and a non-zero exit, after their traceback
+    (with the exception that caused them) under --debug."""
+    console = err_console()
     try:
         return action()
     except CaitError as err:
+        if isinstance(ctx.obj, Settings) and ctx.obj.debug:
+            traceback.print_exception(err, file=sys.stderr)
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(err, "exit_code", 1))
     except KeyboardInterrupt:
@@ -50,17 +71,18 @@ COMPRESS, EVAL, EXPORT, PUSH = (api.defaults(command) for command in ("compress"
 
 
 def _options(values: Dict[str, Any], *cli_only: str) -> Dict[str, Any]:
-    """A command's parameters as the API's keyword options, less those only the CLI has."""
-    return {name: value for name, value in values.items() if name not in cli_only}
+    """A command's parameters as the API's keyword options, less its context and those only the CLI has."""
+    return {name: value for name, value in values.items() if name not in ("ctx", *cli_only)}
 
 
-def _write_json(path: Optional[Path], report: Dict[str, Any]) -> None:
+def _write_json(path: Optional[Path], report: Dict[str, Any], ctx: typer.Context) -> None:
     if path is not None:
-        run_or_exit(lambda: write_json_atomic(path, report), err_console())
+        run_or_exit(lambda: write_json_atomic(path, report), ctx)
 
 
 @app.command()
 def compress(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="deit_tiny|deit_small|deit_base, a timm name, hf-hub:ORG/NAME or a path"),
     target_speedup: float = typer.Option(COMPRESS["target_speedup"], "--target-speedup", "-s",
                                          help="measured throughput ratio to reach"),
@@ -125,11 +147,11 @@ def compress(
 
     console = Console()
     progress = RichProgress(console) if is_main_process() else Silent()  # under torchrun, rank 0 speaks
-    result = run_or_exit(lambda: api.compress(progress=progress, **options), err_console())
+    result = run_or_exit(lambda: api.compress(progress=progress, **options), ctx)
     if plan_only or not result.main:
         return
     print_compress_report(console, result.report, result.out)
-    _write_json(json_out, result.report)
+    _write_json(json_out, result.report, ctx)
     if not result.reached:
         err_console().print(f"[bold red]error:[/] measured speedup {result.report['measured_speedup']:.2f}x "
                             f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
@@ -139,6 +161,7 @@ def compress(
 
 @app.command(name="eval")
 def eval_(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="a compressed checkpoint directory, a Hub id, or any model cait loads"),
     data: Optional[str] = typer.Option(EVAL["data"], help="ImageFolder (its val/ if present) or timm dataset name"),
     baseline: Optional[str] = typer.Option(EVAL["baseline"], help="model to compare against (speed ratio, "
@@ -158,13 +181,14 @@ def eval_(
     from .report import print_eval_report
 
     console = Console()
-    report = run_or_exit(lambda: api.evaluate(progress=RichProgress(console), **options), err_console())
+    report = run_or_exit(lambda: api.evaluate(progress=RichProgress(console), **options), ctx)
     print_eval_report(console, report)
-    _write_json(json_out, report)
+    _write_json(json_out, report, ctx)
 
 
 @app.command(name="export")
 def export_(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="a compressed checkpoint directory, or any model cait loads"),
     format: str = typer.Option(EXPORT["format"], "--format", help="onnx (for ONNX Runtime, TensorRT and others)"),
     out: Optional[Path] = typer.Option(EXPORT["out"], help="file to write (default: NAME.onnx)"),
@@ -210,13 +234,14 @@ def export_(
     from .report import print_export_report
 
     console = Console()
-    report = run_or_exit(lambda: api.export(progress=RichProgress(console), **options), err_console())
+    report = run_or_exit(lambda: api.export(progress=RichProgress(console), **options), ctx)
     print_export_report(console, report)
-    _write_json(json_out, report)
+    _write_json(json_out, report, ctx)
 
 
 @app.command()
 def push(
+    ctx: typer.Context,
     directory: Path = typer.Argument(..., help="a checkpoint directory written by cait compress"),
     repo_id: str = typer.Argument(..., help="Hub repository, ORG/NAME (created if missing)"),
     private: bool = typer.Option(PUSH["private"], "--private", help="create the repository as private"),
@@ -236,7 +261,7 @@ def push(
     """Upload a compressed checkpoint with a generated model card to the Hugging Face Hub."""
     options = _options(locals())
     console = Console()
-    result = run_or_exit(lambda: api.push(**options), err_console())
+    result = run_or_exit(lambda: api.push(**options), ctx)
     verb = "would upload" if result.dry_run else "uploaded"
     console.print(f"{verb} to {result.repo_id}" + (f" ({result.revision})" if result.revision else "") + ":",
                   highlight=False)

@@ -110,7 +110,7 @@ def _upload(folder: Path, repo_id: str, token: str, private: bool, revision: Opt
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                  commit_message=message or "Upload model compressed with cait")
     except Exception as err:  # the Hub client raises many types; each becomes one line
-        raise CaitError(explain_hub_error(err, repo_id, api.endpoint)) from None
+        raise CaitError(explain_hub_error(err, repo_id, api.endpoint)) from err
     return getattr(info, "commit_url", None) or str(info)
 
 

@@ -84,7 +84,7 @@ def read_config(path: str | Path) -> Dict[str, Any]:
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as err:
-        raise CaitError(f"cannot read {config_file}: {err}") from None
+        raise CaitError(f"cannot read {config_file}: {err}") from err
     if not is_cait_config(config):
         raise CaitError(f"{path} is not a cait checkpoint (config.json architecture is not {ARCHITECTURE!r})")
     CaitSpec.from_model_args(config.get("model_args", {}))
@@ -103,11 +103,11 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     try:
         state = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError) as err:
-        raise CaitError(f"cannot read {path / WEIGHTS_NAME}: {err}") from None
+        raise CaitError(f"cannot read {path / WEIGHTS_NAME}: {err}") from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CaitError(f"{path / WEIGHTS_NAME} does not match its config.json: {first_line(err)}") from None
+        raise CaitError(f"{path / WEIGHTS_NAME} does not match its config.json: {first_line(err)}") from err
     model.pretrained_cfg = {**model.pretrained_cfg, **config.get("pretrained_cfg", {}), "file": str(path)}
     model.cait_config = config
     return model.eval()

@@ -79,7 +79,7 @@ def _load_local(name: str, path: Path, weights: Weights) -> LoadedModel:
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as err:
-        raise CaitError(f"cannot read {config_file}: {err}") from None
+        raise CaitError(f"cannot read {config_file}: {err}") from err
     if is_cait_config(config):
         model = load_checkpoint(folder)  # weights are the point of a compressed checkpoint
         base = config["model_args"]
@@ -94,7 +94,7 @@ def _load_timm(name: str, source: str, weights: Weights) -> LoadedModel:
     try:
         model = timm.create_model(source, pretrained=pretrained)
     except Exception as err:  # timm and the Hub raise many types; each gets one line
-        raise CaitError(_explain_load_error(name, source, err, pretrained)) from None
+        raise CaitError(_explain_load_error(name, source, err, pretrained)) from err
     if is_cait(model):
         return LoadedModel(model, name, source, model.pretrained_cfg.get("architecture", "cait_vit"), {}, weights)
     architecture = model.pretrained_cfg.get("architecture") or source

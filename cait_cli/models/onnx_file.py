@@ -40,4 +40,4 @@ def write_onnx(model: nn.Module, path: Path, example: torch.Tensor, dynamic_batc
     except CaitError:
         raise
     except Exception as err:  # torch.export and onnx raise many types; one line for the user
-        raise CaitError(f"torch could not export the model to ONNX: {first_line(err)}") from None
+        raise CaitError(f"torch could not export the model to ONNX: {first_line(err)}") from err

@@ -35,7 +35,7 @@ def require_onnx() -> Tuple[ModuleType, ModuleType]:
     except ImportError as err:
         missing = getattr(err, "name", None) or "onnx"
         raise CaitError(f"ONNX support needs the optional packages onnx, onnxruntime and onnxscript "
-                        f"({missing} is missing): {EXTRA_HINT}") from None
+                        f"({missing} is missing): {EXTRA_HINT}") from err
     return onnx, onnxruntime
 
 
@@ -53,7 +53,7 @@ def cpu_session(path: Path, threads: Optional[int] = None) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own Fail/InvalidGraph types; one line for the user
-        raise CaitError(f"ONNX Runtime cannot load {path}: {first_line(err)}") from None
+        raise CaitError(f"ONNX Runtime cannot load {path}: {first_line(err)}") from err
 
 
 class OnnxModel(nn.Module):

@@ -45,7 +45,7 @@ class CaitSpec:
                 importance=args.get("importance"),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise CaitError(f"config.json model_args is not a valid CAIT architecture ({err})") from None
+            raise CaitError(f"config.json model_args is not a valid CAIT architecture ({err})") from err
 
     @classmethod
     def of(cls, model: nn.Module, base_architecture: str, base_args: Dict[str, Any]) -> "CaitSpec":

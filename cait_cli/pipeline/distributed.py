@@ -67,7 +67,7 @@ def join(device: torch.device) -> tuple[Cluster, torch.device]:
         # the other ranks wait while rank 0 alone times blocks, plans and measures: minutes, not seconds
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=SOLO_WORK_TIMEOUT)
     except (RuntimeError, ValueError) as err:
-        raise CaitError(f"cannot join the torchrun group: {str(err).splitlines()[0]}") from None
+        raise CaitError(f"cannot join the torchrun group: {str(err).splitlines()[0]}") from err
     return Cluster(dist.get_rank(), dist.get_world_size(), local_world, owns_group=True), device
 
 

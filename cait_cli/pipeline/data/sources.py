@@ -168,10 +168,10 @@ def _is_image(name: str) -> bool:
 def _list_dir(path: Path) -> List[os.DirEntry]:
     try:
         return sorted(os.scandir(path), key=lambda e: e.name)
-    except PermissionError:
-        raise CaitError(f"cannot read {path}: permission denied") from None
+    except PermissionError as err:
+        raise CaitError(f"cannot read {path}: permission denied") from err
     except OSError as err:
-        raise CaitError(f"cannot read {path}: {err.strerror or err}") from None
+        raise CaitError(f"cannot read {path}: {err.strerror or err}") from err
 
 
 def _class_folder_items(root: Path, label_names: Optional[Sequence[str]] = None
@@ -209,7 +209,7 @@ def _timm_dataset(name: str, split: str) -> Dataset:
     try:
         return create_dataset(name, root=root, split=split, download=False)
     except Exception as err:  # timm raises many kinds; one line for the user
-        raise CaitError(f"{name!r} is neither a folder nor a dataset timm can open ({first_line(err)})") from None
+        raise CaitError(f"{name!r} is neither a folder nor a dataset timm can open ({first_line(err)})") from err
 
 
 def dataset_from(source: str, transform: Callable, split: str = "train",

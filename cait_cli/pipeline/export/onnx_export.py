@@ -121,7 +121,7 @@ def prepare(name: str, weights: str, input_size: Optional[Tuple[int, int]]) -> n
         try:
             model.set_input_size(img_size=tuple(input_size))
         except (AttributeError, AssertionError, RuntimeError, ValueError) as err:
-            raise CaitError(f"cannot resize {name} to {input_size[0]}x{input_size[1]}: {first_line(err)}") from None
+            raise CaitError(f"cannot resize {name} to {input_size[0]}x{input_size[1]}: {first_line(err)}") from err
     return model
 
 

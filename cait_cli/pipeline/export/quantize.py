@@ -229,7 +229,7 @@ def quantize_file(src: Path, dst: Path, calibration: Optional[Sequence[torch.Ten
         except CaitError:
             raise
         except Exception as err:  # ORT's quantizer and onnx raise many types; one line for the user
-            raise CaitError(f"ONNX Runtime could not quantize the model to int8: {first_line(err)}") from None
+            raise CaitError(f"ONNX Runtime could not quantize the model to int8: {first_line(err)}") from err
     return method
 
 

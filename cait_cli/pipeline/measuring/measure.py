@@ -26,8 +26,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise CaitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    except RuntimeError as err:
+        raise CaitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CaitError(f"device {name!r} asked for, but no CUDA GPU is available here")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

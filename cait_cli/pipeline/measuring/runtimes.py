@@ -148,7 +148,7 @@ def captured(call: Forward, device: torch.device) -> Forward:
         with torch.cuda.graph(graph):
             output = call()
     except RuntimeError as err:
-        raise CaitError(f"this model cannot be captured in a CUDA graph: {first_line(err)}") from None
+        raise CaitError(f"this model cannot be captured in a CUDA graph: {first_line(err)}") from err
 
     def replay():
         graph.replay()
@@ -170,7 +170,7 @@ def _compiled(model: nn.Module, images: torch.Tensor, amp: bool) -> Forward:
             forward()
         except Exception as err:  # dynamo and inductor raise many types; one line for the user
             raise CaitError(f"torch.compile cannot compile this model: {first_line(err)} "
-                            "(use --runtime eager or onnxruntime)") from None
+                            "(use --runtime eager or onnxruntime)") from err
     return forward
 
 
@@ -183,7 +183,7 @@ def _tensorrt(model: nn.Module, images: torch.Tensor, amp: bool) -> Forward:
             engine = torch_tensorrt.compile(model, ir="dynamo", arg_inputs=[images], enabled_precisions=dtypes)
     except Exception as err:  # Torch-TensorRT raises many types; one line for the user
         raise CaitError(f"Torch-TensorRT cannot build an engine for this model: {first_line(err)} "
-                        "(use --runtime cuda-graphs or compile)") from None
+                        "(use --runtime cuda-graphs or compile)") from err
     return lambda: engine(images)
 
 
