@@ -46,7 +46,7 @@ from ..measuring.measure import (
 )
 from ..measuring.runtimes import block_runtime, captured
 
-TABLE_VERSION = 7
+TABLE_VERSION = 8
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -70,6 +70,9 @@ class LatencyTable:
     # activations (tokens into each MLP x its kept hidden units, summed over blocks)
     scale: float = 1.0
     hidden_ms: float = 0.0
+    # the original model itself, timed with the fit models: every speedup the planner predicts is
+    # against it, as every measurement is (None: a table that predicts its own baseline)
+    baseline_ms: Optional[float] = None
 
     def attn(self, tokens: int, width: int) -> float:
         return _interp2(self.tokens, self.attn_widths, self.attn_ms, tokens, width)
@@ -268,7 +271,7 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
     negative cost) falls back to the scale alone.
     """
-    variants, design = {}, []
+    variants, design = {"original": model}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):
         schedule = schedule_at(model, fractions)
         variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
@@ -280,7 +283,8 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     cfg = SpeedConfig(batch_size=images, warmup=1, repeats=2 * rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
                       runtime=runtime)
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
-    measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in variants], dtype=torch.float64)
+    table.baseline_ms = 1e3 / speed.pop("original").throughput
+    measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in speed], dtype=torch.float64)
     table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)
 
 

@@ -128,7 +128,7 @@ class SpeedModel:
         self.dim, self.heads, self.head_dim, self.hidden = first.dim, first.heads, first.qk, first.mlp
         self.mlp_matrices = first.mlp_matrices
         self.allocator = WidthAllocator([weight_norm_scores(b) for b in model.blocks], multiple)
-        self.baseline_ms = self.latency([], 1.0)
+        self.baseline_ms = table.baseline_ms or self.latency([], 1.0)  # the original, as measured
         self.observations: List[Observation] = []
 
     def observe(self, schedule: Sequence[MergeStep], keep: float, predicted: float, measured: float) -> None:
