@@ -26,6 +26,8 @@ from .pipeline.export.onnx_export import export as run_export
 from .pipeline.export.quantize import parse_keep_fp32
 from .pipeline.job import CompressConfig
 from .pipeline.progress import Progress, Silent
+from .pipeline.reports.evaluate import EvalReport
+from .pipeline.reports.export import ExportReport
 
 TARGET_SPEEDUP = 1.9  # compress's default target (CompressConfig has none: a run names its target)
 ProgressArg = Union[Progress, bool, None]
@@ -39,7 +41,8 @@ def compress(model: PathLike, target_speedup: float = TARGET_SPEEDUP, data: Opti
 
     `data`: an ImageFolder root (train/ and val/), a folder of images or a timm dataset name;
     `options`: CompressConfig's fields (calib_steps=300, finetune_steps=1000, batch_size=64, ...).
-    Returns a CompressResult: `.report` (what `cait compress --json` writes), `.out`, `.reached`.
+    Returns a CompressResult: `.report` (what `cait compress --json` writes, a dict), `.out`, `.reached`
+    (`.typed_report`: the same report typed, a `CompressReport`).
 
     >>> import cait_cli
     >>> model, images = "deit_small", "/data/imagenet"  # doctest: +SKIP
@@ -70,6 +73,12 @@ def evaluate(model: PathLike, data: Optional[PathLike] = None, baseline: Optiona
     >>> report["speedup"] > 0
     True
     """
+    return evaluate_report(model, data, baseline, progress=progress, **options).to_json()
+
+
+def evaluate_report(model: PathLike, data: Optional[PathLike] = None, baseline: Optional[PathLike] = None, *,
+                    progress: ProgressArg = None, **options: Any) -> EvalReport:
+    """`evaluate`'s report typed, as `cait eval` prints it (`.to_json()` is what `evaluate` returns)."""
     _check_options("evaluate", options)
     cfg = EvalConfig(model=str(model), data=_str(data), baseline=_str(baseline), **options)
     return run_evaluate(cfg, _progress(progress))
@@ -86,6 +95,11 @@ def export(model: PathLike, *, progress: ProgressArg = None, **options: Any) -> 
     >>> print(report["out"])
     deit_small.onnx
     """
+    return export_report(model, progress=progress, **options).to_json()
+
+
+def export_report(model: PathLike, *, progress: ProgressArg = None, **options: Any) -> ExportReport:
+    """`export`'s report typed, as `cait export` prints it (`.to_json()` is what `export` returns)."""
     _check_options("export", options)
     if isinstance(options.get("keep_fp32"), str):
         options["keep_fp32"] = parse_keep_fp32(options["keep_fp32"])

@@ -71,7 +71,17 @@ def test_compress_from_python_returns_the_report_the_cli_writes(assets, tmp_path
     printed = json.loads((tmp_path / "r.json").read_text())
     ours = cait_cli.compress(assets["model"], data=assets["data"], out=tmp_path / "api.cait", **QUICK)
     assert ours.out == tmp_path / "api.cait" and ours.reached == (printed["reached"] and ours.report["reached"])
-    assert shape(ours.report) == shape(printed)
+    assert shape(ours.report) == shape(printed) and type(ours.report) is dict
+    assert ours.typed_report.reached == ours.report["reached"]
+
+
+def test_evaluate_and_export_return_the_dicts_their_json_writes(assets, tmp_path):
+    report = cait_cli.evaluate(assets["model"], batch_size=2, device="cpu", workers=0, repeats=1, warmup=0)
+    assert type(report) is dict and json.loads(json.dumps(report)) == report and "model" in report["results"]
+    pytest.importorskip("onnxruntime")
+    exported = cait_cli.export(assets["model"], out=tmp_path / "m.onnx", repeats=1, warmup=0)
+    assert type(exported) is dict and json.loads(json.dumps(exported)) == exported
+    assert exported["out"] == str(tmp_path / "m.onnx")
 
 
 def shape(report: dict) -> dict:

@@ -20,6 +20,7 @@ from cait_cli.interface.cli import app
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.planning.latency import calibrate_latency
 from cait_cli.pipeline.progress import Silent
+from cait_cli.pipeline.reports.compress import CompressReport
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 
@@ -46,16 +47,33 @@ def config(assets, out, **overrides) -> CompressConfig:
     return CompressConfig(**{**base, **overrides})
 
 
+# The keys users read in report.json, `--json` and CompressResult.report: pinned, not to move unnoticed.
+REPORT_KEYS = {"target_speedup", "measured_speedup", "measured_speedup_range", "predicted_speedup", "reached",
+               "landed", "band", "device", "batch_size", "precision", "runtime", "repeats", "threads",
+               "baseline", "compressed", "skipped_images", "plan", "training", "attempts"}
+SIDE_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max", "peak_memory_mb", "top1", "top5",
+             "agreement", "feature_cosine", "images"}
+TRAINING_KEYS = {"batch_size_per_process", "processes", "global_batch", "augment", "labels", "labels_note", "loss",
+                 "lr", "lr_rule", "compile", "decode", "steps"}
+STEP_KEYS = {"compiled", "compile_seconds", "compile_steps", "timed_steps", "images_per_second", "fallback"}
+PLAN_KEYS = {"schedule", "keep", "predicted_speedup", "tokens", "score"}
+ATTEMPT_KEYS = {"plan", "predicted", "measured", "widths"}
+
+
 def test_compress_end_to_end_reaches_the_measured_target(assets, tmp_path, monkeypatch):
     stand_in_speed(monkeypatch, 1.0)  # landing on a stand-in measurement: this machine's load is not the test
     result = compress(config(assets, tmp_path / "out.cait"))
     out = tmp_path / "out.cait"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "report.json"]
     report = json.loads((out / "report.json").read_text())
-    for key in ("target_speedup", "measured_speedup", "device", "batch_size", "baseline", "compressed"):
-        assert key in report
-    for side in ("baseline", "compressed"):
-        assert {"params", "macs", "throughput", "top1"} <= set(report[side])
+    assert set(report) == REPORT_KEYS and set(report["baseline"]) == set(report["compressed"]) == SIDE_KEYS
+    assert set(report["training"]) == TRAINING_KEYS and set(report["plan"]) == PLAN_KEYS
+    assert "finetune" in report["training"]["steps"]
+    assert all(set(phase) == STEP_KEYS for phase in report["training"]["steps"].values())
+    assert report["attempts"] and all(set(a) == ATTEMPT_KEYS and set(a["plan"]) == PLAN_KEYS
+                                      for a in report["attempts"])
+    assert json.loads(json.dumps(result.report)) == report  # the Python API's dict is the file
+    assert json.loads(CompressReport.from_json(report).to_text()) == report  # read back (cait push) as written
     assert report["compressed"]["agreement"] is not None
     assert report["compressed"]["macs"] < report["baseline"]["macs"]
     # measured side by side, not predicted (timing is the benchmarks' job: here only consistency)

@@ -21,6 +21,12 @@ def models(tmp_path_factory):
     return save_compressed_tiny(tmp_path_factory.mktemp("eval"), ARGS, merge_blocks=[1])
 
 
+# The keys users read in `cait eval --json` and cait_cli.evaluate's dict: pinned, not to move unnoticed.
+TIMING_KEYS = {"device", "batch_size", "precision", "runtime", "repeats", "threads"}
+SPEED_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max", "peak_memory_mb"}
+ACCURACY_KEYS = {"top1", "top5", "agreement", "feature_cosine", "images"}
+
+
 def quick(**kw) -> EvalConfig:
     return EvalConfig(**{"batch_size": 8, "device": "cpu", "workers": 0, "repeats": 3, "warmup": 1, **kw})
 
@@ -34,6 +40,11 @@ def test_eval_with_baseline_reports_accuracy_agreement_and_speedup(models):
     low, high = report["speedup_range"]
     assert low <= report["speedup"] <= high
     assert report["batch_size"] == 8 and report["precision"] == "fp32, eager" and report["runtime"] == "eager"
+    written = report.to_json()
+    assert set(written) == {"model", "baseline", "data", "input_size", "labels_note", "skipped_images", "results",
+                            "speedup", "speedup_range"} | TIMING_KEYS
+    assert all(set(side) == SPEED_KEYS | ACCURACY_KEYS for side in written["results"].values())
+    assert json.loads(json.dumps(written)) == written  # plain data
 
 
 def test_eval_of_itself_agrees_fully(models):
@@ -45,6 +56,9 @@ def test_eval_of_itself_agrees_fully(models):
 def test_eval_speed_only_without_data(models):
     report = evaluate(quick(model=models["ckpt"]))
     assert "top1" not in report["results"]["model"] and report["results"]["model"]["throughput"] > 0
+    written = report.to_json()
+    assert set(written) == {"model", "baseline", "data", "input_size", "results"} | TIMING_KEYS
+    assert set(written["results"]) == {"model"} and set(written["results"]["model"]) == SPEED_KEYS
 
 
 def test_cli_prints_table_and_writes_json(models, tmp_path):

@@ -13,6 +13,7 @@ from cait_cli.method.atme import MergeStep, alternating_schedule
 from cait_cli.method.model import patch_vit
 from cait_cli.pipeline.measuring.measure import measure_accuracy
 from cait_cli.pipeline.planning.scoring import kl_score
+from cait_cli.pipeline.reports.compress import CompressReport
 from cait_cli.pipeline.training.train import (FEATURE_LOSS, LOGITS_LOSS, LogitsOnly, TrainConfig, distill_outputs,
                                               feature_loss, loss_name, make_optimizer, objective, train_step)
 
@@ -188,7 +189,7 @@ def test_compress_report_of_a_headless_model_names_the_feature_loss():
     report = {"baseline": side, "compressed": {**side, "throughput": 19.0, "feature_cosine": 0.9731},
               "target_speedup": 1.9, "measured_speedup": 1.9, "measured_speedup_range": [1.8, 2.0],
               "training": {"loss": FEATURE_LOSS}}
-    print_compress_report(console, report, out=None)
+    print_compress_report(console, CompressReport.from_json(report), out=None)
     text = console.export_text()
     assert "feature cosine to original" in text and "0.9731" in text
     assert "distilled on features" in text and "agreement" not in text

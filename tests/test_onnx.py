@@ -28,6 +28,11 @@ from cait_cli.pipeline.export.onnx_export import (
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 QUICK = dict(repeats=2, warmup=1, check_images=8)
+# The keys users read in `cait export --json` and cait_cli.export's dict: pinned, not to move unnoticed.
+EXPORT_KEYS = {"model", "out", "format", "opset", "batch", "input_size", "tolerance", "max_difference",
+               "checked_images", "file_mb", "results", "runtime", "device", "bench_batch_size", "threads",
+               "repeats"}
+SIDE_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +68,11 @@ def test_compressed_export_matches_pytorch_and_is_timed_against_the_baseline(mod
     base, small = report["results"]["baseline"], report["results"]["model"]
     assert small["macs"] < base["macs"] and small["params"] < base["params"]
     assert base["max_difference"] < 1e-4 and report["speedup_range"][0] <= report["speedup"]
+    written = report.to_json()
+    assert set(written) == EXPORT_KEYS | {"speedup", "speedup_range"} and set(written["max_difference"]) == {
+        "random", "data"}
+    assert set(written["results"]["model"]) == SIDE_KEYS
+    assert set(written["results"]["baseline"]) == SIDE_KEYS | {"max_difference"}
 
 
 def test_plain_model_with_dynamic_batch_at_another_input_size(models, tmp_path):
@@ -70,6 +80,9 @@ def test_plain_model_with_dynamic_batch_at_another_input_size(models, tmp_path):
     report = export(ExportConfig(model=models["base"], out=out, dynamic_batch=True, input_size=(48, 40), **QUICK))
     assert report["batch"] == "dynamic" and report["input_size"] == [3, 48, 40]
     assert report["checked_images"] == {"random": 4}  # batches of 1 and 3
+    written = report.to_json()
+    assert set(written) == EXPORT_KEYS and set(written["results"]) == {"model"}
+    assert set(written["results"]["model"]) == SIDE_KEYS and json.loads(json.dumps(written)) == written
     reference = load_model(models["base"]).model
     reference.set_input_size(img_size=(48, 40))
     images = torch.randn(5, 3, 48, 40)

@@ -15,6 +15,7 @@ from cait_cli.method.slim import slim
 from cait_cli.models.checkpoint import save_checkpoint
 from cait_cli.models.loading import _serialisable_args
 from cait_cli.models.spec import CaitSpec
+from cait_cli.pipeline.reports.compress import CompressReport
 
 from fake_hub import RunningHub
 from support import run_python, tiny_vit
@@ -51,7 +52,7 @@ def hub():
 
 def test_model_card_metadata_table_and_usage(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
-    card = model_card(config, REPORT, "me/tiny-cait")
+    card = model_card(config, CompressReport.from_json(REPORT), "me/tiny-cait")
     front = card.split("---")[1]
     assert "library_name: timm" in front and "license: apache-2.0" in front
     assert "base_model: timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" in front and "- cait" in front
@@ -113,6 +114,14 @@ def test_refusals(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(CaitError, match="no Hugging Face token"):
         push(checkpoint, "me/x")
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"target_speedup": 1.9})])
+def test_a_report_json_cait_did_not_write_is_one_line(checkpoint, tmp_path, text):
+    (checkpoint / "report.json").write_text(text)
+    with pytest.raises(CaitError, match="is not a report cait compress wrote") as err:
+        push(checkpoint, "me/x", dry_run=True, dry_run_out=tmp_path / "preview")
+    assert "\n" not in str(err.value) and not (tmp_path / "preview").exists()
 
 
 def test_round_trip_push_then_load_from_the_hub_in_a_fresh_process(checkpoint, hub, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support import make_image_folder, save_compressed_tiny, save_tiny_timm_dir, tiny_vit
+from test_onnx import EXPORT_KEYS, SIDE_KEYS
 from typer.testing import CliRunner
 
 from cait_cli.errors import CaitError
@@ -21,6 +22,11 @@ from cait_cli.pipeline.export.onnx_export import ExportConfig, default_out, expo
 
 ARGS = dict(img_size=32, patch_size=4, depth=2, embed_dim=48, num_heads=3, num_classes=3)
 QUICK = dict(repeats=1, warmup=0, check_images=8, bench_batch_size=4)
+# The keys users read in `cait export --quantize int8 --json` and cait_cli.export's dict (beside those of
+# test_onnx.EXPORT_KEYS): pinned, not to move unnoticed.
+INT8_KEYS = {"precision", "quantize", "fp32_file_mb", "int8_speedup", "int8_speedup_range"}
+QUANTIZE_KEYS = {"mode", "method", "int8_method", "tried", "keep_fp32", "max_drop", "random_check", "checked_by"}
+COMPARED_KEYS = {"drop", "images", "compared_images", "labelled_images", "top1", "agreement", "labels_note"}
 
 
 def images_of(folder, data_cfg):
@@ -61,6 +67,13 @@ def test_static_int8_agrees_with_pytorch_and_is_compared_with_fp32_and_the_origi
     assert report["runtime"] == "onnxruntime" and set(report["results"]) == {"model", "fp32", "baseline"}
     assert report["int8_speedup"] > 0 and report["precision"] == "int8" and report["file_mb"] < report["fp32_file_mb"]
     assert report["results"]["model"]["top1"] == check["top1"]["int8"]
+    written = report.to_json()
+    assert set(written) == EXPORT_KEYS | INT8_KEYS | {"speedup", "speedup_range"}
+    assert set(written["quantize"]) == QUANTIZE_KEYS | COMPARED_KEYS
+    assert set(written["quantize"]["tried"]["static"]) == {"images_per_second", "refused"}
+    assert set(written["quantize"]["random_check"]) == {"images", "relative_error", "agreement"}
+    assert set(written["results"]["model"]) == set(written["results"]["fp32"]) == SIDE_KEYS | {"top1"}
+    assert set(written["results"]["baseline"]) == SIDE_KEYS | {"top1", "max_difference"}
     # the file runs in plain ONNX Runtime and keeps cait's metadata
     images, labels = images_of(trained["data"] + "/val", resolve_data_config(load_model(trained["model"]).model))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -118,6 +131,8 @@ def test_cli_dynamic_int8_without_data_says_accuracy_was_not_measured(trained, t
     assert written["quantize"]["method"] == "dynamic" and written["quantize"]["keep_fp32"] == ["head",
                                                                                              "LayerNormalization"]
     assert written["runtime"] == "onnxruntime" and out.is_file()
+    assert set(written) == EXPORT_KEYS | INT8_KEYS and set(written["quantize"]) == QUANTIZE_KEYS
+    assert set(written["results"]) == {"model", "fp32"} and set(written["results"]["model"]) == SIDE_KEYS
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional
 
-from ..pipeline.export.quantize import raced_methods
+from ..pipeline.reports.compress import CompressReport
+from ..pipeline.reports.export import ExportReport, Int8Report, OnnxCheck
 
 TAGS = ["image-classification", "timm", "cait", "vision-transformer", "token-merging", "pruning"]
 
@@ -36,25 +37,27 @@ def front_matter(config: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def results_table(report: Optional[Dict[str, Any]]) -> str:
-    if not report:
+def results_table(report: Optional[CompressReport]) -> str:
+    if report is None:
         return "No `report.json` was found beside the checkpoint, so no measurements are shown."
-    base, comp = report.get("baseline", {}), report.get("compressed", {})
-    rows = [
-        ("params (M)", "params", ".2f", 1e-6, ""), ("GMACs", "macs", ".2f", 1e-9, ""),
-        ("throughput (img/s)", "throughput", ".1f", 1.0, ""), ("top-1", "top1", ".2f", 100.0, "%"),
-        ("top-5", "top5", ".2f", 100.0, "%"), ("agreement with original", "agreement", ".2f", 100.0, "%"),
+    base, comp, timing = report.baseline, report.compressed, report.timing
+    rows = [  # label, what it reads, format, scale, suffix
+        ("params (M)", lambda s: s.params, ".2f", 1e-6, ""),
+        ("GMACs", lambda s: s.macs, ".2f", 1e-9, ""),
+        ("throughput (img/s)", lambda s: s.throughput, ".1f", 1.0, ""),
+        ("top-1", lambda s: s.top1, ".2f", 100.0, "%"),
+        ("top-5", lambda s: s.top5, ".2f", 100.0, "%"),
+        ("agreement with original", lambda s: s.agreement, ".2f", 100.0, "%"),
     ]
-    if comp.get("feature_cosine") is not None:  # a headless model: features, not classes
-        rows.append(("feature cosine to original", "feature_cosine", ".4f", 1.0, ""))
+    if comp.feature_cosine is not None:  # a headless model: features, not classes
+        rows.append(("feature cosine to original", lambda s: s.feature_cosine, ".4f", 1.0, ""))
     lines = ["| | original | compressed |", "|---|---|---|"]
-    for label, key, spec, scale, suffix in rows:
-        lines.append(f"| {label} | {_fmt(base.get(key), spec, scale, suffix)} | "
-                     f"{_fmt(comp.get(key), spec, scale, suffix)} |")
+    for label, read, spec, scale, suffix in rows:
+        lines.append(f"| {label} | {_fmt(read(base), spec, scale, suffix)} | "
+                     f"{_fmt(read(comp), spec, scale, suffix)} |")
     lines.append("")
-    lines.append(f"Target speedup {_fmt(report.get('target_speedup'), 'g', 1.0, 'x')}, measured "
-                 f"{_fmt(report.get('measured_speedup'), '.2f', 1.0, 'x')} on {report.get('device', '—')} "
-                 f"(batch {report.get('batch_size', '—')}, {report.get('precision', 'fp32')}): throughput of this "
+    lines.append(f"Target speedup {report.target_speedup:g}x, measured {report.measured.ratio:.2f}x on "
+                 f"{timing.device or '—'} (batch {timing.batch_size or '—'}, {timing.precision}): throughput of this "
                  "model over the original's, measured interleaved in one run.")
     return "\n".join(lines)
 
@@ -70,17 +73,17 @@ def architecture(config: Dict[str, Any]) -> str:
             f"- kept widths per block (q/k per head, v per head, MLP hidden): {width_text}")
 
 
-def onnx_section(config: Dict[str, Any], onnx: Optional[Dict[str, Any]], repo_id: str) -> str:
+def onnx_section(config: Dict[str, Any], onnx: Optional[OnnxCheck], repo_id: str) -> str:
     """How to run model.onnx, with the preprocessing it expects; empty when there is none."""
-    if not onnx:
+    if onnx is None:
         return ""
     data = config.get("pretrained_cfg", {})
-    _, height, width = onnx["input_size"]
-    worst = max(onnx["max_difference"].values())
+    _, height, width = onnx.input_size
+    worst = max(onnx.max_difference.values())
     return f"""
 ## Run with ONNX Runtime
 
-`model.onnx` (opset {onnx['opset']}, any batch size, input `images` of shape (B, 3, {height}, {width}),
+`model.onnx` (opset {onnx.opset}, any batch size, input `images` of shape (B, 3, {height}, {width}),
 output `logits`) was exported by `cait push --with-onnx` from these weights and checked against
 PyTorch: the logits differ by at most {worst:.2g}. It needs neither PyTorch nor cait:
 
@@ -103,38 +106,39 @@ TensorRT builds an engine from the same file, e.g.
 """
 
 
-def int8_section(int8: Optional[Dict[str, Any]]) -> str:
+def int8_section(export: Optional[ExportReport]) -> str:
     """What model.int8.onnx keeps of the fp32 file's accuracy and how fast it ran, as measured by
     `cait export --quantize int8` (its report); empty when there is none."""
-    if not int8:
+    if export is None or export.int8 is None:
         return ""
-    check, results = int8["quantize"], int8["results"]
-    kept = ", ".join(check["keep_fp32"]) or "nothing"
-    if "drop" in check:
-        top1 = check["top1"]
-        accuracy = (f"On {check['images']}, it agrees with the fp32 file on "
-                    f"{_fmt(check['agreement']['fp32'], '.2f', 100.0, '%')} of the top-1 classes; top-1 "
+    int8, results, timing = export.int8, export.results, export.timing
+    verdict, kept = int8.verdict, ", ".join(int8.keep_fp32) or "nothing"
+    if verdict.compared is not None:
+        top1 = verdict.compared.top1
+        accuracy = (f"On {verdict.images}, it agrees with the fp32 file on "
+                    f"{_fmt(verdict.compared.agreement['fp32'], '.2f', 100.0, '%')} of the top-1 classes; top-1 "
                     f"{_fmt(top1.get('int8'), '.2f', 100.0, '%')} against {_fmt(top1.get('fp32'), '.2f', 100.0, '%')} "
-                    f"for fp32 (checked by {check['checked_by']}: at most {check['max_drop']:g} pt lower).")
+                    f"for fp32 (checked by {verdict.checked_by}: at most {int8.max_drop:g} pt lower).")
     else:
         accuracy = ("Its accuracy was not measured (no images were given): a sanity check on random images found "
-                    f"its logits within {check['random_check']['relative_error']:.2g} of the largest fp32 logit.")
+                    f"its logits within {verdict.random_check.relative_error:.2g} of the largest fp32 logit.")
     return f"""
 ## int8 (`model.int8.onnx`)
 
-Quantized by ONNX Runtime ({_int8_method(check)}; {kept} kept in fp32) from
+Quantized by ONNX Runtime ({_int8_method(int8)}; {kept} kept in fp32) from
 `model.onnx`, and run the same way. {accuracy}
 
-Under ONNX Runtime on {int8['device']} ({int8['threads']} threads, batch {int8['bench_batch_size']}) it ran
-{results['model']['throughput']:.1f} images/s against {results['fp32']['throughput']:.1f} for `model.onnx`
-({int8['int8_speedup']:.2f}x, measured interleaved).
+Under ONNX Runtime on {timing.device} ({timing.threads} threads, batch {timing.batch_size}) it ran
+{results['model'].throughput:.1f} images/s against {results['fp32'].throughput:.1f} for `model.onnx`
+({export.int8_speedup.ratio:.2f}x, measured interleaved).
 """
 
 
-def model_card(config: Dict[str, Any], report: Optional[Dict[str, Any]], repo_id: str,
-               onnx: Optional[Dict[str, Any]] = None, int8: Optional[Dict[str, Any]] = None) -> str:
-    """README.md for the Hub; `onnx` (opset, input_size, max_difference) adds how to run model.onnx,
-    `int8` (the report of `cait export --quantize int8`) what model.int8.onnx measured."""
+def model_card(config: Dict[str, Any], report: Optional[CompressReport], repo_id: str,
+               onnx: Optional[OnnxCheck] = None, int8: Optional[ExportReport] = None) -> str:
+    """README.md for the Hub; `report` (the checkpoint's report.json) adds the measurements, `onnx`
+    (model.onnx as checked) how to run model.onnx, `int8` (the report of `cait export --quantize
+    int8`) what model.int8.onnx measured."""
     base = config.get("cait", {}).get("base_model", "the original model")
     return f"""{front_matter(config)}
 
@@ -177,11 +181,11 @@ dense = model.unmerge(features)        # back to the full token grid, for dense 
 {onnx_section(config, onnx, repo_id)}{int8_section(int8)}"""
 
 
-def _int8_method(check: Dict[str, Any]) -> str:
+def _int8_method(int8: Int8Report) -> str:
     """How the int8 file was made, and why that way when both were tried."""
-    how = ("static quantization, QDQ int8 calibrated on images" if check["method"] == "static"
+    how = ("static quantization, QDQ int8 calibrated on images" if int8.method == "static"
            else "dynamic quantization: int8 weights, activations quantized as they run")
-    raced = raced_methods(check)
+    raced = int8.raced()
     if len(raced) > 1:
         how += f"; chosen as the faster of {' and '.join(raced)} that kept the accuracy"
     return how

@@ -150,10 +150,10 @@ def compress(
     result = run_or_exit(lambda: api.compress(progress=progress, **options), ctx)
     if plan_only or not result.main:
         return
-    print_compress_report(console, result.report, result.out)
+    print_compress_report(console, result.typed_report, result.out)
     _write_json(json_out, result.report, ctx)
     if not result.reached:
-        err_console().print(f"[bold red]error:[/] measured speedup {result.report['measured_speedup']:.2f}x "
+        err_console().print(f"[bold red]error:[/] measured speedup {result.typed_report.measured.ratio:.2f}x "
                             f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
                             "than asked", highlight=False)
         raise typer.Exit(3)
@@ -181,9 +181,9 @@ def eval_(
     from .report import print_eval_report
 
     console = Console()
-    report = run_or_exit(lambda: api.evaluate(progress=RichProgress(console), **options), ctx)
+    report = run_or_exit(lambda: api.evaluate_report(progress=RichProgress(console), **options), ctx)
     print_eval_report(console, report)
-    _write_json(json_out, report, ctx)
+    _write_json(json_out, report.to_json(), ctx)
 
 
 @app.command(name="export")
@@ -234,9 +234,9 @@ def export_(
     from .report import print_export_report
 
     console = Console()
-    report = run_or_exit(lambda: api.export(progress=RichProgress(console), **options), ctx)
+    report = run_or_exit(lambda: api.export_report(progress=RichProgress(console), **options), ctx)
     print_export_report(console, report)
-    _write_json(json_out, report, ctx)
+    _write_json(json_out, report.to_json(), ctx)
 
 
 @app.command()

@@ -12,8 +12,11 @@ from typing import List, Optional
 from ..atomic import atomic_directory
 from ..errors import CaitError, first_line, is_network_error
 from ..models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
+from ..pipeline.reports.compress import CompressReport
+from ..pipeline.reports.export import ExportReport, OnnxCheck
 from .card import model_card
 
+REPORT_NAME = "report.json"
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -35,9 +38,8 @@ def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False, qu
     here, so it holds exactly these weights), model.int8.onnx with `quantize` (calibrated and
     checked on `data`) and a generated README.md."""
     config = read_config(directory)
-    report_file = directory / "report.json"
-    report = json.loads(report_file.read_text()) if report_file.is_file() else None
-    names = [CONFIG_NAME, WEIGHTS_NAME] + (["report.json"] if report is not None else [])
+    report = read_report(directory)
+    names = [CONFIG_NAME, WEIGHTS_NAME] + ([REPORT_NAME] if report is not None else [])
     for name in names:
         shutil.copy2(directory / name, into / name)
     onnx = _export_onnx(directory, into / ONNX_NAME) if with_onnx else None
@@ -46,15 +48,26 @@ def stage(directory: Path, repo_id: str, into: Path, with_onnx: bool = False, qu
     return sorted(names + ["README.md"] + ([ONNX_NAME] if onnx else []) + ([INT8_NAME] if quantized else []))
 
 
-def _export_onnx(directory: Path, out: Path) -> dict:
+def read_report(directory: Path) -> Optional[CompressReport]:
+    """The checkpoint's report.json (None without one); CaitError if it is not a report cait wrote."""
+    path = directory / REPORT_NAME
+    if not path.is_file():
+        return None
+    try:
+        return CompressReport.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CaitError(f"{path} is not a report cait compress wrote ({type(err).__name__}: {err}); "
+                        "move it away to push without it") from None
+
+
+def _export_onnx(directory: Path, out: Path) -> OnnxCheck:
     """model.onnx with a dynamic batch, checked against PyTorch; what the card says of it."""
     from ..pipeline.export.onnx_export import ExportConfig, export_file
 
-    _, report = export_file(ExportConfig(model=str(directory), out=out, dynamic_batch=True))
-    return {key: report[key] for key in ("opset", "input_size", "max_difference", "tolerance")}
+    return export_file(ExportConfig(model=str(directory), out=out, dynamic_batch=True))[1]
 
 
-def _export_int8(directory: Path, out: Path, quantize: str, data: Optional[str]) -> dict:
+def _export_int8(directory: Path, out: Path, quantize: str, data: Optional[str]) -> ExportReport:
     """model.int8.onnx (dynamic batch), refused if it falls below fp32 (see `cait export --quantize`);
     its export report, for the card to state its accuracy and speed as measured."""
     from ..pipeline.export.onnx_export import ExportConfig, export

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -34,13 +34,14 @@ from .distributed import (
 from .job import CompressConfig, Job, resolved
 from .measuring.measure import resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
-from .measuring.report import build_report, measure_models, report_json
+from .measuring.report import measure_models
 from .phases import calibrated_student, finetune, landed
-from .planning.landing import band
+from .planning.landing import Attempt, band
 from .planning.latency import calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
 from .planning.scoring import kl_score
 from .progress import Progress, Silent
+from .reports.compress import CompressReport, Training
 from .state import RunDir, plan_from_dict
 from .training.train import loss_name
 
@@ -49,12 +50,17 @@ from .training.train import loss_name
 class CompressResult:
     plan: Plan
     out: Optional[Path] = None
-    report: Dict[str, Any] = field(default_factory=dict)
+    typed_report: Optional[CompressReport] = None  # None with plan_only
     main: bool = True  # False on the torchrun ranks other than 0 (they print nothing)
 
     @property
+    def report(self) -> Dict[str, Any]:
+        """What `cait compress --json` writes (report.json's content); {} with plan_only."""
+        return self.typed_report.to_json() if self.typed_report else {}
+
+    @property
     def reached(self) -> bool:
-        return bool(self.report.get("reached", True))
+        return self.typed_report.reached if self.typed_report else True
 
 
 def check_config(cfg: CompressConfig) -> None:
@@ -184,28 +190,39 @@ def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
     return CompressResult(plan, job.cfg.out, report, main=job.cluster.is_main)
 
 
-def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int) -> Dict[str, Any]:
+def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int) -> CompressReport:
     cfg = job.cfg
     job.progress.message("measuring the compressed model against the original")
     measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp, job.forwards,
                               band=band(cfg.target_speedup))
-    report = build_report(cfg.target_speedup, plan, measured, tolerance=cfg.tolerance)
-    report["skipped_images"] += skipped
-    report["training"] = {"batch_size_per_process": cfg.batch_size, "processes": job.cluster.world,
-                          "global_batch": cfg.batch_size * job.cluster.world, "augment": cfg.augment,
-                          "labels": "not applicable" if job.labels_note else ("used" if job.batches else None),
-                          "labels_note": job.labels_note, "loss": loss_name(job.base), "lr": cfg.lr,
-                          "lr_rule": job.meta.get("lr_rule"),
-                          "compile": cfg.compile, "decode": job.decode, "steps": job.step_times}
-    report["attempts"] = job.meta.get("attempts", [])
+    report = CompressReport.of(cfg.target_speedup, cfg.tolerance, plan, measured, _training(job), _attempts(job),
+                               skipped_in_training=skipped)
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,
-              "measured_speedup": report["measured_speedup"], "runtime": report["runtime"],
-              "device": report["device"], "precision": report["precision"], "plan": plan.to_dict()}
+              "measured_speedup": report.measured.ratio, "runtime": report.timing.runtime,
+              "device": report.timing.device, "precision": report.timing.precision, "plan": plan.to_dict()}
     save_checkpoint(slim_model.cpu().eval(), cfg.out, spec, source,
-                    extra_files={"report.json": report_json(report)}, overwrite=cfg.overwrite or cfg.resume)
+                    extra_files={"report.json": report.to_text()}, overwrite=cfg.overwrite or cfg.resume)
     job.run.remove()
     return report
+
+
+def _training(job: Job) -> Training:
+    """How this run trained, for its report."""
+    cfg = job.cfg
+    return Training(batch_size_per_process=cfg.batch_size, processes=job.cluster.world, augment=cfg.augment,
+                    labels="not applicable" if job.labels_note else ("used" if job.batches else None),
+                    labels_note=job.labels_note, loss=loss_name(job.base), lr=cfg.lr, lr_rule=_lr_rule(job),
+                    compile=cfg.compile, decode=job.decode, steps=job.step_times)
+
+
+def _lr_rule(job: Job) -> Optional[str]:
+    return job.meta.get("lr_rule")
+
+
+def _attempts(job: Job) -> List[Attempt]:
+    """The landing measurements of this run (kept across a resume), in order."""
+    return [Attempt.from_dict(a) for a in job.meta.get("attempts", [])]
 
 
 def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:

@@ -18,16 +18,18 @@ from ..models.onnx_model import is_onnx_path
 from .data.sources import Batches, WithoutLabels, eval_loader, loader, resolve_data_config
 from .data.sources import _why_labels_are_dropped as why_labels_are_dropped  # compress's rule, not a copy
 from .measuring.measure import (
+    AccuracyResult,
     SpeedConfig,
     count_macs,
     count_params,
     measure_accuracy,
     measure_throughput,
-    paired_speedup,
     resolve_device,
 )
 from .measuring.runtimes import resolve_runtime
 from .progress import Progress, Silent
+from .reports.evaluate import EvalReport
+from .reports.parts import ModelSide, Speedup, Timing
 
 
 @dataclass
@@ -46,8 +48,8 @@ class EvalConfig:
     max_batches: Optional[int] = None
 
 
-def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any]:
-    """Measure `cfg.model` (and `cfg.baseline`); returns the report as plain data."""
+def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> EvalReport:
+    """Measure `cfg.model` (and `cfg.baseline`); its report (`.to_json()`: as plain data)."""
     progress = progress or Silent()
     device = _device(cfg)
     runtime = _runtime(cfg, device)  # before the accuracy pass, not after it
@@ -58,32 +60,24 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> Dict[str, Any
     _check_inputs(models, data_cfg)
     batch_size = cfg.batch_size or getattr(models["model"], "fixed_batch", None)
     amp = cfg.amp and device.type == "cuda"
-    report: Dict[str, Any] = {"model": cfg.model, "baseline": cfg.baseline, "data": cfg.data,
-                              "input_size": list(data_cfg["input_size"])}
-    sides = {name: {"params": count_params(m), "macs": count_macs(m)} for name, m in models.items()}
+    accuracy: Dict[str, AccuracyResult] = {}
+    labels_note, skipped = None, 0
     if cfg.data:
         progress.message(f"accuracy on {cfg.data}")
-        images, report["labels_note"] = held_out_images(cfg, data_cfg, batch_size or 64, models["model"])
+        images, labels_note = held_out_images(cfg, data_cfg, batch_size or 64, models["model"])
         for name, model in models.items():
             reference = models.get("baseline") if name == "model" else None
-            acc = measure_accuracy(model, images, device, baseline=reference, amp=amp, max_batches=cfg.max_batches)
-            sides[name].update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement,
-                               feature_cosine=acc.feature_cosine, images=acc.n)
-        report["skipped_images"] = images.skipped
+            accuracy[name] = measure_accuracy(model, images, device, baseline=reference, amp=amp,
+                                              max_batches=cfg.max_batches)
+        skipped = images.skipped
     progress.message(f"throughput on {device}, interleaved")
     speed_cfg = SpeedConfig(batch_size=batch_size, warmup=cfg.warmup, repeats=cfg.repeats, amp=amp, runtime=runtime)
     speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, device)
-    for name, result in speed.items():
-        sides[name].update(throughput=result.throughput, throughput_min=result.throughput_min,
-                           throughput_max=result.throughput_max, peak_memory_mb=result.peak_memory_mb)
-    first = speed["model"]
-    report.update(device=first.device, batch_size=first.batch_size, precision=first.precision,
-                  runtime=first.runtime, repeats=len(first.per_repeat),
-                  threads=first.threads, results=sides)
-    if "baseline" in speed:
-        ratio, low, high = paired_speedup(speed, "model", "baseline")
-        report.update(speedup=ratio, speedup_range=[low, high])
-    return report
+    sides = {name: ModelSide.measured(count_params(m), count_macs(m), speed[name], accuracy.get(name))
+             for name, m in models.items()}
+    return EvalReport(cfg.model, cfg.baseline, cfg.data, list(data_cfg["input_size"]), Timing.of(speed["model"]),
+                      sides, Speedup.of(speed, "model", "baseline") if "baseline" in speed else None,
+                      labels_note=labels_note, skipped_images=skipped)
 
 
 def held_out_images(cfg: EvalConfig, data_cfg: Dict[str, Any], batch_size: int, model: nn.Module

@@ -40,18 +40,21 @@ from ...models.onnx_model import (
 from ..data.sources import eval_loader, resolve_data_config
 from ..measuring.measure import (
     SpeedConfig,
+    SpeedResult,
     count_macs,
     count_params,
     logits_of,
     measure_throughput,
-    paired_speedup,
 )
 from ..progress import Progress, Silent
+from ..reports.export import ExportReport, ExportSide, Int8Report, OnnxCheck, Tried
+from ..reports.parts import Speedup, Timing
 from . import quantize as int8
 
 FORMATS = ("onnx",)
 MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer without version conversion
 DYNAMIC_CHECK_BATCHES = (1, 3)  # a dynamic-batch file is checked at two batch sizes
+INT8_NAMES = {"model": "int8", "fp32": "fp32", "baseline": "baseline"}  # a timed file's name in the int8 check
 
 
 @dataclass
@@ -190,7 +193,7 @@ def export_checked(model: nn.Module, out: Path, *, example: torch.Tensor, dynami
     return exported, differences
 
 
-def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[OnnxModel, Dict[str, Any]]:
+def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[OnnxModel, OnnxCheck]:
     """Write the checked ONNX file of `cfg.model`; returns it loaded and what was checked."""
     progress = progress or Silent()
     validate(cfg)
@@ -206,25 +209,24 @@ def export_file(cfg: ExportConfig, progress: Progress | None = None) -> Tuple[On
     exported, differences = export_checked(
         model, out, example=example, dynamic_batch=cfg.dynamic_batch, opset=cfg.opset,
         meta=metadata(model, data_cfg, cfg.model), checks=checks, tolerance=cfg.tolerance, overwrite=cfg.overwrite)
-    return exported, {
-        "model": cfg.model, "out": str(out), "format": cfg.format, "opset": cfg.opset, "batch": batch or "dynamic",
-        "input_size": list(data_cfg["input_size"]), "tolerance": cfg.tolerance,
-        "max_difference": differences, "checked_images": {k: sum(b.shape[0] for b in v) for k, v in checks.items()},
-        "file_mb": out.stat().st_size / 2**20,
-    }
+    checked_images = {kind: sum(b.shape[0] for b in batches) for kind, batches in checks.items()}
+    return exported, OnnxCheck(cfg.model, str(out), cfg.format, cfg.opset, batch or "dynamic",
+                               list(data_cfg["input_size"]), cfg.tolerance, differences, checked_images,
+                               out.stat().st_size / 2**20)
 
 
-def export(cfg: ExportConfig, progress: Progress | None = None) -> Dict[str, Any]:
+def export(cfg: ExportConfig, progress: Progress | None = None) -> ExportReport:
     """Export `cfg.model` to ONNX, checked against PyTorch, and to int8 if asked, checked against the
     fp32 file; time it against the fp32 file and the baseline, when there are those."""
     progress = progress or Silent()
     validate(cfg)
     out = Path(cfg.out or default_out(cfg.model, cfg.quantize))
     refuse_existing(out, cfg.overwrite)
+    base_difference, quantized = None, None
     with tempfile.TemporaryDirectory(prefix="cait-export-") as tmp:
         fp32_cfg = replace(cfg, out=Path(tmp) / "fp32.onnx", overwrite=True) if cfg.quantize else cfg
-        exported, report = export_file(fp32_cfg, progress)
-        batch = report["batch"] if isinstance(report["batch"], int) else None
+        exported, checked = export_file(fp32_cfg, progress)
+        batch = checked.batch if isinstance(checked.batch, int) else None
         models: Dict[str, nn.Module] = {"model": exported}
         if cfg.baseline:
             progress.message(f"exporting the baseline {cfg.baseline} the same way")
@@ -233,14 +235,23 @@ def export(cfg: ExportConfig, progress: Progress | None = None) -> Dict[str, Any
         if cfg.quantize:
             models["fp32"] = exported
             models["model"], quantized = export_int8(cfg, out, models, batch, progress)
-            report.update(quantized, fp32_file_mb=report["file_mb"])
-        report.update(timing(cfg, models, exported.pretrained_cfg, batch, progress))
-    for side, name in (("model", "int8"), ("fp32", "fp32"), ("baseline", "baseline")):
-        if side in report["results"] and "top1" in report.get("quantize", {}):
-            report["results"][side]["top1"] = report["quantize"]["top1"].get(name)
-    if cfg.baseline:
-        report["results"]["baseline"]["max_difference"] = base_difference
-    return report
+        speed = timing(cfg, models, exported.pretrained_cfg, batch, progress)
+    return export_report(checked, models, speed, quantized, base_difference)
+
+
+def export_report(checked: OnnxCheck, models: Dict[str, nn.Module], speed: Dict[str, SpeedResult],
+                  quantized: Optional[Int8Report], base_difference: Optional[float]) -> ExportReport:
+    """The report of the files timed in `speed`: the int8 check's top-1 on each side it measured."""
+    compared = quantized.verdict.compared if quantized else None
+    top1 = compared.top1 if compared else {}
+    sides = {name: ExportSide(count_params(m), count_macs(m), speed[name].throughput, speed[name].throughput_min,
+                              speed[name].throughput_max, top1.get(INT8_NAMES[name]),
+                              base_difference if name == "baseline" else None)
+             for name, m in models.items()}
+    timed = replace(Timing.of(speed["model"]), runtime="onnxruntime")  # the files' forwards are ONNX Runtime's
+    over_baseline = Speedup.of(speed, "model", "baseline") if "baseline" in speed else None
+    over_fp32 = Speedup.of(speed, "model", "fp32") if "fp32" in speed else None
+    return ExportReport(checked, sides, timed, over_baseline, quantized, over_fp32)
 
 
 def refuse_existing(out: Path, overwrite: bool) -> None:
@@ -249,7 +260,7 @@ def refuse_existing(out: Path, overwrite: bool) -> None:
 
 
 def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batch: Optional[int],
-                progress: Progress) -> Tuple[OnnxModel, Dict[str, Any]]:
+                progress: Progress) -> Tuple[OnnxModel, Int8Report]:
     """ONNX Runtime's int8 version of the checked fp32 file models["model"], written to `out` only if it
     keeps fp32's top-1 within cfg.max_drop on held-out images (see quantize.check_int8). With
     int8_method "auto" and images, a static and a dynamic file are both made and checked, and the
@@ -281,11 +292,9 @@ def export_int8(cfg: ExportConfig, out: Path, models: Dict[str, nn.Module], batc
             shutil.copyfile(made[chosen].path, dst)
     result = made[chosen]  # its session holds the model; only the file moved
     result.path = out
-    tried = {m: {"images_per_second": speeds.get(m), "refused": refused.get(m)} for m in methods}
-    return result, {
-        "out": str(out), "file_mb": out.stat().st_size / 2**20, "precision": cfg.quantize,
-        "quantize": {"mode": cfg.quantize, "method": chosen, "int8_method": cfg.int8_method, "tried": tried,
-                     "keep_fp32": list(settings.keep_fp32), "max_drop": cfg.max_drop, **checks[chosen]}}
+    tried = {m: Tried(speeds.get(m), refused.get(m)) for m in methods}
+    return result, Int8Report(cfg.quantize, chosen, cfg.int8_method, tried, list(settings.keep_fp32), cfg.max_drop,
+                              checks[chosen], str(out), out.stat().st_size / 2**20)
 
 
 def _race(files: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional[int]) -> Dict[str, float]:
@@ -298,24 +307,12 @@ def _race(files: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional
 
 
 def timing(cfg: ExportConfig, models: Dict[str, nn.Module], data_cfg: Dict[str, Any], batch: Optional[int],
-           progress: Progress) -> Dict[str, Any]:
+           progress: Progress) -> Dict[str, SpeedResult]:
     """ONNX Runtime throughput of the files (the model, its fp32 file when it is int8, the
     baseline), interleaved."""
     progress.message("ONNX Runtime throughput on the CPU" + (", interleaved" if len(models) > 1 else ""))
     speed_cfg = SpeedConfig(batch_size=batch or cfg.bench_batch_size, warmup=cfg.warmup, repeats=cfg.repeats)
-    speed = measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
-    sides = {name: {"params": count_params(m), "macs": count_macs(m), "throughput": speed[name].throughput,
-                    "throughput_min": speed[name].throughput_min, "throughput_max": speed[name].throughput_max}
-             for name, m in models.items()}
-    first = speed["model"]
-    result: Dict[str, Any] = {"results": sides, "runtime": "onnxruntime", "device": first.device,
-                              "bench_batch_size": first.batch_size, "threads": first.threads,
-                              "repeats": len(first.per_repeat)}
-    for other, key in (("baseline", "speedup"), ("fp32", "int8_speedup")):
-        if other in models:
-            ratio, low, high = paired_speedup(speed, "model", other)
-            result.update({key: ratio, f"{key}_range": [low, high]})
-    return result
+    return measure_throughput(models, tuple(data_cfg["input_size"]), speed_cfg, torch.device("cpu"))
 
 
 def export_baseline(cfg: ExportConfig, path: Path, data_cfg: Dict[str, Any], batch: Optional[int]

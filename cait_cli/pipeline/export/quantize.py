@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -59,6 +59,34 @@ class Int8Check:
     labelled: int
     top1: Dict[str, Optional[float]] = field(default_factory=dict)  # per model: "int8", "fp32", "baseline"
     agreement: Dict[str, float] = field(default_factory=dict)  # int8's agreement with "fp32", "baseline"
+
+
+@dataclass
+class RandomCheck:
+    """The int8 file against the fp32 file on random images: its largest logit error, over the largest
+    fp32 logit, and the share of top-1 classes they agree on."""
+    images: int
+    relative_error: float
+    agreement: float
+
+
+@dataclass
+class Int8Verdict:
+    """What the int8 file was checked on and how far it fell below fp32 (check_int8)."""
+    random_check: RandomCheck
+    checked_by: str  # drop_of's measure ("top-1", "agreement with fp32"), or the random images' sanity check
+    drop: Optional[float] = None  # points below fp32; None: accuracy not measured (no images)
+    images: Optional[str] = None  # what it was compared on (Int8Images.described)
+    compared: Optional[Int8Check] = None  # the predictions compared on those images
+    labels_note: Optional[str] = None  # why top-1 does not apply, when it does not
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"random_check": asdict(self.random_check), "checked_by": self.checked_by}
+        if self.compared is not None:
+            out.update(drop=self.drop, images=self.images, compared_images=self.compared.images,
+                       labelled_images=self.compared.labelled, top1=self.compared.top1,
+                       agreement=self.compared.agreement, labels_note=self.labels_note)
+        return out
 
 
 @dataclass
@@ -207,11 +235,6 @@ def candidates(method: str, has_images: bool) -> List[str]:
     return [method]
 
 
-def raced_methods(check: Dict[str, Any]) -> List[str]:
-    """The methods an int8 report's file was chosen among: those made, checked and not refused."""
-    return [method for method, tried in (check.get("tried") or {}).items() if not tried.get("refused")]
-
-
 def quantize_file(src: Path, dst: Path, calibration: Optional[Sequence[torch.Tensor]],
                   settings: Int8Settings, method: Optional[str] = None) -> str:
     """Write the int8 version of the fp32 file `src` to `dst`; returns the method used: "static"
@@ -309,20 +332,17 @@ def int8_images(source: str, data_cfg: Dict[str, Any], *, calib_images: int, com
 
 
 def check_int8(models: Dict[str, nn.Module], images: Optional[Int8Images], random: Sequence[torch.Tensor],
-               max_drop: float, out: Path) -> Dict[str, Any]:
+               max_drop: float, out: Path) -> Int8Verdict:
     """Compare models["int8"] with models["fp32"] (and models["baseline"]) and refuse a file that
     falls more than `max_drop` points below fp32; what was compared, for the report."""
     error, agree = relative_error(models["int8"], models["fp32"], random)
-    report: Dict[str, Any] = {"random_check": {"images": sum(b.shape[0] for b in random), "relative_error": error,
-                                               "agreement": agree}}
+    random_check = RandomCheck(sum(b.shape[0] for b in random), error, agree)
     if images is None:
         if not error <= SANITY_ERROR:
             raise CaitError(f"int8 logits on random images are off by {error:.2g} of the largest fp32 logit "
                             f"(sanity limit {SANITY_ERROR:g}); {out} was not written")
-        return {**report, "checked_by": "random images (a sanity check; accuracy not measured: no --data)"}
+        return Int8Verdict(random_check, "random images (a sanity check; accuracy not measured: no --data)")
     check = compare(models, images.held_out)
     enforce(check, max_drop, out, images.described)
     drop, measure = drop_of(check)
-    return {**report, "checked_by": measure, "drop": drop, "images": images.described,
-            "compared_images": check.images, "labelled_images": check.labelled, "top1": check.top1,
-            "agreement": check.agreement, "labels_note": images.labels_note}
+    return Int8Verdict(random_check, measure, drop, images.described, check, images.labels_note)

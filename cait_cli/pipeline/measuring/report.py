@@ -1,16 +1,16 @@
-"""The numbers `cait compress` reports: original vs compressed, measured side by side."""
+"""The numbers `cait compress` reports: original vs compressed, measured side by side
+(reports/compress.py makes them its report)."""
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ...method.cost import model_macs
-from ..planning.plan import BAND, Plan
+from ..reports.parts import ModelSide, Speedup, Timing
 from .measure import (
     AccuracyResult,
     SpeedConfig,
@@ -74,63 +74,32 @@ def quick_speedup(base: nn.Module, compressed: nn.Module, device: torch.device, 
     return paired_speedup(results, "compressed", "original")[0]
 
 
+@dataclass
+class Comparison:
+    """The original and the compressed model measured side by side (the core of compress's report)."""
+
+    baseline: ModelSide
+    compressed: ModelSide
+    timing: Timing
+    speedup: Speedup  # of the compressed model over the original
+    skipped_images: int = 0  # held-out images that could not be read
+
+
 def measure_models(base: nn.Module, compressed: nn.Module, val, device: torch.device, batch: int,
                    amp: bool, forwards: Optional[Forwards] = None,
-                   band: Optional[Tuple[float, float]] = None) -> Dict[str, Any]:
+                   band: Optional[Tuple[float, float]] = None) -> Comparison:
     """Speed (interleaved), params, MACs and, with held-out images, accuracy of both models."""
     least, most = FINAL_REPEATS
     cfg = SpeedConfig(batch_size=batch, amp=amp, repeats=most, runtime=forwards.runtime if forwards else "eager")
     stop = band_stop("compressed", "original", band, least) if band else None
     speed = measure_throughput({"original": base, "compressed": compressed}, _input_size(base), cfg, device,
                                forwards, stop)
-    out: Dict[str, Any] = {"speed": speed, "speedup": paired_speedup(speed, "compressed", "original")}
-    for name, model in (("original", base), ("compressed", compressed)):
-        out[f"{name}_params"] = count_params(model)
-        out[f"{name}_macs"] = model_macs(model)
+    accuracy: Dict[str, Optional[AccuracyResult]] = {"original": None, "compressed": None}
     if val is not None:
-        out["original_acc"] = measure_accuracy(base, val, device, amp=amp)
-        out["compressed_acc"] = measure_accuracy(compressed, val, device, baseline=base, amp=amp)
-    return out
-
-
-def _model_side(params: int, macs: int, speed, acc: Optional[AccuracyResult]) -> Dict[str, Any]:
-    side = {"params": params, "macs": macs, "throughput": speed.throughput,
-            "throughput_min": speed.throughput_min, "throughput_max": speed.throughput_max,
-            "peak_memory_mb": speed.peak_memory_mb}
-    if acc is not None:
-        side.update(top1=acc.top1, top5=acc.top5, agreement=acc.agreement, feature_cosine=acc.feature_cosine,
-                    images=acc.n)
-    return side
-
-
-def build_report(target: float, plan: Plan, measured: Dict[str, Any], tolerance: float) -> Dict[str, Any]:
-    """report.json: target vs measured speedup, baseline and compressed sides, the plan."""
-    speed = measured["speed"]
-    ratio, low, high = measured["speedup"]
-    first = speed["original"]
-    compressed_acc = measured.get("compressed_acc")
-    return {
-        "target_speedup": target,
-        "measured_speedup": ratio,
-        "measured_speedup_range": [low, high],
-        "predicted_speedup": plan.predicted_speedup,
-        "reached": ratio >= target * (1 - tolerance),
-        "landed": BAND[0] * target <= ratio <= BAND[1] * target,
-        "band": [BAND[0] * target, BAND[1] * target],
-        "device": first.device,
-        "batch_size": first.batch_size,
-        "precision": first.precision,
-        "runtime": first.runtime,
-        "repeats": len(first.per_repeat),
-        "threads": first.threads,
-        "baseline": _model_side(measured["original_params"], measured["original_macs"], first,
-                          measured.get("original_acc")),
-        "compressed": _model_side(measured["compressed_params"], measured["compressed_macs"], speed["compressed"],
-                            compressed_acc),
-        "skipped_images": compressed_acc.skipped if compressed_acc else 0,
-        "plan": plan.to_dict(),
-    }
-
-
-def report_json(report: Dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=lambda o: asdict(o)) + "\n"
+        accuracy["original"] = measure_accuracy(base, val, device, amp=amp)
+        accuracy["compressed"] = measure_accuracy(compressed, val, device, baseline=base, amp=amp)
+    sides = {name: ModelSide.measured(count_params(model), model_macs(model), speed[name], accuracy[name])
+             for name, model in (("original", base), ("compressed", compressed))}
+    skipped = accuracy["compressed"].skipped if accuracy["compressed"] else 0
+    return Comparison(sides["original"], sides["compressed"], Timing.of(speed["original"]),
+                      Speedup.of(speed, "compressed", "original"), skipped)

@@ -29,6 +29,7 @@ from ...method.cdcp import gates_of, set_budget
 from ...method.model import patch_vit
 from ...method.slim import slim
 from ..measuring.report import quick_speedup
+from ..state import plan_from_dict
 from .plan import BAND, LANDING_BAND, Plan, SpeedModel, describe_plan, make_plan
 
 if TYPE_CHECKING:
@@ -49,6 +50,11 @@ class Attempt:
     def to_dict(self) -> Dict[str, Any]:
         return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured,
                 "widths": [list(w) for w in self.widths]}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Attempt":
+        return cls(plan_from_dict(data["plan"]), data["predicted"], data["measured"],
+                   [tuple(w) for w in data.get("widths", [])])
 
 
 def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:
