@@ -31,12 +31,7 @@ from typing import Dict, List
 
 import torch
 
-from benchmarks.input_speed import (
-    fixed_plan,
-    make_jpeg_folder,
-    premade_inputs,
-    training_rates,
-)
+from benchmarks.input_speed import make_jpeg_folder, premade_inputs, training_rates
 from benchmarks.profile_step import setup
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import CaitError, run_script
@@ -142,19 +137,16 @@ def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
         rows.append(f"| {model} | step alone, batch on the device, {mode} | | {got['rate']:.0f} | "
                     f"{got['compile']:.0f} s | {got['peak']:.0f} | {got['flops']:.1%} |")
         print(rows[-1], flush=True)
-    run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp, device=args.device,
-               calib_steps=args.steps, target=1.9, method="cait", bench_batch=args.bench_batch_size)
+    # a plan that prunes (keep 0.7), so calibration runs
+    run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, device=args.device,
+               calib_steps=args.steps, keep=0.7)
     inputs = (("loop, pre-made tensors, main process", 0, "cpu"),
               (f"loop, {args.width}x{args.height} JPEGs, {args.workers} workers decode", args.workers, "cpu"),
               (f"loop, {args.width}x{args.height} JPEGs, decoded on the GPU", args.workers, "gpu"))
     for label, workers, decode in inputs:
         reset_peak(args.device)
-        with fixed_plan(keep=0.7):  # a plan that prunes, so calibration runs
-            if workers == 0:
-                with premade_inputs(args.images, 224):
-                    rates = training_rates(model, data, workers=0, **run)
-            else:
-                rates = training_rates(model, data, workers=workers, decode=decode, **run)
+        images = premade_inputs(args.images, 224) if workers == 0 else data
+        rates = training_rates(model, images, workers=workers, decode=decode, **run)
         rows.append(f"| {model} | {label} | {rates.get('calibrate', float('nan')):.0f} | "
                     f"{rates.get('finetune', float('nan')):.0f} | | {peak_mb(args.device):.0f} | |")
         print(rows[-1], flush=True)

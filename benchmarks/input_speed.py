@@ -1,7 +1,7 @@
 """Is the training input fast enough? Images/s through `cait compress`'s training loop.
 
 A generated folder of 224x224 JPEGs and a model small enough that decoding, not the
-model, sets the pace. The same fine-tuning loop (compress with --finetune-steps N)
+model, sets the pace. The same fine-tuning loop (compress's run_phase, N steps)
 runs three ways: its batches decoded by --workers 2 processes, by the main process
 (--workers 0), and from pre-made tensors in memory (the model step alone, no
 decoding). Goal: with workers, within 10% of the model-step rate.
@@ -12,13 +12,13 @@ decoding). Goal: with workers, within 10% of the model-step rate.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import timm
@@ -29,11 +29,17 @@ from torch.utils.data import Dataset
 
 from cait_cli.atomic import write_text_atomic
 from cait_cli.errors import run_script
-from cait_cli.method.atme import alternating_schedule
-from cait_cli.pipeline import compress as compress_module
-from cait_cli.pipeline.compress import CompressConfig, compress
-from cait_cli.pipeline.planning.plan import Plan
+from cait_cli.method.atme import MergeStep, alternating_schedule
+from cait_cli.method.cdcp import set_budget
+from cait_cli.method.slim import slim
+from cait_cli.models.loading import load_model
+from cait_cli.pipeline.data.device_decode import training_batches
+from cait_cli.pipeline.data.sources import open_data, resolve_data_config
+from cait_cli.pipeline.job import CompressConfig, lr_for
 from cait_cli.pipeline.progress import Silent
+from cait_cli.pipeline.training.calibrate import apply_budget, gated_student
+from cait_cli.pipeline.training.loop import run_phase
+from cait_cli.pipeline.training.train import TrainConfig
 
 # decoding dominates: a 224x224 input, 16x16 patches, but only 2 narrow blocks
 SMALL = dict(img_size=224, patch_size=16, depth=2, embed_dim=64, num_heads=2, num_classes=10)
@@ -90,62 +96,53 @@ class StepClock(Silent):
 class InMemory(Dataset):
     """Pre-made (image, label) tensors: the loop with nothing to decode."""
 
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images  # (N, 3, H, W)
+    def __init__(self, images: torch.Tensor, classes: int = 10) -> None:
+        self.images, self.classes = images, classes  # (N, 3, H, W)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        return self.images[index], index % 10
+        return self.images[index], index % self.classes
 
 
-@contextmanager
-def fixed_plan(keep: float = 1.0) -> Iterator[None]:
-    """Input speed does not depend on the plan: merge once after block 1 (and keep `keep` of the
-    channel MACs), so that a busy machine's block timings cannot make the planner refuse."""
-    real = compress_module._plan
-
-    def plan(job):
-        grid = tuple(job.base.patch_embed.grid_size)
-        return Plan(alternating_schedule((1,), grid), keep, 1.0)
-
-    compress_module._plan = plan
-    try:
-        yield
-    finally:
-        compress_module._plan = real
+def premade_inputs(images: int, size: int, classes: int = 10) -> Dataset:
+    """Pre-made tensors in memory, labelled by `classes`: what the loop trains on when nothing is decoded
+    (the model step alone)."""
+    return InMemory(torch.randn(images, 3, size, size), classes)
 
 
-@contextmanager
-def premade_inputs(images: int, size: int) -> Iterator[None]:
-    """compress() reads its training data from tensors made once (the model step alone)."""
-    real = compress_module.open_data
-
-    def open_premade(*args, **kwargs):
-        bundle = real(*args, **kwargs)
-        bundle.train = InMemory(torch.randn(images, 3, size, size))
-        return bundle
-
-    compress_module.open_data = open_premade
-    try:
-        yield
-    finally:
-        compress_module.open_data = real
+def fixed_schedule(model: torch.nn.Module) -> List[MergeStep]:
+    """Input speed does not depend on the plan: merge once after block 1 (no planner, no block timings)."""
+    return alternating_schedule((1,), tuple(model.patch_embed.grid_size))
 
 
-def training_rates(model: str, data: str, steps: int, batch: int, warmup: int, workers: int, tmp: Path,
-                   device: str = "cpu", calib_steps: int = 0, target: float = 1.3, method: str = "atme",
-                   bench_batch: Optional[int] = None, amp: bool = True, **options) -> Dict[str, float]:
-    """Images/s of calibration (if calib_steps) and fine-tuning through compress's own loop.
-    `options`: further CompressConfig fields (compile, decode)."""
-    cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"out-{time.monotonic_ns()}.cait",
-                         data=data, calib_steps=calib_steps, finetune_steps=steps, batch_size=batch,
-                         bench_batch_size=bench_batch, workers=workers, device=device, replan=False,
-                         method=method, weights="random", latency_cache=tmp / "latency", max_val_images=0,
-                         amp=amp, checkpoint_every=10 ** 9, **options)
+def training_rates(model: str, data: Union[str, Dataset], steps: int, batch: int, warmup: int, workers: int,
+                   device: str = "cpu", calib_steps: int = 0, keep: float = 1.0, amp: bool = True,
+                   compile: Optional[bool] = None, decode: str = "auto") -> Dict[str, float]:
+    """Images/s of CDCP calibration (if calib_steps) and fine-tuning through `cait compress`'s own loop
+    (run_phase) and batches (training_batches), on a fixed plan: merge after block 1, keep `keep` of
+    the channel MACs. `data`: a folder of images, or a Dataset of pre-made tensors (premade_inputs).
+    `compile`: the training step under torch.compile; None: on CUDA yes, on the CPU no (as compress)."""
+    dev = torch.device(device)
+    base = load_model(model, "random").model.to(dev).eval()
+    data_cfg = resolve_data_config(base)
+    if not isinstance(data, Dataset):  # labels that are not the model's classes are dropped, as compress drops them
+        data = open_data(data, data_cfg, batch_size=batch, workers=workers, num_classes=base.num_classes).train
+    batches = training_batches(data, data_cfg, batch_size=batch, seed=0, workers=workers, device=dev, decode=decode)
     clock = StepClock(batch, warmup)
-    compress(cfg, clock)
+    loop = dict(teacher=base, batches=batches, device=dev, progress=clock,
+                compile=dev.type == "cuda" if compile is None else compile)
+
+    def train_config(phase_steps: int) -> TrainConfig:
+        return TrainConfig(steps=phase_steps, lr=lr_for(batch), amp=amp and dev.type == "cuda")
+
+    student = gated_student(base, fixed_schedule(base), CompressConfig.channel_multiple)  # compress's default widths
+    if calib_steps:
+        run_phase(student, tcfg=train_config(calib_steps), phase="calibrate",
+                  before_step=lambda step: apply_budget(student, step, calib_steps, keep), **loop)
+    set_budget(student, keep)
+    run_phase(slim(copy.deepcopy(student)), tcfg=train_config(steps), phase="finetune", **loop)
     return clock.rates
 
 
@@ -164,14 +161,12 @@ def main() -> None:
         tmp = Path(name)
         data = str(make_jpeg_folder(tmp / "jpegs", args.images))
         model = str(save_model_dir(tmp / "model", SMALL))
-        run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, tmp=tmp)
-        with fixed_plan():
-            with premade_inputs(args.images, SMALL["img_size"]):
-                alone = training_rates(model, data, workers=0, **run)["finetune"]
-            rows = [("model step alone (pre-made tensors)", "-", alone)]
-            for workers in (args.workers, 0):
-                rate = training_rates(model, data, workers=workers, **run)["finetune"]
-                rows.append((f"JPEG folder, --workers {workers}", str(workers), rate))
+        run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup)
+        alone = training_rates(model, premade_inputs(args.images, SMALL["img_size"]), workers=0, **run)["finetune"]
+        rows = [("model step alone (pre-made tensors)", "-", alone)]
+        for workers in (args.workers, 0):
+            rate = training_rates(model, data, workers=workers, **run)["finetune"]
+            rows.append((f"JPEG folder, --workers {workers}", str(workers), rate))
     lines = [f"command: python -m benchmarks.input_speed {' '.join(sys.argv[1:])}", "",
              f"{args.images} JPEGs 224x224, ViT {SMALL}, batch {args.batch_size}, {args.steps} fine-tuning steps "
              f"(first {args.warmup} not timed), torch threads 1", "",

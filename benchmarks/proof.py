@@ -76,12 +76,8 @@ from cait_cli.pipeline.measuring.measure import (  # noqa: E402
     paired_speedup,
 )
 from cait_cli.pipeline.measuring.report import quick_speedup  # noqa: E402
-from cait_cli.pipeline.training.train import (  # noqa: E402
-    LogitsOnly,
-    TrainConfig,
-    make_optimizer,
-    train_step,
-)
+from cait_cli.pipeline.training.loop import run_phase  # noqa: E402
+from cait_cli.pipeline.training.train import TrainConfig  # noqa: E402
 
 CLEAR = 1.02  # a method's setting must measure at least target x CLEAR in the quick check
 KEEP_BAND = 0.1  # width of each --keep-bands band of CDCP budgets
@@ -132,13 +128,10 @@ class Bench:
 
 
 def finetune(bench: Bench, student: nn.Module) -> nn.Module:
-    """The shared budget: bench.steps of distillation + CE, as `cait compress` fine-tunes."""
+    """The shared budget: bench.steps of distillation + CE through `cait compress`'s own fine-tuning loop."""
     cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10))
-    optimizer = make_optimizer(student, cfg)
-    wrapped = LogitsOnly(student).train()
-    for step, (images, labels) in bench.batches.iterate(0, bench.steps, bench.device):
-        train_step(wrapped, bench.reference, images.to(bench.device), labels.to(bench.device), optimizer, cfg, step)
-    return student.eval()
+    run_phase(student, bench.reference, bench.batches, cfg, bench.device, phase="finetune")
+    return student
 
 
 def control(bench: Bench) -> tuple[Row, nn.Module]:

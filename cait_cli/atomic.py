@@ -5,10 +5,51 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional, Tuple, Type
 
-from .errors import CaitError
+from .errors import CaitError, first_line
+
+# torch.save reports a full disk as RuntimeError ("PytorchStreamWriter failed writing file ..."), not OSError
+WRITE_ERRORS: Tuple[Type[BaseException], ...] = (OSError, RuntimeError)
+
+
+@contextmanager
+def reported_write(path: Path, size: int, errors: Tuple[Type[BaseException], ...] = WRITE_ERRORS) -> Iterator[None]:
+    """A failed write of `size` bytes to `path` becomes one CaitError line: why, and the space
+    it needed against the space free there (a full disk or a quota is the usual cause)."""
+    try:
+        yield
+    except errors as err:
+        reason = getattr(err, "strerror", None) or first_line(err)
+        raise CaitError(f"cannot write {path}: {reason} ({space_note(Path(path), size)})") from None
+
+
+def space_note(path: Path, size: int) -> str:
+    """What a write needs against what its disk has free: 'needs 12.0 MB, 3.1 MB free there'."""
+    free = free_bytes(path)
+    needs = f"needs {readable_size(size)}"
+    return needs if free is None else f"{needs}, {readable_size(free)} free there"
+
+
+def free_bytes(path: Path) -> Optional[int]:
+    """Free bytes on the disk `path` is (or would be) on; None if that cannot be told."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def readable_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 class atomic_directory:
@@ -33,10 +74,17 @@ class atomic_directory:
                 raise CaitError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
             return False
         old = None
-        if self.path.exists() and self.overwrite:
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
+        try:
+            if self.path.exists() and self.overwrite:
+                old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+                os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+        except OSError as err:  # put the old directory back and leave no temporary one
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if old is not None and not self.path.exists():
+                with suppress(OSError):
+                    os.replace(old, self.path)
+            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False

@@ -14,9 +14,15 @@ class CaitError(Exception):
 
 
 class Interrupted(CaitError):
-    """The user stopped a run (Ctrl-C); the message says how to resume."""
+    """The user or a scheduler stopped a run (Ctrl-C, SIGTERM); the message says how to resume.
 
-    exit_code = 130
+    `exit_code`: what a shell reports for a process that signal ended, 128 + its number
+    (Ctrl-C 130, SIGTERM 143).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def first_line(err: BaseException) -> str:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import timm
 import torch
@@ -103,18 +103,34 @@ def synthetic_table(model: torch.nn.Module) -> "LatencyTable":
     return LatencyTable("synthetic", tokens, attn_widths, mlp_widths, attn, mlp, [0.0] * len(tokens), fixed_ms=0.0)
 
 
-class StopAt(Silent):
-    """Progress that presses Ctrl-C at a given step of a phase."""
+class LossLog(Silent):
+    """Progress that keeps the training losses it is told, by phase."""
 
-    def __init__(self, phase: str, step: int) -> None:
-        self.phase, self.step, self.current = phase, step, None
+    def __init__(self) -> None:
+        self.current: Optional[str] = None
+        self.losses: Dict[str, List[float]] = {}
 
     def start(self, phase: str, total: int, done: int = 0) -> None:
         self.current = phase
 
     def advance(self, step: int, **metrics) -> None:
+        self.losses.setdefault(self.current, []).append(metrics["loss"])
+
+
+class StopAt(LossLog):
+    """Progress that presses Ctrl-C at a given step of a phase, or sends this process
+    `signal_number` there (SIGTERM: as a scheduler or `kill` stops a job)."""
+
+    def __init__(self, phase: str, step: int, signal_number: Optional[int] = None) -> None:
+        super().__init__()
+        self.phase, self.step, self.signal_number = phase, step, signal_number
+
+    def advance(self, step: int, **metrics) -> None:
+        super().advance(step, **metrics)
         if self.current == self.phase and step == self.step:
-            raise KeyboardInterrupt
+            if self.signal_number is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), self.signal_number)
 
 
 def save_compressed_tiny(root: Path, args: dict, merge_blocks, model: Optional[torch.nn.Module] = None

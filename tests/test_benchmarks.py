@@ -232,3 +232,12 @@ def test_gpu_benchmark_refuses_without_cuda_and_its_step_alone_runs(monkeypatch,
     args = SimpleNamespace(device="cpu", batch_size=2, steps=1, warmup=1, compile_backend="inductor", peak_tflops=1.0)
     got = gpu.step_alone("deit_tiny", args, compile=False)
     assert got["rate"] > 0 and got["flops"] > 0 and not got["compiled"]
+
+
+def test_input_speed_times_the_library_loop_on_a_fixed_plan(tmp_path):
+    from benchmarks.input_speed import premade_inputs, training_rates
+
+    model = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    rates = training_rates(str(model), premade_inputs(8, ARGS["img_size"], ARGS["num_classes"]), steps=3, batch=2, warmup=0, workers=0,
+                           calib_steps=3, keep=0.7)
+    assert set(rates) == {"calibrate", "finetune"} and all(rate > 0 for rate in rates.values())

@@ -1,6 +1,8 @@
 """Save a slim model as safetensors + config.json; load it back in a fresh process."""
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,22 @@ def slim_checkpoint(make_vit, tmp_path, name="deit_tiny_distilled_patch16_224"):
     path = tmp_path / "ckpt"
     save_checkpoint(model, path, CaitSpec.of(model, name, base_args), {"base_model": f"timm/{name}"})
     return model, path
+
+
+def test_a_full_disk_is_one_line_with_the_space_needed_and_leaves_nothing(make_vit, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full_disk(tensors, path, metadata=None):  # part of the file written, then the disk is full
+        Path(path).write_bytes(b"the first bytes")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                              "\"No space left on device\" })")
+
+    monkeypatch.setattr("cait_cli.models.checkpoint.save_file", full_disk)
+    with pytest.raises(CaitError) as refused:
+        slim_checkpoint(make_vit, tmp_path)
+    assert re.fullmatch(rf"cannot write {re.escape(str(tmp_path / 'ckpt'))}: Error while serializing: .*StorageFull.*"
+                        r" \(needs [\d.]+ [KM]B, [\d.]+ [KMGT]B free there\)", str(refused.value)), refused.value
+    assert list(tmp_path.iterdir()) == []  # no temporary folder, no checkpoint
 
 
 def test_config_records_everything_needed_to_rebuild(make_vit, tmp_path):

@@ -1,11 +1,15 @@
 """`cait compress` end to end on a tiny timm ViT and a generated ImageFolder."""
 import json
+import os
 import re
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from support import (
+    LossLog,
     StopAt,
     make_image_folder,
     save_tiny_timm_dir,
@@ -178,21 +182,50 @@ def test_the_plan_is_timed_on_this_device_and_cached(assets, tmp_path, monkeypat
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
 
 
-@pytest.mark.parametrize("phase,step", [("calibrate", 6), ("finetune", 5)])
-def test_resume_after_interruption_ends_with_the_same_result(assets, tmp_path, phase, step):
-    # CDCP alone (a modest target it can reach on this tiny model): the plan prunes, so it calibrates
-    opts = dict(replan=False, method="cdcp", target_speedup=1.15)
-    straight = compress(config(assets, tmp_path / "a.cait", **opts))
-    assert straight.plan.keep < 1.0
+RESUMABLE = dict(replan=False, method="cdcp", target_speedup=1.15)  # CDCP alone: a modest target it can reach
+
+
+@pytest.fixture(scope="module")
+def straight(assets):
+    """An uninterrupted run (the plan prunes, so it calibrates): the result an interrupted one must end with."""
+    log = LossLog()
+    with pytest.MonkeyPatch.context() as patch:  # as synthetic_latency does for each test
+        patch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: synthetic_table(model))
+        result = compress(config(assets, assets["root"] / "straight.cait", **RESUMABLE), log)
+    assert result.plan.keep < 1.0
+    return {"result": result, "out": assets["root"] / "straight.cait", "losses": log.losses}
+
+
+@pytest.mark.parametrize("phase,step,signal_number", [("calibrate", 6, None), ("finetune", 5, None),
+                                                      ("finetune", 5, signal.SIGTERM)])
+def test_resume_after_interruption_ends_with_the_same_result(assets, tmp_path, straight, phase, step, signal_number):
     out = tmp_path / "b.cait"
-    with pytest.raises(Interrupted, match="--resume"):
-        compress(config(assets, out, **opts), StopAt(phase, step))
+    handler = signal.getsignal(signal.SIGTERM)
+    how = "stopped by SIGTERM" if signal_number else "interrupted"
+    with pytest.raises(Interrupted, match=f"^{how} during {phase} after step {step}/8; .*--resume$") as stopped:
+        compress(config(assets, out, **RESUMABLE), StopAt(phase, step, signal_number))
+    assert stopped.value.exit_code == (143 if signal_number else 130)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the loop's handler went with the loop
     assert not out.exists() and (tmp_path / ".b.cait.cait-run" / "state.pt").is_file()
-    resumed = compress(config(assets, out, resume=True, **opts))
-    assert resumed.plan.to_dict() == straight.plan.to_dict()
-    a, b = weights(tmp_path / "a.cait"), weights(out)
+    log = LossLog()
+    resumed = compress(config(assets, out, resume=True, **RESUMABLE), log)
+    assert resumed.plan.to_dict() == straight["result"].plan.to_dict()
+    assert log.losses["finetune"][-1] == straight["losses"]["finetune"][-1]
+    assert len(log.losses["finetune"]) == (8 - step if phase == "finetune" else 8)  # only the steps not done
+    a, b = weights(straight["out"]), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / ".b.cait.cait-run").exists()
+
+
+def test_a_resume_that_cannot_go_on_is_refused_in_one_line(assets, tmp_path):
+    out = tmp_path / "b.cait"
+    with pytest.raises(Interrupted):
+        compress(config(assets, out, **RESUMABLE), StopAt("calibrate", 4))
+    with pytest.raises(CaitError, match="^cannot resume: --target-speedup differ from the interrupted run$"):
+        compress(config(assets, out, resume=True, **{**RESUMABLE, "target_speedup": 1.3}))
+    (tmp_path / ".b.cait.cait-run" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CaitError, match="^cannot resume from .*cait-run: [^\\n]*$"):
+        compress(config(assets, out, resume=True, **RESUMABLE))
 
 
 def test_a_plan_that_prunes_nothing_spends_the_calibration_steps_on_fine_tuning(assets, tmp_path):
@@ -287,13 +320,16 @@ def test_unwritable_out_is_one_clear_line(assets, tmp_path, monkeypatch):
 def test_a_run_from_before_min_keep_resumes_at_its_default(tmp_path):
     from cait_cli.pipeline.compress import _check_resumable, _jsonable_config
     from cait_cli.pipeline.distributed import Cluster
+    from cait_cli.pipeline.planning.plan import Plan
+    from cait_cli.pipeline.state import RunRecord
 
     cfg = CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", data="d")
     older = {k: v for k, v in _jsonable_config(cfg).items() if k != "min_keep"}  # an older run did not record it
-    _check_resumable({"config": older}, cfg, Cluster())
+    record = RunRecord(older, processes=1, plan=Plan([], 1.0, 1.0), lr_rule=None, calibrate=False)
+    _check_resumable(record, cfg, Cluster())
     cfg.min_keep = 0.9
     with pytest.raises(CaitError, match="--min-keep differ"):
-        _check_resumable({"config": older}, cfg, Cluster())
+        _check_resumable(record, cfg, Cluster())
 
 
 def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(assets, tmp_path, monkeypatch):
@@ -303,7 +339,7 @@ def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(asse
     model the final speedup was measured on are all B."""
     from cait_cli.method.widths import block_widths
     from cait_cli.pipeline.planning import landing
-    from cait_cli.pipeline.state import plan_from_dict
+    from cait_cli.pipeline.planning.plan import Plan
 
     stand_in_speed(monkeypatch, 1.0)
     measured = iter([1.3 * 1.15, 1.3 * 1.07])
@@ -311,7 +347,7 @@ def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(asse
     replan, proposed = landing._replan, []
 
     def replan_then_propose_the_first_again(job, goal, speed):
-        proposed.append(replan(job, goal, speed) if not proposed else plan_from_dict(measured_plans[0]))
+        proposed.append(replan(job, goal, speed) if not proposed else Plan.from_dict(measured_plans[0]))
         return proposed[-1]
 
     measured_plans, real_measure = [], landing._measure
@@ -344,3 +380,53 @@ def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(asse
     assert [[w.qk, w.mlp] for w in block_widths(written)] == attempts[1]["widths"]
     assert [[s.block, s.axis] for s in final["schedule"]] == schedule  # the final speedup: measured on B
     assert final["widths"] == block_widths(written)
+
+
+def cli_args(assets, out, *more):
+    return [assets["model"], "--data", assets["data"], "--out", out, "--batch-size", "8", "--bench-batch-size", "16",
+            "--workers", "0", "--target-speedup", "1.2", "--device", "cpu", "--no-replan", *more]
+
+
+def one_error_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert "Traceback" not in output and sum(line.startswith("error:") for line in lines) == 1, output
+    assert lines[-1].startswith("error:"), output
+    return lines[-1]
+
+
+@pytest.mark.parametrize("signal_number,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_cli_run_keeps_its_checkpoint_and_says_how_to_resume(assets, tmp_path, monkeypatch, signal_number,
+                                                                      exit_code):
+    from cait_cli.interface.progress import RichProgress
+
+    advance = RichProgress.advance
+
+    def advance_then_stop(progress, step, **metrics):  # Ctrl-C, or a scheduler's SIGTERM, at fine-tuning step 2
+        advance(progress, step, **metrics)
+        if progress._phase == "finetune" and step == 2:
+            os.kill(os.getpid(), signal_number)
+
+    monkeypatch.setattr(RichProgress, "advance", advance_then_stop)
+    code, output = run_cli(*cli_args(assets, tmp_path / "o", "--calib-steps", "2", "--finetune-steps", "4"))
+    assert code == exit_code, output
+    line = one_error_line(output)
+    assert "during finetune after step 2/" in line and line.endswith("continue with the same command plus --resume")
+    assert (tmp_path / ".o.cait-run" / "state.pt").is_file() and not (tmp_path / "o").exists()
+
+
+def full_disk(obj, path, *args, **kwargs):
+    """torch.save on a full disk: part of the file written, then PyTorch's RuntimeError (not OSError)."""
+    Path(path).write_bytes(b"PK\x03\x04 the first bytes")
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                       "data/3: file write failed")
+
+
+def test_a_full_disk_while_saving_the_training_state_is_one_line_and_leaves_nothing(assets, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, output = run_cli(*cli_args(assets, tmp_path / "o", "--calib-steps", "2", "--finetune-steps", "2"))
+    assert code == 1, output
+    line = one_error_line(output)
+    assert re.search(r"cannot write .*state\.pt: .*file write failed \(needs [\d.]+ [KM]B, [\d.]+ [KMGT]B free "
+                     r"there\)$", line), line
+    assert list(tmp_path.iterdir()) == []  # no state.pt.tmp, run.json.tmp, run folder or --out
+

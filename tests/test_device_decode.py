@@ -42,8 +42,7 @@ def sources(root, augment: bool, seed: int = 1, batch: int = 4, **kwargs):
     """(CPU loader batches, device-decode batches) over the same JPEG folder."""
     data_cfg = resolve_data_config(tiny_vit())
     train = open_data(str(root), data_cfg, batch_size=batch, train_augment=augment).train
-    cfg = type("Cfg", (), {"augment": augment, "seed": seed})
-    dataset, collate, finish = device_decoded("gpu", CPU, train, data_cfg, cfg)
+    dataset, collate, finish = device_decoded("gpu", CPU, train, data_cfg, augment, seed)
     return (StepBatches(train, batch, seed, collate_skipping, **kwargs),
             StepBatches(dataset, batch, seed, collate, finish=finish, **kwargs))
 
@@ -97,7 +96,7 @@ def test_auto_decodes_on_the_device_only_for_cuda_and_jpegs(tmp_path):
     assert wants_device_decode("auto", torch.device("cuda"), jpegs)
     assert not wants_device_decode("auto", torch.device("cuda"), pngs)
     with pytest.raises(CaitError, match="JPEG"):
-        device_decoded("gpu", CPU, pngs, data_cfg, None)
+        device_decoded("gpu", CPU, pngs, data_cfg)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -44,3 +44,30 @@ def test_batch_and_lr_follow_the_device_and_the_global_batch(tmp_path):
     assert (given.batch_size, given.lr, given.compile) == (8, 3e-4, False)  # what the user gave is kept
     assert resolved(CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", batch_size=8),
                     torch.device("cpu"), 1).lr == pytest.approx(1e-4 / 8)
+
+
+def test_sigterm_raises_only_inside_the_block_and_only_on_the_main_thread():
+    import signal
+    import threading
+
+    from cait_cli.pipeline.training.stopping import Terminated, exit_code, sigterm_raises
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated) as stopped:
+        with sigterm_raises():
+            signal.raise_signal(signal.SIGTERM)
+    assert exit_code(stopped.value) == 143 and exit_code(KeyboardInterrupt()) == 130
+    assert signal.getsignal(signal.SIGTERM) is before
+    failed = []
+
+    def elsewhere():  # signal.signal would raise ValueError off the main thread
+        try:
+            with sigterm_raises():
+                pass
+        except BaseException as err:
+            failed.append(err)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert not failed and signal.getsignal(signal.SIGTERM) is before

@@ -3,6 +3,8 @@
 Every command parses options, calls one library function and prints its result.
 A CaitError becomes one red line on stderr and exit code 1 (`cait --debug` or CAIT_DEBUG=1
 also prints its traceback, with the torch, ONNX or Hub error that caused it); Ctrl-C exits 130.
+During calibration and fine-tuning Ctrl-C and SIGTERM save the training checkpoint, say how to
+resume and exit 130 and 143 (128 + the signal's number).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_directory
+from ..atomic import WRITE_ERRORS, atomic_directory, reported_write
 from ..errors import CaitError, first_line
 from ..method.cdcp import gates_of
 from ..method.model import is_cait
@@ -56,7 +56,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, spec: CaitSpec, source: 
     """Write model.safetensors + config.json (+ extra text files) atomically.
 
     Everything is written to a temporary directory beside `path`, then renamed into
-    place, so an interrupted save never leaves a half-written checkpoint.
+    place, so an interrupted save never leaves a half-written checkpoint. A failed write
+    (a full disk, a quota) is one CaitError line with the space it needed.
     """
     if not is_cait(model) or gates_of(model):
         raise ValueError("save_checkpoint needs a slimmed CAIT model (no gates)")
@@ -66,7 +67,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, spec: CaitSpec, source: 
     files = {CONFIG_NAME: json.dumps(checkpoint_config(model, spec, source), indent=2) + "\n"}
     files.update(extra_files or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_directory(path, overwrite) as tmp:
+    size = sum(t.nbytes for t in tensors.values()) + sum(len(text.encode()) for text in files.values())
+    with atomic_directory(path, overwrite) as tmp, reported_write(path, size, (*WRITE_ERRORS, SafetensorError)):
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "cait": str(FORMAT_VERSION)})
         for name, text in files.items():
             (tmp / name).write_text(text)

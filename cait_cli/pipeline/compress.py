@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -19,9 +19,9 @@ from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import CaitSpec
-from .data.batches import StepBatches, to_device
-from .data.device_decode import DECODES, device_decoded
-from .data.sources import collate_skipping, open_data, resolve_data_config
+from .data.batches import StepBatches
+from .data.device_decode import DECODES, training_batches
+from .data.sources import DataBundle, open_data, resolve_data_config
 from .distributed import (
     Cluster,
     default_workers,
@@ -36,13 +36,13 @@ from .measuring.measure import resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
 from .phases import calibrated_student, finetune, landed
-from .planning.landing import Attempt, band
-from .planning.latency import calibrate_latency
+from .planning.landing import band
+from .planning.latency import LatencyTable, calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
 from .planning.scoring import kl_score
 from .progress import Progress, Silent
 from .reports.compress import CompressReport, Training
-from .state import RunDir, plan_from_dict
+from .state import RunDir, RunRecord, RunState
 from .training.train import loss_name
 
 
@@ -117,86 +117,88 @@ def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device:
     torch.manual_seed(cfg.seed)
     lr_rule = "as given" if cfg.lr is not None else "1e-4 x global batch / 64 (linear)"
     cfg = resolved(cfg, device, cluster.world)  # batch, lr, compile: what runs, recorded and compared on resume
-    job = _start(cfg, progress, cluster, device)
-    plan = plan_from_dict(on_main(cluster, lambda: (_resumed_plan(job) or _plan(job)).to_dict()))
+    run = RunDir.beside(cfg.out, writes=cluster.is_main)
+    resumed, saved = on_main(cluster, run.load) if cfg.resume else (None, None)
+    job = _start(cfg, progress, cluster, device, run, resumed)
+    plan = on_main(cluster, lambda: _resumed_plan(saved, cfg, cluster) or _plan(job))
     job.progress.message(describe_plan(plan))
     if cfg.plan_only:
         return CompressResult(plan, main=cluster.is_main)
     if job.labels_note:
         job.progress.message(job.labels_note)
     # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
-    job.meta = {"config": _jsonable_config(cfg), "processes": cluster.world, "plan": plan.to_dict(),
-                "lr_rule": lr_rule, "calibrate": job.meta.get("calibrate", plan.keep < 1.0),
-                "attempts": job.meta.get("attempts", [])}
-
-    student = calibrated_student(job, plan)
-    plan = landed(job, student, plan)
-    job.meta["plan"] = plan.to_dict()
-    gated = {"gated": student.state_dict(), "keep": plan.keep}
-    slim_model = finetune(job, slim(copy.deepcopy(student)), gated)
-    return _finish(job, plan, slim_model)
+    record = RunRecord(_jsonable_config(cfg), cluster.world, plan, lr_rule,
+                       calibrate=saved.calibrate if saved else plan.keep < 1.0,
+                       attempts=saved.attempts if saved else [])
+    student = calibrated_student(job, record)
+    landed(job, record, student)
+    slim_model = finetune(job, record, slim(copy.deepcopy(student)), student.state_dict())
+    return _finish(job, record, slim_model)
 
 
-def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> Job:
+def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device, run: RunDir,
+           resumed: Optional[RunState]) -> Job:
     loaded = main_first(cluster, lambda: load_model(cfg.model, cfg.weights))  # one download, then the cache
     if loaded.is_compressed:
         raise CaitError(f"{cfg.model} is already compressed; compress its original model instead")
     base = loaded.model.to(device).eval()
-    batches, bundle = None, None
-    if cfg.data:
-        workers = default_workers() if cfg.workers is None else cfg.workers
-        bundle = open_data(cfg.data, resolve_data_config(base), val_source=cfg.val_data, batch_size=cfg.batch_size,
-                           workers=workers, seed=cfg.seed, max_val=cfg.max_val_images, train_augment=cfg.augment,
-                           num_classes=getattr(base, "num_classes", None))
-        on_device = device_decoded(cfg.decode, device, bundle.train, resolve_data_config(base), cfg)
-        dataset, collate, finish = on_device or (bundle.train, collate_skipping, None)
-        batches = StepBatches(dataset, cfg.batch_size, cfg.seed, collate, workers=workers, pin_memory=True,
-                              rank=cluster.rank, world=cluster.world, finish=finish)
+    data_cfg = resolve_data_config(base)
+    bundle = _open_data(cfg, data_cfg, base) if cfg.data else None
+    batches = None if bundle is None else training_batches(
+        bundle.train, data_cfg, batch_size=cfg.batch_size, seed=cfg.seed, workers=_workers(cfg), device=device,
+        decode=cfg.decode, augment=cfg.augment, rank=cluster.rank, world=cluster.world)
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
     amp = cfg.amp and device.type == "cuda"  # bf16 autocast: training and every speed measurement
     runtime = resolve_runtime(cfg.runtime, device)
 
-    def timed_table():
+    def timed_table() -> LatencyTable:
         progress.message(f"timing blocks on {device} (batch {bench_batch}, runtime {runtime}) to calibrate the planner")
         return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple,
                                  amp=amp, runtime=runtime)
 
-    table = on_main(cluster, timed_table)
-    run = RunDir.beside(cfg.out, writes=cluster.is_main)
-    state, meta = on_main(cluster, run.load) if cfg.resume else ({}, {})
     scored = batches is not None and cfg.weights == "pretrained"
-    score = _kl_score(base, batches, device, cfg.channel_multiple) if scored else None
-    return Job(cfg, progress, device, loaded, base, batches, bundle.val if bundle else None, bench_batch,
-               amp, table, Forwards(runtime, amp), run, state, meta, score, cluster,
-               bundle.why_unlabelled if bundle else None, compile=bool(cfg.compile),
-               decode=("gpu" if batches is not None and batches.finish is not to_device else "cpu"))
+    return Job(cfg=cfg, progress=progress, device=device, cluster=cluster, loaded=loaded, base=base,
+               table=on_main(cluster, timed_table), forwards=Forwards(runtime, amp), bench_batch=bench_batch, amp=amp,
+               run=run, batches=batches, val=bundle.val if bundle else None,
+               labels_note=bundle.why_unlabelled if bundle else None,
+               score=_kl_score(base, batches, device, cfg.channel_multiple) if scored else None, resumed=resumed)
 
 
-def _resumed_plan(job: Job) -> Optional[Plan]:
-    if not job.meta:
+def _workers(cfg: CompressConfig) -> int:
+    return default_workers() if cfg.workers is None else cfg.workers
+
+
+def _open_data(cfg: CompressConfig, data_cfg: Dict[str, Any], base: nn.Module) -> DataBundle:
+    return open_data(cfg.data, data_cfg, val_source=cfg.val_data, batch_size=cfg.batch_size,
+                     workers=_workers(cfg), seed=cfg.seed, max_val=cfg.max_val_images, train_augment=cfg.augment,
+                     num_classes=getattr(base, "num_classes", None))
+
+
+def _resumed_plan(saved: Optional[RunRecord], cfg: CompressConfig, cluster: Cluster) -> Optional[Plan]:
+    if saved is None:
         return None
-    _check_resumable(job.meta, job.cfg, job.cluster)
-    return plan_from_dict(job.meta["plan"])
+    _check_resumable(saved, cfg, cluster)
+    return saved.plan
 
 
 def _plan(job: Job) -> Plan:
     return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), job.score)
 
 
-def _finish(job: Job, plan: Plan, slim_model: nn.Module) -> CompressResult:
+def _finish(job: Job, record: RunRecord, slim_model: nn.Module) -> CompressResult:
     """Rank 0 measures against the original, then writes the checkpoint and report.json atomically."""
     skipped = total(job.cluster, job.batches.skipped if job.batches else 0)
-    report = on_main(job.cluster, lambda: _measure_and_write(job, plan, slim_model, skipped))
-    return CompressResult(plan, job.cfg.out, report, main=job.cluster.is_main)
+    report = on_main(job.cluster, lambda: _measure_and_write(job, record, slim_model, skipped))
+    return CompressResult(record.plan, job.cfg.out, report, main=job.cluster.is_main)
 
 
-def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int) -> CompressReport:
-    cfg = job.cfg
+def _measure_and_write(job: Job, record: RunRecord, slim_model: nn.Module, skipped: int) -> CompressReport:
+    cfg, plan = job.cfg, record.plan
     job.progress.message("measuring the compressed model against the original")
     measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp, job.forwards,
                               band=band(cfg.target_speedup))
-    report = CompressReport.of(cfg.target_speedup, cfg.tolerance, plan, measured, _training(job), _attempts(job),
-                               skipped_in_training=skipped)
+    report = CompressReport.of(cfg.target_speedup, cfg.tolerance, plan, measured, _training(job, record),
+                               record.attempts, skipped_in_training=skipped)
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
     source = {"base_model": _base_model_id(job.loaded), "target_speedup": cfg.target_speedup,
               "measured_speedup": report.measured.ratio, "runtime": report.timing.runtime,
@@ -207,22 +209,13 @@ def _measure_and_write(job: Job, plan: Plan, slim_model: nn.Module, skipped: int
     return report
 
 
-def _training(job: Job) -> Training:
+def _training(job: Job, record: RunRecord) -> Training:
     """How this run trained, for its report."""
     cfg = job.cfg
     return Training(batch_size_per_process=cfg.batch_size, processes=job.cluster.world, augment=cfg.augment,
                     labels="not applicable" if job.labels_note else ("used" if job.batches else None),
-                    labels_note=job.labels_note, loss=loss_name(job.base), lr=cfg.lr, lr_rule=_lr_rule(job),
+                    labels_note=job.labels_note, loss=loss_name(job.base), lr=cfg.lr, lr_rule=record.lr_rule,
                     compile=cfg.compile, decode=job.decode, steps=job.step_times)
-
-
-def _lr_rule(job: Job) -> Optional[str]:
-    return job.meta.get("lr_rule")
-
-
-def _attempts(job: Job) -> List[Attempt]:
-    """The landing measurements of this run (kept across a resume), in order."""
-    return [Attempt.from_dict(a) for a in job.meta.get("attempts", [])]
 
 
 def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -233,15 +226,15 @@ _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_step
                 "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance")
 
 
-def _check_resumable(meta: Dict[str, Any], cfg: CompressConfig, cluster: Cluster) -> None:
-    saved, now = meta.get("config", {}), _jsonable_config(cfg)
+def _check_resumable(record: RunRecord, cfg: CompressConfig, cluster: Cluster) -> None:
+    saved, now = record.config, _jsonable_config(cfg)
     defaults = {f.name: f.default for f in fields(CompressConfig)}  # options older runs did not record
     changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != now.get(k)]
     if changed:
         raise CaitError(f"cannot resume: {', '.join('--' + k.replace('_', '-') for k in changed)} "
                         "differ from the interrupted run")
-    if meta.get("processes", 1) != cluster.world:
-        raise CaitError(f"cannot resume: the interrupted run had {meta.get('processes', 1)} processes and this one "
+    if record.processes != cluster.world:
+        raise CaitError(f"cannot resume: the interrupted run had {record.processes} processes and this one "
                         f"{cluster.world}; the global batch would change (start as many with torchrun)")
 
 

@@ -1,4 +1,4 @@
-"""What one compression run works with: its options (`CompressConfig`) and its state (`Job`).
+"""What one compression run works with: its options (`CompressConfig`) and what it has loaded (`Job`).
 
 Kept apart from the orchestrator (compress.py) so the phases it calls (landing,
 training, calibration) depend on this, not on the orchestrator.
@@ -13,12 +13,14 @@ import torch
 import torch.nn as nn
 
 from ..models.loading import LoadedModel
-from .data.batches import StepBatches
+from .data.batches import StepBatches, to_device
+from .data.sources import Batches
 from .distributed import Cluster
 from .measuring.runtimes import Forwards
+from .planning.latency import LatencyTable
 from .planning.plan import PlanConfig, ScoreFn
 from .progress import Progress
-from .state import RunDir
+from .state import RunDir, RunState
 from .training.train import TrainConfig
 
 
@@ -84,28 +86,30 @@ def resolved(cfg: CompressConfig, device: torch.device, world: int) -> CompressC
 
 @dataclass
 class Job:
-    """Everything one compression run works with."""
+    """What one compression run works with once started: options, models, data, where it saves."""
 
-    cfg: CompressConfig
+    cfg: CompressConfig  # resolved: batch size, lr and compile concrete
     progress: Progress
     device: torch.device
+    cluster: Cluster  # the torchrun processes; one without torchrun
     loaded: LoadedModel
     base: nn.Module  # the original model: teacher and speed reference
-    batches: Optional[StepBatches]
-    val: Any  # held-out batches or None
-    bench_batch: int
-    amp: bool
-    table: Any  # LatencyTable
+    table: LatencyTable  # block latencies on this device, under the runtime: the planner's speed model
     forwards: Forwards  # every timed forward, under the job's runtime; the original's built once
+    bench_batch: int  # the batch every speed measurement runs
+    amp: bool  # bf16 autocast, for training and every speed measurement (CUDA only)
     run: RunDir
-    state: Dict[str, Any] = field(default_factory=dict)
-    meta: Dict[str, Any] = field(default_factory=dict)
-    score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
-    cluster: Cluster = field(default_factory=Cluster)  # the torchrun processes; one without torchrun
+    batches: Optional[StepBatches] = None  # training batches; None without data
+    val: Optional[Batches] = None  # held-out batches; None without them
     labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
-    compile: bool = False  # the training step under torch.compile (compiled.Step)
-    decode: str = "cpu"  # where training images are decoded: "cpu" (loader workers) or "gpu" (device_decode)
-    step_times: Dict[str, Any] = field(default_factory=dict)  # phase: StepTimes.to_dict(), for the report
+    score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
+    resumed: Optional[RunState] = None  # the training state an interrupted run saved (--resume)
+    step_times: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # phase: StepTimes.to_dict(), for the report
+
+    @property
+    def decode(self) -> str:
+        """Where training images are decoded: "cpu" (loader workers) or "gpu" (device_decode)."""
+        return "gpu" if self.batches is not None and self.batches.finish is not to_device else "cpu"
 
     def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
         return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))

@@ -21,8 +21,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from ...errors import CaitError
-from .batches import Key, step_seed
-from .sources import ImageFiles, WithoutLabels
+from .batches import Key, StepBatches, step_seed
+from .sources import ImageFiles, WithoutLabels, collate_skipping
 
 DECODES = ("auto", "cpu", "gpu")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
@@ -143,13 +143,25 @@ def decode_all(data: List[torch.Tensor], device: torch.device) -> Tuple[List[tor
     return images, readable
 
 
-def device_decoded(decode: str, device: torch.device, train: Dataset, data_cfg: Dict[str, Any], cfg: Any
-                   ) -> Optional[Tuple[JpegBytes, Callable, DeviceDecode]]:
+def device_decoded(decode: str, device: torch.device, train: Dataset, data_cfg: Dict[str, Any],
+                   augment: bool = False, seed: int = 0) -> Optional[Tuple[JpegBytes, Callable, DeviceDecode]]:
     """(dataset, collate, finish) for StepBatches when images are to be decoded on `device`, else None.
-    `cfg`: the run's options (augment, seed). decode "gpu" on data that is not all JPEG files is refused."""
+    decode "gpu" on data that is not all JPEG files is refused."""
     if not wants_device_decode(decode, device, train):
         return None
     files = jpeg_bytes_of(train)
     if files is None:
         raise CaitError("--decode gpu decodes JPEG files; this data has other kinds of images (use --decode cpu)")
-    return files, collate_bytes, DeviceDecode(data_cfg, cfg.augment, cfg.seed)
+    return files, collate_bytes, DeviceDecode(data_cfg, augment, seed)
+
+
+def training_batches(train: Dataset, data_cfg: Dict[str, Any], *, batch_size: int, seed: int, workers: int,
+                     device: torch.device, decode: str = "cpu", augment: bool = False, rank: int = 0,
+                     world: int = 1) -> StepBatches:
+    """The batches `cait compress` trains on: `train` drawn by step, decoded by `workers` loader
+    processes, or read by them and decoded on `device` when `decode` asks for it (device_decoded).
+    `batch_size` is per process, `rank`'s share of a global batch of batch_size x world."""
+    on_device = device_decoded(decode, device, train, data_cfg, augment, seed)
+    dataset, collate, finish = on_device or (train, collate_skipping, None)
+    return StepBatches(dataset, batch_size, seed, collate, workers=workers, pin_memory=True, rank=rank, world=world,
+                       finish=finish)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
@@ -29,7 +29,6 @@ from ...method.cdcp import gates_of, set_budget
 from ...method.model import patch_vit
 from ...method.slim import slim
 from ..measuring.report import quick_speedup
-from ..state import plan_from_dict
 from .plan import BAND, LANDING_BAND, Plan, SpeedModel, describe_plan, make_plan
 
 if TYPE_CHECKING:
@@ -53,28 +52,24 @@ class Attempt:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Attempt":
-        return cls(plan_from_dict(data["plan"]), data["predicted"], data["measured"],
-                   [tuple(w) for w in data.get("widths", [])])
+        return cls(Plan.from_dict(data["plan"]), data["predicted"], data["measured"],
+                   [(qk, mlp) for qk, mlp in data.get("widths", [])])
 
 
 def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:
     return target * factors[0], target * factors[1]
 
 
-def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
-    """The plan whose slimmed model measures inside the band around the target.
+def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Tuple[Plan, List[Attempt]]:
+    """The plan whose slimmed model measures inside the band around the target, and every
+    measurement taken on the way.
 
-    Every measurement is kept in job.meta["attempts"]. The gated student takes each
-    plan's merge schedule and budget (its learned scores still decide which channels
-    go). Leaves the student at the chosen plan.
+    The gated student takes each plan's merge schedule and budget (its learned scores still
+    decide which channels go). Leaves the student at the chosen plan.
     """
-    if "keep" in job.state:  # resumed during fine-tuning: the widths are already decided
-        plan.keep = job.state["keep"]
-        _apply(student, plan)
-        return plan
     if not job.cfg.replan:
-        _apply(student, plan)
-        return plan
+        apply_plan(student, plan)
+        return plan, []
     target = job.cfg.target_speedup
     low, high = band(target)
     inner = band(target, LANDING_BAND)
@@ -94,12 +89,10 @@ def fit_to_target(job: "Job", student: nn.Module, plan: Plan) -> Plan:
         plan = next_plan
         job.progress.message("re-planned: " + describe_plan(plan))
     chosen = choose(attempts, inner, (low, high))
-    _apply(student, chosen.plan)  # whatever was measured or asked last, the student ends at the chosen plan
+    apply_plan(student, chosen.plan)  # whatever was measured or asked last, the student ends at the chosen plan
     if not low <= chosen.measured <= high:
         job.progress.message(_missed_band(chosen, target, low, high, len(attempts), job.cfg.channel_multiple))
-    job.meta["attempts"] = [a.to_dict() for a in attempts]
-    chosen.plan.predicted_speedup = chosen.predicted
-    return chosen.plan
+    return replace(chosen.plan, predicted_speedup=chosen.predicted), attempts  # (the attempt keeps its own)
 
 
 def choose(attempts: List[Attempt], inner: tuple[float, float], outer: tuple[float, float]) -> Attempt:
@@ -126,7 +119,8 @@ def _missed_band(chosen: Attempt, target: float, low: float, high: float, tries:
             f"{side} the band")
 
 
-def _apply(student: nn.Module, plan: Plan) -> None:
+def apply_plan(student: nn.Module, plan: Plan) -> None:
+    """The gated student at `plan`: its merges, and its gates at its budget."""
     patch_vit(student, plan.schedule)
     if gates_of(student):
         set_budget(student, plan.keep)
@@ -147,12 +141,12 @@ def _measured_before(student: nn.Module, plan: Plan, attempts: List[Attempt]) ->
 def _widths_under(student: nn.Module, plan: Plan) -> List[Tuple[int, int]]:
     """The kept widths `plan` would give the student (its learned scores choose them)."""
     probe = copy.deepcopy(student)
-    _apply(probe, plan)
+    apply_plan(probe, plan)
     return _widths(probe)
 
 
 def _measure(job: "Job", student: nn.Module, plan: Plan, speed: SpeedModel, inner: tuple[float, float]) -> Attempt:
-    _apply(student, plan)
+    apply_plan(student, plan)
     widths = _widths(student)
     predicted = speed.speedup_of(plan.schedule, widths)
     slimmed = slim(copy.deepcopy(student))

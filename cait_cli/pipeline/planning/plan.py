@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -72,6 +72,12 @@ class Plan:
         out = asdict(self)
         out["schedule"] = [[s.block, s.axis] for s in self.schedule]
         return out
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Plan":
+        """The Plan `to_dict` gave (run.json, or sent from rank 0)."""
+        return cls([MergeStep(b, a) for b, a in data["schedule"]], data["keep"], data["predicted_speedup"],
+                   [tuple(t) for t in data.get("tokens", [])], data.get("score"))
 
 
 def candidate_schedules(depth: int, grid: Tuple[int, int]) -> List[List[MergeStep]]:

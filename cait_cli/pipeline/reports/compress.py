@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..measuring.report import Comparison
 from ..planning.landing import Attempt
 from ..planning.plan import BAND, Plan
-from ..state import plan_from_dict
 from .parts import JsonView, ModelSide, Speedup, Timing, from_keys
 
 
@@ -99,7 +98,7 @@ class CompressReport(JsonView):
         return cls(data["target_speedup"], Speedup.from_json(data, "measured_speedup"),
                    ModelSide.from_json(data["baseline"]), ModelSide.from_json(data["compressed"]),
                    Timing.from_json(data), reached=data.get("reached", True),
-                   band=tuple(band) if band else None, plan=plan_from_dict(plan) if plan else None,
+                   band=tuple(band) if band else None, plan=Plan.from_dict(plan) if plan else None,
                    skipped_images=data.get("skipped_images", 0),
                    training=Training.from_json(training) if training else None,
                    attempts=[Attempt.from_dict(a) for a in data.get("attempts", [])])

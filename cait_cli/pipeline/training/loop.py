@@ -1,57 +1,73 @@
 """The resumable training loop that CDCP calibration and fine-tuning share.
 
 Each rank trains its part of the global batch through DistributedDataParallel (a
-cluster of one trains alone); rank 0 alone writes the run's checkpoints.
+cluster of one trains alone). The loop writes nothing itself: it hands its state to
+`checkpoint` every `checkpoint_every` steps, at the end of the phase, and when the run
+is stopped (Ctrl-C, or SIGTERM as a scheduler sends it), then raises Interrupted.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import Any, Callable, Optional
 
+import torch
 import torch.nn as nn
 
 from ...errors import Interrupted
-from ..distributed import data_parallel
-from .compiled import Step
+from ..data.batches import StepBatches
+from ..distributed import Cluster, data_parallel
+from ..progress import Progress, Silent
+from ..state import RunState
+from .compiled import Step, StepTimes
+from .stopping import Terminated, exit_code, sigterm_raises
 from .train import LogitsOnly, TrainConfig, make_optimizer
 
-if TYPE_CHECKING:
-    from ..job import Job
+Checkpoint = Callable[[RunState], None]  # keeps the loop's state (the caller adds what it knows)
 
 
-def run_phase(job: "Job", student: nn.Module, tcfg: TrainConfig, phase: str,
-              before_step: Optional[Callable[[int], Any]] = None, extra_state: Optional[Dict[str, Any]] = None) -> None:
-    """Train `student` for tcfg.steps, resuming from the run's state if it is of this phase."""
+def run_phase(student: nn.Module, teacher: nn.Module, batches: StepBatches, tcfg: TrainConfig,
+              device: torch.device, *, phase: str, cluster: Cluster = Cluster(), compile: bool = False,
+              checkpoint: Optional[Checkpoint] = None, checkpoint_every: int = 50,
+              progress: Optional[Progress] = None, before_step: Optional[Callable[[int], Any]] = None,
+              resume: Optional[RunState] = None) -> StepTimes:
+    """Distil `teacher` into `student` for tcfg.steps (from `resume`'s step if it is of this phase).
+
+    Returns the phase's step times. A stop (Ctrl-C, SIGTERM) saves the state through
+    `checkpoint` and raises Interrupted; its exit_code tells the two apart (130, 143).
+    """
+    progress = progress or Silent()
     optimizer = make_optimizer(student, tcfg)
     start = 0
-    if job.state.get("phase") == phase:
-        student.load_state_dict(job.state["student"])
-        optimizer.load_state_dict(job.state["optimizer"])
-        start = job.state["step"]
-    wrapped = data_parallel(job.cluster, LogitsOnly(student).train(), job.device)
-    train_step = Step(wrapped, job.base, compile=job.compile, warn=job.progress.message)
+    if resume is not None and resume.phase == phase:
+        student.load_state_dict(resume.student)
+        optimizer.load_state_dict(resume.optimizer)
+        start = resume.step
+    wrapped = data_parallel(cluster, LogitsOnly(student).train(), device)
+    train_step = Step(wrapped, teacher, compile=compile, warn=progress.message)
 
-    def checkpoint(step: int) -> None:
-        job.run.save({"phase": phase, "step": step, "student": student.state_dict(),
-                      "optimizer": optimizer.state_dict(), **(extra_state or {})},
-                     {**job.meta, "phase": phase, "step": step})
+    def save(step: int) -> None:
+        if checkpoint is not None:
+            checkpoint(RunState(phase, step, student.state_dict(), optimizer.state_dict()))
 
-    job.progress.start(phase, tcfg.steps, start)
+    progress.start(phase, tcfg.steps, start)
     done = start  # steps whose update is in the weights
     try:
-        for step, (images, labels) in job.batches.iterate(start, tcfg.steps, job.device):
-            if before_step is not None:
-                before_step(step)
-            loss = train_step(images, labels, optimizer, tcfg, step)
-            done = step + 1
-            if done % job.cfg.checkpoint_every == 0 and done < tcfg.steps:
-                checkpoint(done)
-            job.progress.advance(done, loss=loss)
-    except KeyboardInterrupt:
-        checkpoint(done)  # (its step times are not kept: a resumed phase reports the steps it ran)
-        job.progress.stop()
-        raise Interrupted(f"interrupted during {phase} after step {done}/{tcfg.steps}; the checkpoint is in "
-                          f"{job.run.path}; continue with the same command plus --resume") from None
-    job.progress.stop()
-    job.step_times[phase] = train_step.times.to_dict()
-    checkpoint(tcfg.steps)
+        with sigterm_raises():
+            for step, (images, labels) in batches.iterate(start, tcfg.steps, device):
+                if before_step is not None:
+                    before_step(step)
+                loss = train_step(images, labels, optimizer, tcfg, step)
+                done = step + 1
+                if done % checkpoint_every == 0 and done < tcfg.steps:
+                    save(done)
+                progress.advance(done, loss=loss)
+    except (KeyboardInterrupt, Terminated) as stop:
+        try:
+            save(done)  # (its step times are not kept: a resumed phase reports the steps it ran)
+        finally:
+            progress.stop()
+        how = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        raise Interrupted(f"{how} during {phase} after step {done}/{tcfg.steps}", exit_code(stop)) from None
+    progress.stop()
+    save(tcfg.steps)
     student.eval()
+    return train_step.times
