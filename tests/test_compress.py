@@ -54,7 +54,8 @@ def config(assets, out, **overrides) -> CompressConfig:
 # The keys users read in report.json, `--json` and CompressResult.report: pinned, not to move unnoticed.
 REPORT_KEYS = {"target_speedup", "measured_speedup", "measured_speedup_range", "predicted_speedup", "reached",
                "landed", "band", "device", "batch_size", "precision", "runtime", "repeats", "threads",
-               "baseline", "compressed", "skipped_images", "plan", "training", "attempts"}
+               "baseline", "compressed", "skipped_images", "plan", "training", "attempts",
+               "first_prediction_error"}
 SIDE_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max", "peak_memory_mb", "top1", "top5",
              "agreement", "feature_cosine", "images"}
 TRAINING_KEYS = {"batch_size_per_process", "processes", "global_batch", "augment", "labels", "labels_note", "loss",
@@ -119,8 +120,10 @@ def test_landing_pushes_or_backs_off_into_the_band(assets, tmp_path, monkeypatch
     seen = stand_in_speed(monkeypatch, factor)
     progress = Recorder()
     result = compress(config(assets, tmp_path / "o", target_speedup=1.3, calib_steps=0, finetune_steps=0), progress)
-    attempts = json.loads((tmp_path / "o" / "report.json").read_text())["attempts"]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    attempts = report["attempts"]
     assert [a["measured"] for a in attempts] == seen and 2 <= len(attempts) <= 6
+    assert report["first_prediction_error"] == attempts[0]["predicted"] / attempts[0]["measured"] - 1
     assert not 1.3 * 0.97 <= attempts[0]["measured"] <= 1.3 * 1.08  # the first plan missed the band
     assert 1.3 * 0.97 <= attempts[-1]["measured"] <= 1.3 * 1.08  # and the last landed
     table = [a["predicted"] for a in attempts]  # the latency table's own prediction of each plan
@@ -430,3 +433,11 @@ def test_a_full_disk_while_saving_the_training_state_is_one_line_and_leaves_noth
                      r"there\)$", line), line
     assert list(tmp_path.iterdir()) == []  # no state.pt.tmp, run.json.tmp, run folder or --out
 
+    from cait_cli.interface.report import landing_line
+    from cait_cli.pipeline.reports.compress import CompressReport
+
+    error = attempts[0]["predicted"] / attempts[0]["measured"] - 1
+    assert report["first_prediction_error"] == error  # what the planner's first prediction missed by
+    assert landing_line(CompressReport.from_json(report)) == (
+        f"landing: 2 measurements; the first model measured 1.50x, predicted {attempts[0]['predicted']:.2f}x "
+        f"({error:+.0%})")

@@ -83,11 +83,20 @@ def summary_line(report: CompressReport) -> str:
             f"batch {timing.batch_size}, {timing.precision}")
 
 
+def landing_line(report: CompressReport) -> str:
+    """How many measurements landing took, and how far the planner's first prediction was off."""
+    first, count = report.attempts[0], len(report.attempts)
+    return (f"landing: {count} measurement{'s' if count > 1 else ''}; the first model measured "
+            f"{first.measured:.2f}x, predicted {first.predicted:.2f}x ({report.first_prediction_error:+.0%})")
+
+
 def print_compress_report(console: Console, report: CompressReport, out: Optional[Path]) -> None:
     training = report.training
     unlabelled = training is not None and training.labels == NOT_APPLICABLE
     console.print(comparison_table(report.baseline, report.compressed, unlabelled=unlabelled))
     console.print(summary_line(report), highlight=False)
+    if report.attempts:
+        console.print(landing_line(report), highlight=False)
     if unlabelled:
         console.print(training.labels_note, highlight=False)
     if training is not None and training.loss == FEATURE_LOSS:

@@ -25,8 +25,7 @@ import torch
 
 from ..atomic import reported_write
 from ..errors import CaitError, first_line
-from .planning.landing import Attempt
-from .planning.plan import Plan
+from .planning.plan import Attempt, Plan
 
 STATE_FILE, RECORD_FILE = "state.pt", "run.json"
 StateDict = Dict[str, torch.Tensor]

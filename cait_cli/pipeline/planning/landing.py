@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from dataclasses import replace
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import torch.nn as nn
 
@@ -29,31 +29,12 @@ from ...method.cdcp import gates_of, set_budget
 from ...method.model import patch_vit
 from ...method.slim import slim
 from ..measuring.report import quick_speedup
-from .plan import BAND, LANDING_BAND, Plan, SpeedModel, describe_plan, make_plan
+from .plan import BAND, LANDING_BAND, Attempt, Plan, SpeedModel, describe_plan, make_plan
 
 if TYPE_CHECKING:
     from ..job import Job
 
 MAX_MEASUREMENTS = 6
-
-
-@dataclass
-class Attempt:
-    """One slimmed model measured while landing."""
-
-    plan: Plan  # its predicted_speedup: as the planner chose it, corrected by the measurements before
-    predicted: float  # by the latency table alone, for the student's actual widths (its learned scores chose them)
-    measured: float
-    widths: List[Tuple[int, int]] = field(default_factory=list)  # per block: kept q/k width per head, MLP units
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured,
-                "widths": [list(w) for w in self.widths]}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Attempt":
-        return cls(Plan.from_dict(data["plan"]), data["predicted"], data["measured"],
-                   [(qk, mlp) for qk, mlp in data.get("widths", [])])
 
 
 def band(target: float, factors: tuple[float, float] = BAND) -> tuple[float, float]:

@@ -100,6 +100,25 @@ def _final_grid(grid: Tuple[int, int], schedule: Sequence[MergeStep]) -> Tuple[i
 
 
 @dataclass
+class Attempt:
+    """One slimmed model measured while landing."""
+
+    plan: Plan  # its predicted_speedup: as the planner chose it, corrected by the measurements before
+    predicted: float  # by the latency table alone, for the student's actual widths (its learned scores chose them)
+    measured: float
+    widths: List[Tuple[int, int]] = field(default_factory=list)  # per block: kept q/k width per head, MLP units
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "predicted": self.predicted, "measured": self.measured,
+                "widths": [list(w) for w in self.widths]}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Attempt":
+        return cls(Plan.from_dict(data["plan"]), data["predicted"], data["measured"],
+                   [(qk, mlp) for qk, mlp in data.get("widths", [])])
+
+
+@dataclass
 class Observation:
     """A slimmed model measured while landing: its plan, what the table predicted, what was measured."""
 

@@ -7,8 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..measuring.report import Comparison
-from ..planning.landing import Attempt
-from ..planning.plan import BAND, Plan
+from ..planning.plan import BAND, Attempt, Plan
 from .parts import JsonView, ModelSide, Speedup, Timing, from_keys
 
 
@@ -74,6 +73,15 @@ class CompressReport(JsonView):
         return self.plan.predicted_speedup if self.plan else None
 
     @property
+    def first_prediction_error(self) -> Optional[float]:
+        """How far the planner's prediction of the first model it measured was from the measurement
+        (predicted / measured - 1: +0.10 is 10% too fast); None without a landing measurement."""
+        if not self.attempts:
+            return None
+        first = self.attempts[0]
+        return first.predicted / first.measured - 1
+
+    @property
     def landed(self) -> Optional[bool]:
         return None if self.band is None else self.band[0] <= self.measured.ratio <= self.band[1]
 
@@ -84,7 +92,8 @@ class CompressReport(JsonView):
                 "baseline": self.baseline.to_json(), "compressed": self.compressed.to_json(),
                 "skipped_images": self.skipped_images, "plan": self.plan.to_dict() if self.plan else None,
                 "training": self.training.to_json() if self.training else None,
-                "attempts": [a.to_dict() for a in self.attempts]}
+                "attempts": [a.to_dict() for a in self.attempts],
+                "first_prediction_error": self.first_prediction_error}
 
     def to_text(self) -> str:
         """report.json's text."""
