@@ -106,12 +106,13 @@ def describe(circle: List[Edge]) -> str:
 
 
 def layer(module: str) -> Optional[int]:
-    """The layer of `module`: that of its longest prefix in LAYERS."""
+    """The layer of `module`: its own in LAYERS, else its package's (never the root's: a new top-level
+    module must be placed)."""
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1, -1):
         if ".".join(parts[:n]) in LAYERS:
             return LAYERS[".".join(parts[:n])]
-    return None
+    return LAYERS.get(module)
 
 
 def upward_imports(edges: List[Edge]) -> List[str]:
@@ -175,6 +176,6 @@ def test_an_upward_import_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("module, expected", [("cait_cli.pipeline.export.quantize", 3), ("cait_cli.errors", 0),
-                                              ("cait_cli", 5), ("cait_cli.interface.cli", 4)])
+                                              ("cait_cli", 5), ("cait_cli.interface.cli", 4), ("cait_cli.new", None)])
 def test_layer_of_a_module_is_that_of_its_package(module, expected):
     assert layer(module) == expected
