@@ -8,18 +8,21 @@ the official test split; the same seed picks the same images.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from cait_cli.atomic import atomic_directory
-from cait_cli.errors import run_script
 from cait_cli.pipeline.data.idx import (
     DEBIAN_FASHION_MNIST,
     FASHION_MNIST_CLASSES,
     load_fashion_mnist,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks' script harness, from a checkout
+from benchmarks.harness import run_script  # noqa: E402
 
 
 def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
