@@ -45,6 +45,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import harness, proof  # noqa: E402
+from benchmarks.peers.channel_pruning import SETTINGS  # noqa: E402
 from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
 from benchmarks.segment_head import (  # noqa: E402
     FrozenBackbone,
@@ -116,7 +117,7 @@ def compressed_models(bench: proof.Bench, methods: List[str], speedup: float,
         elif method == "tome":
             produced = [p for p in proof.tome(bench, speedup) if p[0].trained or p[1] is None]
         else:
-            produced = proof.torch_pruning(bench, speedup)
+            produced = [proof.pruned_at(bench, speedup, setting) for setting in SETTINGS]
         for row, model in produced:
             made.append((SegRow(row.method, row.setting, note=row.note), model))
     return made
