@@ -289,3 +289,22 @@ def test_a_cait_error_in_a_scripts_main_is_one_line_and_exit_1(tmp_path, monkeyp
     assert err == "error: --scene-size must be a multiple of the patch size (4), got 30\n"
     assert not list(tmp_path.iterdir())
 
+
+def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path, monkeypatch):
+    from benchmarks import quickstart
+
+    def fresh_run(repo, command, work):
+        assert command.startswith("pip install -c constraints.txt") and " && cait compress " in command
+        report = {"plan": {"schedule": [[5, "w"]], "keep": 0.71}, "attempts": [{"measured": 1.9}],
+                  "measured_speedup": 1.87, "measured_speedup_range": [1.55, 2.1],
+                  "baseline": {"top1": 0.794}, "compressed": {"top1": 0.802}}
+        return report, 408
+
+    monkeypatch.setattr(quickstart, "fresh_run", fresh_run)
+    out = tmp_path / "quickstart.md"
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--runs", "2", "--out", str(out)])
+    quickstart.main()
+    text = out.read_text()
+    assert re.search(r"Command \(README\): `pip install -c constraints.txt [^`]+`", text)
+    assert text.count("| merge 5; keep 71% | 1.90x | 1.87x (1.55-2.10) | 79.4% -> 80.2% (+0.8 pt) | 408 s |") == 2
+    assert "Headline: 1.87x, 1.87x; top-1 +0.8 to +0.8 pt" in text
