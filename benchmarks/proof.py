@@ -48,10 +48,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.job_cache import JobCache, settings_key  # noqa: E402
 from benchmarks.peers.channel_pruning import SETTINGS, PruneSetting, prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
-from benchmarks import harness  # noqa: E402
 from benchmarks.proof_report import CONTROL, render  # noqa: E402
 from cait_cli.atomic import write_json_atomic  # noqa: E402
 from cait_cli.errors import CaitError  # noqa: E402
