@@ -19,15 +19,12 @@ seed 0's by no more than seed 1 differs from seed 0 (or by one validation image)
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-import torch
-
-from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan
-from cait_cli.errors import run_script
+from benchmarks import harness
+from benchmarks.one_plan import RUN_OPTIONS, compress_run, require_one_plan
 
 RUNS = (("eager, seed 0", False, 0), ("compiled, seed 0", True, 0), ("eager, seed 1", False, 1))
 
@@ -46,15 +43,9 @@ def compile_seconds(report: Dict[str, Any]) -> str:
     return f"{sum(phase.get('compile_seconds', 0.0) for phase in steps.values()):.0f} s"
 
 
-def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
-    rows = ["| run | plan (merges after blocks; keep) | top-1 original -> compressed | agreement | compile | wall |",
-            "|---|---|---|---|---|---|"]
-    for name, r in reports.items():
-        plan, base, small = r["plan"], r["baseline"], r["compressed"]
-        rows.append(f"| {name} | {merges(plan)}; keep {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
-                    f"{100 * small['top1']:.1f}% | {100 * small['agreement']:.1f}% | {compile_seconds(r)} | "
-                    f"{r['wall_s']:.0f} s |")
-    return rows
+def add_row(table: harness.Table, name: str, r: Dict[str, Any]) -> None:
+    table.add(name, harness.plan_cell(r), harness.top1_cell(r), f"{100 * r['compressed']['agreement']:.1f}%",
+              compile_seconds(r), f"{r['wall_s']:.0f} s")
 
 
 def verdict(reports: Dict[str, Dict[str, Any]]) -> str:
@@ -69,25 +60,23 @@ def verdict(reports: Dict[str, Dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_options(parser)
-    parser.add_argument("--device", default="auto")
+    parser = harness.make_parser(__doc__, "model", *RUN_OPTIONS, "device")
     args = parser.parse_args()
     reports: Dict[str, Dict[str, Any]] = {}
+    table = harness.Table("run", "plan (merges after blocks; keep)", "top-1 original -> compressed", "agreement",
+                          "compile", "wall", echo=True)
     with tempfile.TemporaryDirectory(prefix="cait-compile-accuracy-") as tmp:
         for name, compiled, seed in RUNS:
             reports[name] = run(compiled, seed, args, Path(tmp) / f"{len(reports)}.cait")
-            print(table({name: reports[name]})[-1], flush=True)
+            add_row(table, name, reports[name])
     require_one_plan(reports.values())
     first = next(iter(reports.values()))
-    lines = ["# Eager vs compiled training step: accuracy on the same seed", "",
-             f"Command: `python -m benchmarks.{Path(__file__).stem} {' '.join(sys.argv[1:])}`", "",
-             f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
-             f"steps on {args.data}, one plan for all runs, on {first['device']} ({first['precision']}); top-1 and "
-             f"agreement on {first['compressed']['images']} validation images.", "", *table(reports), "",
-             verdict(reports), "", f"torch {torch.__version__}.", ""]
-    publish("\n".join(lines), args.out)
+    body = [f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
+            f"steps on {args.data}, one plan for all runs, on {first['device']} ({first['precision']}); top-1 and "
+            f"agreement on {first['compressed']['images']} validation images.", "", *table.lines]
+    harness.write_results(args.out, "Eager vs compiled training step: accuracy on the same seed", body,
+                          headline=verdict(reports), device=args.device)
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -18,19 +18,17 @@ does next with the checkpoint:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import timm
 import torch
 
 import cait_cli
-from benchmarks.one_plan import merges
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import CaitError, run_script
+from benchmarks import harness
+from cait_cli.errors import CaitError
 
 MODELS = ["vit_base_patch16_siglip_224", "vit_medium_patch16_gap_256", "eva02_tiny_patch14_224",
           "vit_small_patch16_dinov3"]
@@ -62,7 +60,8 @@ def onnx_difference(ckpt: Path, out: Path) -> str:
     return f"{max(report['max_difference'].values()):.1e}"
 
 
-def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
+def add_row(table: harness.Table, model: str, target: float, args: argparse.Namespace, tmp: Path) -> bool:
+    """One model at one target; whether it landed in the band."""
     ckpt = tmp / f"{model}-{target:g}.cait"
     start = time.perf_counter()
     try:
@@ -70,44 +69,34 @@ def row(model: str, target: float, args: argparse.Namespace, tmp: Path) -> str:
                                    finetune_steps=0, bench_batch_size=args.bench_batch_size,
                                    latency_cache=tmp / "latency", overwrite=True)
     except CaitError as err:
-        return f"| {model} | {target:g}x | refused: {err} | | | | | | |"
+        table.add(model, f"{target:g}x", f"refused: {err}")
+        return False
     wall = time.perf_counter() - start
     report: Dict[str, Any] = result.report
-    plan, (low, high) = report["plan"], report["measured_speedup_range"]
+    low, high = report["measured_speedup_range"]
     loaded = cait_cli.load(str(ckpt))
     embed = loaded.patch_embed
     (height, width), patch = embed.img_size, embed.patch_size[0]
     images = torch.randn(2, 3, height, width)
-    tries = ", ".join(f"{a['measured']:.2f}" for a in report.get("attempts", []))
-    return (f"| {model} | {target:g}x | {merges(plan)}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
-            f"({low:.2f}-{high:.2f}) | {'yes' if report['landed'] else 'NO'} ({tries}) "
-            f"| {reload_difference(ckpt, loaded, images):.1e} | {dense_maps(ckpt, height, width + 2 * patch, patch)} "
-            f"| {onnx_difference(ckpt, tmp / f'{model}-{target:g}.onnx')} | {wall / 60:.1f} min |")
+    table.add(model, f"{target:g}x", harness.plan_cell(report),
+              f"{report['measured_speedup']:.2f}x ({low:.2f}-{high:.2f})",
+              f"{'yes' if report['landed'] else 'NO'} ({harness.landing_cell(report)})",
+              f"{reload_difference(ckpt, loaded, images):.1e}", dense_maps(ckpt, height, width + 2 * patch, patch),
+              onnx_difference(ckpt, tmp / f"{model}-{target:g}.onnx"), f"{wall / 60:.1f} min")
+    return bool(report["landed"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9])
-    parser.add_argument("--bench-batch-size", type=int, default=None, help="default: compress's (64 on the CPU)")
-    parser.add_argument("--out", type=Path)
+    parser = harness.make_parser(__doc__, "bench_batch", "out", models=MODELS, targets=[1.5, 1.9])
     args = parser.parse_args()
-    lines: List[str] = [
-        f"Command: `python -m benchmarks.families {' '.join(sys.argv[1:])}`", "",
-        "| model | target | plan (merges after blocks; keep) | measured (repeat range) "
-        "| in band (landing measurements) | reload max diff (local-dir vs cait_cli.load) "
-        "| features_only, non-square | ONNX max diff | wall |",
-        "|---|---|---|---|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
+    table = harness.Table("model", "target", "plan (merges after blocks; keep)", "measured (repeat range)",
+                          "in band (landing measurements)", "reload max diff (local-dir vs cait_cli.load)",
+                          "features_only, non-square", "ONNX max diff", "wall", echo=True)
     with tempfile.TemporaryDirectory(prefix="cait-families-") as tmp:
-        for model in args.models:
-            for target in args.targets:
-                lines.append(row(model, target, args, Path(tmp)))
-                print(lines[-1], flush=True)
-    lines += ["", f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads.", ""]
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines))
+        landed = [add_row(table, model, target, args, Path(tmp)) for model in args.models for target in args.targets]
+    harness.write_results(args.out, "The ViT families people use now, compressed on this device", table.lines,
+                          headline=f"{sum(landed)} of {len(landed)} model-target pairs landed in the band")
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

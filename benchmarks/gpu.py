@@ -22,8 +22,6 @@ Without a CUDA GPU (and without --device cpu) it refuses in one line.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,10 +29,10 @@ from typing import Dict, List
 
 import torch
 
+from benchmarks import harness
 from benchmarks.input_speed import make_jpeg_folder, premade_inputs, training_rates
 from benchmarks.profile_step import setup
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import CaitError, run_script
+from cait_cli.errors import CaitError
 from cait_cli.method.cost import model_macs
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.distributed import default_workers
@@ -53,8 +51,9 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def speed_rows(model: str, targets: List[float], args, tmp: Path) -> List[str]:
-    rows = []
+def speed_rows(model: str, targets: List[float], args, tmp: Path, table: harness.Table) -> List[str]:
+    """Rows of the speed table for one model; the headline figures ("deit_small 1.9x: 1.94x")."""
+    figures = []
     for target in targets:
         cfg = CompressConfig(model=model, target_speedup=target, out=tmp / f"{model}-{target}.cait",
                              weights="random", calib_steps=0, finetune_steps=0, device=args.device,
@@ -64,21 +63,18 @@ def speed_rows(model: str, targets: List[float], args, tmp: Path) -> List[str]:
         try:
             report = compress(cfg).report
         except CaitError as err:  # e.g. a target beyond this model on this device: say so, go on
-            rows.append(f"| {model} | {target:g}x | refused: {err} |" + " |" * (7 + len(args.cross)))  # 10 + cross
-            print(rows[-1], flush=True)
+            table.add(model, f"{target:g}x", f"refused: {err}")
             continue
         wall = time.perf_counter() - start
         low, high = report["measured_speedup_range"]
         ratio = report["measured_speedup"]
         spread = max(ratio / low - 1, high / ratio - 1)
         base, comp = report["baseline"], report["compressed"]
-        landing = " / ".join(f"{a['measured']:.2f}x" for a in report["attempts"])
-        cross = "".join(f" {cross_speedup(cfg, rt, args)} |" for rt in args.cross)
-        rows.append(f"| {model} | {target:g}x | {report['runtime']} | {base['throughput']:.0f} | "
-                    f"{comp['throughput']:.0f} | {ratio:.2f}x ({low:.2f}-{high:.2f}) | +-{spread:.0%} | "
-                    f"{'yes' if report['landed'] else 'NO'} | {landing} | {wall:.0f} s |{cross}")
-        print(rows[-1], flush=True)
-    return rows
+        table.add(model, f"{target:g}x", report["runtime"], f"{base['throughput']:.0f}", f"{comp['throughput']:.0f}",
+                  f"{ratio:.2f}x ({low:.2f}-{high:.2f})", f"+-{spread:.0%}", "yes" if report["landed"] else "NO",
+                  harness.landing_cell(report), f"{wall:.0f} s", *(cross_speedup(cfg, rt, args) for rt in args.cross))
+        figures.append(f"{model} {target:g}x: {ratio:.2f}x")
+    return figures
 
 
 def cross_speedup(cfg: CompressConfig, runtime: str, args) -> str:
@@ -129,14 +125,13 @@ def step_alone(model: str, args, compile: bool) -> Dict[str, float]:
             "flops": rate * train_flops(base, student) / (peak_tflops(args) * 1e12), "compiled": step.times.compiled}
 
 
-def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
-    rows = []
+def training_rows(model: str, data: str, args, table: harness.Table) -> List[str]:
+    """Rows of the training table for one model; the headline figure (the loop's fine-tuning rate from JPEGs)."""
     for compile in (False, True):
         got = step_alone(model, args, compile)
         mode = "compiled" if got["compiled"] else ("eager" if not compile else "eager (compile failed)")
-        rows.append(f"| {model} | step alone, batch on the device, {mode} | | {got['rate']:.0f} | "
-                    f"{got['compile']:.0f} s | {got['peak']:.0f} | {got['flops']:.1%} |")
-        print(rows[-1], flush=True)
+        table.add(model, f"step alone, batch on the device, {mode}", "", f"{got['rate']:.0f}",
+                  f"{got['compile']:.0f} s", f"{got['peak']:.0f}", f"{got['flops']:.1%}")
     # a plan that prunes (keep 0.7), so calibration runs
     run = dict(steps=args.steps, batch=args.batch_size, warmup=args.warmup, device=args.device,
                calib_steps=args.steps, keep=0.7)
@@ -147,79 +142,70 @@ def training_rows(model: str, data: str, args, tmp: Path) -> List[str]:
         reset_peak(args.device)
         images = premade_inputs(args.images, 224) if workers == 0 else data
         rates = training_rates(model, images, workers=workers, decode=decode, **run)
-        rows.append(f"| {model} | {label} | {rates.get('calibrate', float('nan')):.0f} | "
-                    f"{rates.get('finetune', float('nan')):.0f} | | {peak_mb(args.device):.0f} | |")
-        print(rows[-1], flush=True)
-    return rows
+        table.add(model, label, f"{rates.get('calibrate', float('nan')):.0f}",
+                  f"{rates.get('finetune', float('nan')):.0f}", "", f"{peak_mb(args.device):.0f}", "")
+    return [f"{model} fine-tuning {rates.get('finetune', float('nan')):.0f} img/s (JPEGs, decoded on the GPU)"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["deit_tiny", "deit_small", "deit_base"])
-    parser.add_argument("--targets", nargs="+", type=float, default=[1.5, 1.9, 2.5])
+    parser = harness.make_parser(
+        __doc__, "targets", "runtime", "out", models=["deit_tiny", "deit_small", "deit_base"], device="cuda",
+        bench_batch=256, train_batch=harness.Default(256, "training batch (compress's CUDA default)"),
+        timed_steps=harness.Default(40, "timed training steps per phase"), warmup=10, workers=default_workers())
     parser.add_argument("--cases", nargs="+", default=None, help="MODEL:TARGET pairs for the speed table "
                         "(instead of every model at every target)")
-    parser.add_argument("--runtime", default="auto", help="what compress plans, lands and reports under")
     parser.add_argument("--cross", nargs="*", default=["compile", "tensorrt"],
                         help="runtimes the landed checkpoint is measured under too")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--bench-batch-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=256, help="training batch (compress's CUDA default)")
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps per phase")
-    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--images", type=int, default=4096, help="generated JPEGs (--width x --height)")
     parser.add_argument("--width", type=int, default=500, help="of the generated JPEGs (ImageNet's typical 500x375)")
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--compile-backend", default="inductor", help="of the compiled step alone "
                         "(aot_eager: a quick CPU smoke test)")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: by its name)")
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (None: by its name)")
     parser.add_argument("--parts", nargs="+", choices=["speed", "training"], default=["speed", "training"],
                         help="which tables to measure (one call each fits a short GPU lease better)")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CaitError("benchmarks/gpu.py measures on a CUDA GPU and none is available here "
                         "(--device cpu only smoke-tests the script)")
 
-    lines = [f"command: python -m benchmarks.gpu {' '.join(sys.argv[1:])}", "",
-             f"device: {torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}, "
-             f"torch {torch.__version__}, random weights"]
-    print("\n".join(lines), flush=True)
+    body, figures = ["Random weights (speed does not depend on them)."], []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         if "speed" in args.parts:
-            lines += speed_table(args, tmp)
+            figures += speed_table(args, tmp, body)
         if "training" in args.parts:
-            lines += training_table(args, tmp)
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines) + "\n")
+            figures += training_table(args, tmp, body)
+    harness.write_results(args.out, "CAIT on a GPU: original vs compressed throughput, training images/s, peak "
+                          "memory", body, headline="; ".join(figures), device=args.device)
 
 
-def speed_table(args, tmp: Path) -> List[str]:
+def speed_table(args, tmp: Path, body: List[str]) -> List[str]:
+    """The speed table, added to `body`; its headline figures."""
     precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
-    columns = ["model", "target", "runtime", "original img/s", "compressed img/s", "measured (repeats)",
-               "repeat spread", "in band", "landing", "compress wall"] + [f"measured under {rt}" for rt in args.cross]
-    lines = ["", f"compressed vs original (batch {args.bench_batch_size}, {precision}, interleaved):", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    print("\n".join(lines), flush=True)
+    body += ["", f"Compressed vs original (batch {args.bench_batch_size}, {precision}, interleaved):", ""]
+    print(body[-2], flush=True)
+    table = harness.Table("model", "target", "runtime", "original img/s", "compressed img/s", "measured (repeats)",
+                          "repeat spread", "in band", "landing", "compress wall",
+                          *(f"measured under {rt}" for rt in args.cross), echo=True)
     cases = [c.split(":") for c in args.cases] if args.cases else [(m, t) for m in args.models for t in args.targets]
-    for model, target in cases:
-        lines += speed_rows(model, [float(target)], args, tmp)
-    return lines
+    figures = [figure for model, target in cases for figure in speed_rows(model, [float(target)], args, tmp, table)]
+    body += table.lines
+    return figures
 
 
-def training_table(args, tmp: Path) -> List[str]:
+def training_table(args, tmp: Path, body: List[str]) -> List[str]:
+    """The training table, added to `body`; its headline figures."""
     data = str(make_jpeg_folder(tmp / "jpegs", args.images, size=args.height, width=args.width))
-    lines = ["", f"training images/s (batch {args.batch_size} per step, bf16, {args.steps} steps timed after "
-             f"{args.warmup}; the loop compiles the step on CUDA; peak FLOP/s {peak_tflops(args):g} TFLOP/s):", "",
-             "| model | input | calibration img/s | fine-tuning img/s | compile | peak MB | of peak FLOP/s |",
-             "|---|---|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
-    for model in args.models:
-        lines += training_rows(model, data, args, tmp)
-    return lines
+    body += ["", f"Training images/s (batch {args.batch_size} per step, bf16, {args.steps} steps timed after "
+             f"{args.warmup}; the loop compiles the step on CUDA; peak FLOP/s {peak_tflops(args):g} TFLOP/s):", ""]
+    print(body[-2], flush=True)
+    table = harness.Table("model", "input", "calibration img/s", "fine-tuning img/s", "compile", "peak MB",
+                          "of peak FLOP/s", echo=True)
+    figures = [figure for model in args.models for figure in training_rows(model, data, args, table)]
+    body += table.lines
+    return figures
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -19,11 +19,9 @@ original's.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import timm
 import torch
@@ -31,9 +29,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import cait_cli
-from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan
+from benchmarks import harness
+from benchmarks.one_plan import RUN_OPTIONS, compress_run, require_one_plan
 from cait_cli.atomic import write_json_atomic
-from cait_cli.errors import run_script
 from cait_cli.pipeline.data.sources import eval_loader, resolve_data_config
 from cait_cli.pipeline.training.train import distill_outputs
 
@@ -72,29 +70,26 @@ def cosines(compressed: torch.nn.Module, original: torch.nn.Module, data: str) -
     return token_sum / count, pooled_sum / count, count
 
 
-def table(runs: Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]]) -> List[str]:
-    rows = ["| run | plan (merges after blocks; keep) | loss (report) | final-token cosine to original | "
-            "pooled cosine | report's feature cosine | measured speedup | wall |", "|---|---|---|---|---|---|---|---|"]
-    for name, (report, (tokens, pooled, _)) in runs.items():
-        plan = report["plan"]
-        loss = (report.get("training") or {}).get("loss", "—")
-        reported = report["compressed"].get("feature_cosine")
-        rows.append(f"| {name} | {merges(plan)}; keep {plan['keep']:.0%} | {loss} | {tokens:.4f} | {pooled:.4f} | "
-                    f"{'—' if reported is None else f'{reported:.4f}'} | {report['measured_speedup']:.2f}x | "
-                    f"{report['wall_s'] / 60:.1f} min |")
-    return rows
+Runs = Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]]  # name -> (report, cosines)
+
+
+def add_row(table: harness.Table, name: str, report: Dict[str, Any], tokens: float, pooled: float) -> None:
+    loss = (report.get("training") or {}).get("loss", "—")
+    reported = report["compressed"].get("feature_cosine")
+    table.add(name, harness.plan_cell(report), loss, f"{tokens:.4f}", f"{pooled:.4f}",
+              "—" if reported is None else f"{reported:.4f}", f"{report['measured_speedup']:.2f}x",
+              f"{report['wall_s'] / 60:.1f} min")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_options(parser, model=None)
-    parser.add_argument("--batch-size", type=int, default=16, help="training batch (the quick start: 64)")
-    parser.add_argument("--bench-batch-size", type=int, default=16)
+    parser = harness.make_parser(__doc__, "seed", *RUN_OPTIONS, train_batch=harness.Default(
+        16, "training batch (the quick start: 64)"), bench_batch=16)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--layer-scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    runs: Dict[str, Tuple[Dict[str, Any], Tuple[float, float, int]]] = {}
+    runs: Runs = {}
+    table = harness.Table("run", "plan (merges after blocks; keep)", "loss (report)", "final-token cosine to original",
+                          "pooled cosine", "report's feature cosine", "measured speedup", "wall", echo=True)
     with tempfile.TemporaryDirectory(prefix="cait-headless-") as tmp:
         source = save_headless_dinov2(Path(tmp) / "dinov2", args.img_size, args.layer_scale, args.seed)
         original = cait_cli.load(str(source))
@@ -107,20 +102,18 @@ def main() -> None:
                                   finetune_steps=finetune, batch_size=args.batch_size,
                                   bench_batch_size=args.bench_batch_size, seed=args.seed)
             runs[name] = report, cosines(cait_cli.load(str(out)), original, args.data)
-            print(table({name: runs[name]})[-1], flush=True)
+            add_row(table, name, report, *runs[name][1][:2])
     require_one_plan(report for report, _ in runs.values())
     (_, (before, _, images)), (_, (after, _, _)) = runs.values()
-    lines = ["# A headless DINOv2 at 1.9x: does the feature loss move the compressed tokens toward the original's?",
-             "", f"Command: `python -m benchmarks.{Path(__file__).stem} {' '.join(sys.argv[1:])}`", "",
-             f"{ARCHITECTURE} (num_classes=0, random weights, LayerScale {args.layer_scale:g}, {args.img_size} px) "
-             f"compressed to {args.target:g}x on {args.data} (labels unused: the model has no classifier), training "
-             f"batch {args.batch_size}, timing batch {args.bench_batch_size}, seed {args.seed}, one plan for both "
-             f"runs. Cosines are means over {images} held-out images.", "", *table(runs), "",
-             f"Final-token cosine to the original: {before:.4f} before the short run, {after:.4f} after it "
-             f"({'closer' if after > before else 'NOT closer'}).", "",
-             f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads.", ""]
-    publish("\n".join(lines), args.out)
+    verdict = (f"final-token cosine to the original {before:.4f} before the short run, {after:.4f} after it "
+               f"({'closer' if after > before else 'NOT closer'})")
+    body = [f"{ARCHITECTURE} (num_classes=0, random weights, LayerScale {args.layer_scale:g}, {args.img_size} px) "
+            f"compressed to {args.target:g}x on {args.data} (labels unused: the model has no classifier), training "
+            f"batch {args.batch_size}, timing batch {args.bench_batch_size}, seed {args.seed}, one plan for both "
+            f"runs. Cosines are means over {images} held-out images.", "", *table.lines]
+    harness.write_results(args.out, f"A headless DINOv2 at {args.target:g}x: does the feature loss move the "
+                          "compressed tokens toward the original's?", body, headline=verdict)
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

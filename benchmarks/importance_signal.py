@@ -7,21 +7,18 @@ through the library once per signal, with everything else fixed: the same seed, 
 table (the cache), and no re-planning (`replan=False`), so both runs train the same plan and
 only the merge weights differ. Accuracy is compared, not speed.
 
-    OMP_NUM_THREADS=1 python benchmarks/importance_signal.py --out benchmarks/results/importance_signal_cpu.md
+    OMP_NUM_THREADS=1 python -m benchmarks.importance_signal --out benchmarks/results/importance_signal_cpu.md
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
-
-from benchmarks.one_plan import add_run_options, compress_run, merges, publish, require_one_plan  # noqa: E402
-from cait_cli.errors import run_script  # noqa: E402
-from cait_cli.method.block import IMPORTANCE_SOURCES  # noqa: E402
+from benchmarks import harness
+from benchmarks.one_plan import RUN_OPTIONS, compress_run, require_one_plan
+from cait_cli.method.block import IMPORTANCE_SOURCES
 
 
 def compress_with(signal: str, args: argparse.Namespace, out_dir: Path) -> Dict[str, Any]:
@@ -31,34 +28,31 @@ def compress_with(signal: str, args: argparse.Namespace, out_dir: Path) -> Dict[
                         seed=args.seed, importance=signal)
 
 
-def table(reports: Dict[str, Dict[str, Any]]) -> List[str]:
-    rows = ["| signal | plan (merges after blocks; keep) | top-1 original -> compressed | agreement | "
-            "measured speedup | wall time |", "|---|---|---|---|---|---|"]
-    for signal, r in reports.items():
-        plan, base, small = r["plan"], r["baseline"], r["compressed"]
-        rows.append(f"| {signal} | {merges(plan, '+')}; {plan['keep']:.0%} | {100 * base['top1']:.1f}% -> "
-                    f"{100 * small['top1']:.1f}% ({100 * (small['top1'] - base['top1']):+.1f} pt) | "
-                    f"{100 * small['agreement']:.1f}% | {r['measured_speedup']:.2f}x | {r['wall_s']:.0f} s |")
-    return rows
+def add_row(table: harness.Table, signal: str, r: Dict[str, Any]) -> None:
+    table.add(signal, harness.plan_cell(r), harness.top1_cell(r), f"{100 * r['compressed']['agreement']:.1f}%",
+              f"{r['measured_speedup']:.2f}x", f"{r['wall_s']:.0f} s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_options(parser, latency_cache_help="default: cait's cache ($CAIT_CACHE)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = harness.make_parser(__doc__, "model", "seed", *RUN_OPTIONS, latency_cache=harness.Default(
+        None, "folder of latency tables (None: cait's cache, $CAIT_CACHE)"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         reports = {signal: compress_with(signal, args, Path(tmp)) for signal in IMPORTANCE_SOURCES}
     require_one_plan(reports.values())
-    lines = ["# Token importance for ATME: class-token attention vs attention received", "",
-             f"Command: `OMP_NUM_THREADS=1 python {' '.join(sys.argv)}`", "",
-             f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
-             f"steps on {args.data}, seed {args.seed}, one plan for both (replan off, the same latency table). "
-             "cls: the attention the class token gives each token; received: the attention each token receives "
-             "from the size-weighted mean query (the renormalised geometric mean over queries), both averaged "
-             "over heads. Top-1 and agreement on the data's validation images.", "", *table(reports), ""]
-    publish("\n".join(lines), args.out)
+    table = harness.Table("signal", "plan (merges after blocks; keep)", "top-1 original -> compressed",
+                          "agreement", "measured speedup", "wall time")
+    for signal, report in reports.items():
+        add_row(table, signal, report)
+    body = [f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
+            f"steps on {args.data}, seed {args.seed}, one plan for both (replan off, the same latency table). "
+            "cls: the attention the class token gives each token; received: the attention each token receives "
+            "from the size-weighted mean query (the renormalised geometric mean over queries), both averaged "
+            "over heads. Top-1 and agreement on the data's validation images.", "", *table.lines]
+    headline = ", ".join(f"{signal} {100 * r['compressed']['top1']:.1f}%" for signal, r in reports.items())
+    harness.write_results(args.out, "Token importance for ATME: class-token attention vs attention received", body,
+                          headline=f"top-1 {headline}")
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

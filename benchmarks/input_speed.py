@@ -11,10 +11,8 @@ decoding). Goal: with workers, within 10% of the model-step rate.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +25,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.method.atme import MergeStep, alternating_schedule
 from cait_cli.method.cdcp import set_budget
 from cait_cli.method.slim import slim
@@ -147,13 +144,9 @@ def training_rates(model: str, data: Union[str, Dataset], steps: int, batch: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.make_parser(__doc__, "out", timed_steps=harness.Default(30, "fine-tuning steps (timed after "
+                                 "--warmup)"), warmup=5, train_batch=32, workers=2)
     parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the model step on one core; the workers get the others
 
@@ -167,18 +160,17 @@ def main() -> None:
         for workers in (args.workers, 0):
             rate = training_rates(model, data, workers=workers, **run)["finetune"]
             rows.append((f"JPEG folder, --workers {workers}", str(workers), rate))
-    lines = [f"command: python -m benchmarks.input_speed {' '.join(sys.argv[1:])}", "",
-             f"{args.images} JPEGs 224x224, ViT {SMALL}, batch {args.batch_size}, {args.steps} fine-tuning steps "
-             f"(first {args.warmup} not timed), torch threads 1", "",
-             "| input | workers | images/s | of the model-step rate |", "|---|---|---|---|"]
-    lines += [f"| {label} | {workers} | {rate:.1f} | {rate / alone:.0%} |" for label, workers, rate in rows]
+    table = harness.Table("input", "workers", "images/s", "of the model-step rate")
+    for label, workers, rate in rows:
+        table.add(label, workers, f"{rate:.1f}", f"{rate / alone:.0%}")
     with_workers = rows[1][2] / alone
-    lines += ["", f"goal: with workers within 10% of the model step: {'met' if with_workers >= 0.9 else 'NOT met'} "
-              f"({with_workers:.0%})", f"torch {torch.__version__}"]
-    print("\n".join(lines))
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines) + "\n")
+    goal = (f"with {args.workers} workers {with_workers:.0%} of the model step: goal (within 10%) "
+            f"{'met' if with_workers >= 0.9 else 'NOT met'}")
+    body = [f"{args.images} JPEGs 224x224, ViT {SMALL}, batch {args.batch_size}, {args.steps} fine-tuning steps "
+            f"(first {args.warmup} not timed), torch threads 1.", "", *table.lines]
+    harness.write_results(args.out, "Is the training input fast enough? Images/s through `cait compress`'s "
+                          "training loop", body, headline=goal)
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

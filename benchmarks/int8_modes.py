@@ -6,20 +6,18 @@ calibrated on 128 images of the bundled Fashion-MNIST subset), also the original
 times all five interleaved at batch 16 and 1 (median of paired ratios, min-max of the repeats).
 Speed only: accuracy of the static file is in int8_cpu.md.
 
-    python benchmarks/int8_modes.py /work/ckpt/speed/1.9.cait --out benchmarks/results/int8_modes_cpu.md
+    python -m benchmarks.int8_modes /work/ckpt/speed/1.9.cait --out benchmarks/results/int8_modes_cpu.md
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.models.onnx_model import load_onnx
 from cait_cli.pipeline.export import quantize as int8
 from cait_cli.pipeline.export.onnx_export import ExportConfig, export_file
@@ -43,36 +41,31 @@ def files(args: argparse.Namespace, tmp: Path) -> Dict[str, torch.nn.Module]:
             "original dynamic": load_onnx(tmp / "original_dynamic.onnx")}
 
 
-def rows(models: Dict[str, torch.nn.Module], batch: int, repeats: int) -> List[str]:
+def add_rows(speeds: harness.Table, ratios: harness.Table, models: Dict[str, torch.nn.Module], batch: int,
+             repeats: int) -> str:
+    """The rows of one batch size; its headline figure (dynamic over static)."""
     speed = measure_throughput(models, (3, 224, 224), SpeedConfig(batch_size=batch, warmup=2, repeats=repeats),
                                torch.device("cpu"))
-    lines = []
     for name in models:
-        ratio = paired_speedup(speed, name, "original fp32")
-        lines.append(f"batch {batch} | {name} | {speed[name].throughput:.1f} img/s | "
-                     "vs original fp32 {:.2f}x ({:.2f}-{:.2f})".format(*ratio))
+        speeds.add(batch, name, f"{speed[name].throughput:.1f}",
+                   "{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, name, "original fp32")))
     for a, b in RATIOS:
-        lines.append(f"batch {batch} | {a} / {b} " + "{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, a, b)))
-    return lines
+        ratios.add(batch, f"{a} / {b}", "{:.2f}x ({:.2f}-{:.2f})".format(*paired_speedup(speed, a, b)))
+    return f"batch {batch}: dynamic / static {paired_speedup(speed, 'CAIT dynamic', 'CAIT static')[0]:.2f}x"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.make_parser(__doc__, "calib_data", "out", model="deit_small", repeats=11)
     parser.add_argument("cait", help="a CAIT checkpoint of --model (e.g. compress_speed.py --keep's 1.9.cait)")
-    parser.add_argument("--model", default="deit_small")
-    parser.add_argument("--calib-data", default="examples/fashion_mnist")
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    lines = [f"command: python benchmarks/int8_modes.py {' '.join(sys.argv[1:])}", ""]
+    speeds = harness.Table("batch", "model", "img/s", "vs original fp32")
+    ratios = harness.Table("batch", "ratio", "median (min-max) of paired repeats")
     with tempfile.TemporaryDirectory(prefix="cait-int8-modes-") as tmp:
         models = files(args, Path(tmp))
-        for batch in (16, 1):
-            lines += rows(models, batch, args.repeats)
-            print("\n".join(lines[-8:]), flush=True)
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines) + f"\n\ntorch {torch.__version__}\n")
+        figures = [add_rows(speeds, ratios, models, batch, args.repeats) for batch in (16, 1)]
+    harness.write_results(args.out, "Static (calibrated QDQ) or dynamic int8 on top of CAIT under ONNX Runtime",
+                          [*speeds.lines, "", *ratios.lines], headline="; ".join(figures))
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

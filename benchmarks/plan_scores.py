@@ -9,21 +9,17 @@ logits, and the relative error of the full-grid features a dense head reads (blo
 the shortlist of the fewest-pruned plans (v0.1-0.3) and with the shortlist spread over
 budgets. No timing: the latency table comes from the cache, or is measured first.
 
-    python benchmarks/plan_scores.py --target 1.9 --out benchmarks/results/plan_scores_cpu.md
+    python -m benchmarks.plan_scores --target 1.9 --out benchmarks/results/plan_scores_cpu.md
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable, List, Sequence
 
 import torch
 import torch.nn as nn
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.data.sources import open_data, resolve_data_config
 from cait_cli.pipeline.planning.latency import calibrate_latency
@@ -81,14 +77,9 @@ def merges(schedule) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="examples/reference")
-    parser.add_argument("--data", default="/tmp/fashion_proof")
-    parser.add_argument("--target", type=float, default=1.9)
+    parser = harness.make_parser(__doc__, "model", "target", "channel_multiple", "out", data="/tmp/fashion_proof",
+                                 bench_batch=harness.Default(64, "batch the latency table is measured at"))
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--bench-batch-size", type=int, default=64)
-    parser.add_argument("--channel-multiple", type=int, default=8)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     start = time.perf_counter()
     base = load_model(args.model).model.eval()
@@ -106,25 +97,21 @@ def main() -> None:
                   for schedule, keep, predicted in landing_plans(speed, cfg))
     new = make_plan(base, table, cfg, score)
     old_kl, old_keep, old_merges = old_pick(speed, cfg, score)
-    lines = ["# Plan scores: every plan predicted to land, scored as the planner scores", "",
-             f"Command: `python {' '.join(sys.argv)}`", "",
-             f"{args.model} at {args.target:g}x, channel multiple {args.channel_multiple}, {args.images} calibration "
-             f"images from {args.data}, latency table {table.key} (batch {args.bench_batch_size}). KL: the planner's "
-             f"score (lower is closer to the original). Dense: relative squared error of the full-grid features of "
-             f"blocks {indices}. Untrained models: channels by weight norm. Total time "
-             f"{(time.perf_counter() - start) / 60:.0f} min.", "",
-             f"- planner, shortlist of the fewest-pruned plans (v0.3): merges {old_merges}, keep "
-             f"{old_keep:.0%}, KL {old_kl:.4f}",
-             f"- planner, shortlist spread over budgets: merges {merges(new.schedule)}, keep {new.keep:.0%}, "
-             f"KL {new.score:.4f}", "",
-             "| rank | KL | dense error | predicted | keep | merges after blocks |", "|---|---|---|---|---|---|"]
-    lines += [f"| {i} | {kl:.4f} | {dense:.4f} | {p:.2f}x | {keep:.0%} | {m} |"
-              for i, (kl, dense, p, keep, m) in enumerate(rows, 1)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+    scores = harness.Table("rank", "KL", "dense error", "predicted", "keep", "merges after blocks")
+    for i, (kl, dense_error, predicted, keep, plan_merges) in enumerate(rows, 1):
+        scores.add(i, f"{kl:.4f}", f"{dense_error:.4f}", f"{predicted:.2f}x", f"{keep:.0%}", plan_merges)
+    picked = f"merges {merges(new.schedule)}, keep {new.keep:.0%}, KL {new.score:.4f}"
+    body = [f"{args.model} at {args.target:g}x, channel multiple {args.channel_multiple}, {args.images} calibration "
+            f"images from {args.data}, latency table {table.key} (batch {args.bench_batch_size}). KL: the planner's "
+            f"score (lower is closer to the original). Dense: relative squared error of the full-grid features of "
+            f"blocks {indices}. Untrained models: channels by weight norm. Total time "
+            f"{(time.perf_counter() - start) / 60:.0f} min.", "",
+            f"- planner, shortlist of the fewest-pruned plans (v0.3): merges {old_merges}, keep "
+            f"{old_keep:.0%}, KL {old_kl:.4f}",
+            f"- planner, shortlist spread over budgets: {picked}", "", *scores.lines]
+    harness.write_results(args.out, "Plan scores: every plan predicted to land, scored as the planner scores", body,
+                          headline=f"{len(rows)} landing plans; the planner picks {picked}")
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

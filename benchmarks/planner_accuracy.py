@@ -13,14 +13,12 @@ the measurement itself. And the five whole models the table is fitted on are mea
 too, so whole-model fits of other forms (`FITS`) can be compared with the one the
 planner uses, each fitted to those five and judged on the grid's plans.
 
-    python benchmarks/planner_accuracy.py --out benchmarks/results/planner_accuracy_cpu.md
+    python -m benchmarks.planner_accuracy --out benchmarks/results/planner_accuracy_cpu.md
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,18 +27,12 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.method.base import token_counts
 from cait_cli.method.variants import compressed_variant
 from cait_cli.method.widths import block_widths
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.measuring.measure import (
-    SpeedConfig,
-    device_name,
-    measure_throughput,
-    paired_speedup,
-)
+from cait_cli.pipeline.measuring.measure import SpeedConfig, measure_throughput, paired_speedup
 from cait_cli.pipeline.planning.latency import (
     FIT_MODELS,
     LatencyTable,
@@ -84,7 +76,7 @@ def features(table: LatencyTable, model: nn.Module, schedule) -> Dict[str, float
 def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedups: Dict[str, float],
                  fit_labels: List[str], full: str, original_ms: float) -> List[str]:
     """Each form of FITS fitted to the fit models' measurements, judged on the other plans."""
-    lines = ["| whole-model fit | median abs. error | worst | mean signed error |", "|---|---|---|---|"]
+    table = harness.Table("whole-model fit", "median abs. error", "worst", "mean signed error")
     for name, (names, relative) in FITS.items():
         rows = torch.tensor([[feats[k][f] for f in names] for k in fit_labels], dtype=torch.float64)
         times = torch.tensor([original_ms / speedups[k] - table.fixed_ms for k in fit_labels], dtype=torch.float64)
@@ -95,9 +87,9 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
             return float(torch.tensor([feats[k][f] for f in names], dtype=torch.float64) @ coef)
 
         errors = [latency(full) / latency(k) / speedups[k] - 1 for k in speedups if k not in fit_labels]
-        lines.append(f"| {name} | {statistics.median(map(abs, errors)):.1%} | {max(map(abs, errors)):.1%} | "
-                     f"{statistics.mean(errors):+.1%} |")
-    return lines
+        table.add(name, f"{statistics.median(map(abs, errors)):.1%}", f"{max(map(abs, errors)):.1%}",
+                  f"{statistics.mean(errors):+.1%}")
+    return table.lines
 
 
 def describe(schedule, keep: float) -> str:
@@ -105,7 +97,9 @@ def describe(schedule, keep: float) -> str:
     return f"merge {merges}; keep {keep:.0%}"
 
 
-def study(name: str, weights: str, batch: int, repeats: int, multiple: int, device: torch.device) -> List[str]:
+def study(name: str, weights: str, batch: int, repeats: int, multiple: int, device: torch.device
+          ) -> tuple[List[str], str]:
+    """The section of one model; its headline figure (median and worst error)."""
     base = load_model(name, weights).model.to(device).eval()
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
@@ -126,11 +120,7 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
     measured = measure_throughput(models, (3, *base.patch_embed.img_size),
                                   SpeedConfig(batch, warmup=1, repeats=repeats, iters_per_repeat=2), device)
     noise = paired_speedup(measured, "copy of the original", "original")
-    lines = [f"## {name} ({weights} weights)", "",
-             f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}. "
-             f"Noise floor: a copy of the original measured {noise[0]:.2f}x ({noise[1]:.2f}-{noise[2]:.2f}) "
-             "against it.", "",
-             "| plan | predicted | measured (repeat range) | error |", "|---|---|---|---|"]
+    plans = harness.Table("plan", "predicted", "measured (repeat range)", "error")
     errors, speedups = [], {}
     for label, guess in predicted.items():
         ratio, low, high = paired_speedup(measured, label, "original")
@@ -138,38 +128,38 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
         fit = " (fit model)" if label in fit_labels else ""
         if not fit:
             errors.append(abs(guess / ratio - 1))
-        lines.append(f"| {label}{fit} | {guess:.2f}x | {ratio:.2f}x ({low:.2f}-{high:.2f}) | {guess / ratio - 1:+.1%} |")
-    lines += ["", f"Median absolute error {statistics.median(errors):.1%}, worst {max(errors):.1%} "
-              f"({len(errors)} plans, fit models not counted).", "",
-              "Whole-model fits compared (fitted to the fit models' measurements above, errors over the other "
-              "plans):", ""]
+        plans.add(f"{label}{fit}", f"{guess:.2f}x", f"{ratio:.2f}x ({low:.2f}-{high:.2f})", f"{guess / ratio - 1:+.1%}")
+    median, worst = f"{statistics.median(errors):.1%}", f"{max(errors):.1%}"
+    lines = [f"## {name} ({weights} weights)", "",
+             f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}. "
+             f"Noise floor: a copy of the original measured {noise[0]:.2f}x ({noise[1]:.2f}-{noise[2]:.2f}) "
+             "against it.", "", *plans.lines, "",
+             f"Median absolute error {median}, worst {worst} ({len(errors)} plans, fit models not counted).", "",
+             "Whole-model fits compared (fitted to the fit models' measurements above, errors over the other "
+             "plans):", ""]
     lines += compare_fits(table, feats, speedups, fit_labels, describe([], 1.0), 1e3 / measured["original"].throughput)
     lines.append("")
     print("\n".join(lines), flush=True)
-    return lines
+    return lines, f"{name}: median error {median}, worst {worst}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["examples/reference:pretrained", "deit_small:random"],
-                        help="NAME:WEIGHTS pairs")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--channel-multiple", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path)
+    parser = harness.make_parser(__doc__, "channel_multiple", "out", timed_batch=64, repeats=9, device="cpu",
+                                 models=harness.Default(["examples/reference:pretrained", "deit_small:random"],
+                                                        "NAME:WEIGHTS pairs"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    lines = ["# Planner accuracy: predicted against measured speedup", "",
-             f"Command: `python {' '.join(sys.argv)}`", "",
-             f"Device: {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32; "
-             f"channel multiple {args.channel_multiple}; every plan measured against its original, interleaved.", ""]
+    body = [f"fp32; channel multiple {args.channel_multiple}; every plan measured against its original, interleaved.",
+            ""]
+    figures = []
     for spec in args.models:
         name, _, weights = spec.rpartition(":")
-        lines += study(name, weights, args.batch_size, args.repeats, args.channel_multiple, device)
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines))
+        lines, figure = study(name, weights, args.batch_size, args.repeats, args.channel_multiple, device)
+        body += lines
+        figures.append(figure)
+    harness.write_results(args.out, "Planner accuracy: predicted against measured speedup", body,
+                          headline="; ".join(figures), device=device)
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -4,13 +4,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
+from benchmarks import harness
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.measuring.measure import synchronize
@@ -106,10 +106,7 @@ def profile(step: Callable[[], None], device: torch.device, rows: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models", nargs="+", default=["deit_small"])
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser = harness.make_parser(__doc__, device="cuda", models=["deit_small"], train_batch=128)
     parser.add_argument("--rows", type=int, default=18)
     parser.add_argument("--sweep", action="store_true", help="only train_step's ms by batch and AdamW kind")
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 256], help="batch sizes of --sweep")
@@ -129,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    harness.run_script(main)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,12 +48,13 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.job_cache import JobCache, settings_key  # noqa: E402
 from benchmarks.peers.channel_pruning import SETTINGS, PruneSetting, prune_channels  # noqa: E402
 from benchmarks.peers.tome import apply_tome, tome_macs  # noqa: E402
-from benchmarks.proof_report import CONTROL, plot, table  # noqa: E402
-from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from cait_cli.errors import CaitError, run_script  # noqa: E402
+from benchmarks.proof_report import CONTROL, render  # noqa: E402
+from cait_cli.atomic import write_json_atomic  # noqa: E402
+from cait_cli.errors import CaitError  # noqa: E402
 from cait_cli.method.cost import model_macs  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.compress import CompressConfig, compress  # noqa: E402
@@ -70,7 +70,6 @@ from cait_cli.pipeline.data.sources import (  # noqa: E402  # noqa: E402
 from cait_cli.pipeline.measuring.measure import (  # noqa: E402
     SpeedConfig,
     count_params,
-    device_name,
     measure_accuracy,
     measure_throughput,
     paired_speedup,
@@ -338,9 +337,10 @@ def stamped(job: Job, seed: int) -> List[tuple[Row, Optional[nn.Module]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", default="examples/reference")
-    parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (the test split)")
+    parser = harness.make_parser(
+        __doc__, "reference", "lr", "seed", train_steps=harness.Default(300, "training budget of every trained method"),
+        data=harness.Default(help="ImageFolder root with train/ and val/ (the test split)", required=True),
+        train_batch=64, bench_batch=64, work=Path("/tmp/cait-proof"), out_stem=Path("benchmarks/results/proof_cpu"))
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 1.9, 2.5])
     parser.add_argument("--methods", nargs="+", default=["cait", "atme", "cdcp", "tome", "torch-pruning"],
                         choices=["cait", "atme", "cdcp", "tome", "torch-pruning"])
@@ -356,16 +356,7 @@ def main() -> None:
     parser.add_argument("--second-seed", type=int,
                         help="run every method and the control again at --second-seed-speedup with it")
     parser.add_argument("--second-seed-speedup", type=float, default=1.9)
-    parser.add_argument("--steps", type=int, default=300, help="training budget of every trained method")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bench-batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-control", action="store_true", help="skip the uncompressed, equally trained control")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-proof"),
-                        help="scratch folder; finished jobs kept there are reused by a later run with the "
-                             "same reference and budget (delete it to start again)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/proof_cpu"))
     args = parser.parse_args()
     for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
         unknown = [t for t in values or [] if not _within(t, args.speedups)]
@@ -405,17 +396,14 @@ def main() -> None:
 
 def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Module, reference_top1: float,
                   seconds: float) -> None:
-    meta = {"command": "python " + " ".join(sys.argv), "device": device_name(torch.device("cpu")),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "reference": args.reference, "reference_top1": reference_top1, "reference_params": count_params(reference),
-            "reference_macs": model_macs(reference), "steps": args.steps, "batch_size": args.batch_size,
-            "bench_batch_size": args.bench_batch_size, "lr": args.lr, "seed": args.seed,
-            "seconds": round(seconds)}
+    """OUT.json (the run and every row), then OUT.md and OUT.png made from it."""
+    meta = {"run": asdict(harness.Run.now()), "reference": args.reference, "reference_top1": reference_top1,
+            "reference_params": count_params(reference), "reference_macs": model_macs(reference), "steps": args.steps,
+            "batch_size": args.batch_size, "bench_batch_size": args.bench_batch_size, "lr": args.lr,
+            "seed": args.seed, "seconds": round(seconds)}
     write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
-    write_text_atomic(args.out.with_suffix(".md"), table(meta, [asdict(r) for r in rows]))
-    plot(meta, [asdict(r) for r in rows], args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text())
+    render(meta, [asdict(r) for r in rows], args.out)
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

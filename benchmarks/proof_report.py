@@ -1,6 +1,6 @@
 """The proof's table (Markdown) and plot (PNG), from the rows benchmarks/proof.py measured.
 
-    python benchmarks/proof_report.py benchmarks/results/proof_cpu.json   # re-render
+    python -m benchmarks.proof_report benchmarks/results/proof_cpu.json   # re-render OUT.md and OUT.png
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
-from cait_cli.atomic import write_text_atomic  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
+TITLE = "CAIT against its peers at equal measured speedup (Fashion-MNIST test set)"
 FLOOR_PT = 12  # the plot shows top-1 down to this many points under the reference
 CONTROL = "reference, same training"  # the uncompressed reference given every method's training budget
 MARKERS = {CONTROL: "*", "cait": "o", "atme": "s", "cdcp": "^", "tome": "v", "tome (off the shelf)": "x",
@@ -24,38 +25,44 @@ def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
+    """The results' body: settings, every row, the keep-band sweep and the seed spread."""
     ref = meta["reference_top1"]
     lines = [
-        "# CAIT against its peers at equal measured speedup (Fashion-MNIST test set)", "",
-        f"Command: `{meta['command']}`", "",
-        f"Device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}; throughput at batch "
-        f"{meta['bench_batch_size']}, fp32, every model interleaved with the reference in one run "
-        f"(median of paired ratios). Training budget of every trained method: {meta['steps']} steps of batch "
+        f"Throughput at batch {meta['bench_batch_size']}, fp32, every model interleaved with the reference in one "
+        f"run (median of paired ratios). Training budget of every trained method: {meta['steps']} steps of batch "
         f"{meta['batch_size']}, lr {meta['lr']:g}, distillation from the reference plus cross-entropy. "
         f"Total time {meta['seconds'] / 60:.0f} min.", "",
         f"Reference `{meta['reference']}`: top-1 {_pct(ref)}%, {meta['reference_params'] / 1e6:.3f}M params, "
-        f"{meta['reference_macs'] / 1e6:.1f}M MACs.", "",
-        "| target | method | setting | seed | measured speedup | top-1 (%) | Δ top-1 (pt) | agreement (%) "
-        "| params (M) | MMACs | 2-D grid out |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        f"{meta['reference_macs'] / 1e6:.1f}M MACs.", ""]
+    every = harness.Table("target", "method", "setting", "seed", "measured speedup", "top-1 (%)", "Δ top-1 (pt)",
+                          "agreement (%)", "params (M)", "MMACs", "2-D grid out")
     for r in rows:
+        grid = "yes" if r["keeps_grid"] else "no"
         if r["measured_speedup"] is None:
-            lines.append(f"| {r['target']:g}x | {r['method']} | not reached: {r['note']} | {r.get('seed', 0)} | — "
-                         f"| — | — | — | — | — | "
-                         f"{'yes' if r['keeps_grid'] else 'no'} |")
+            every.add(f"{r['target']:g}x", r["method"], f"not reached: {r['note']}", r.get("seed", 0),
+                      *["—"] * 6, grid)
             continue
         delta = "—" if r["top1"] is None else f"{100 * (r['top1'] - ref):+.2f}"
-        lines.append(
-            f"| {r['target']:g}x | {r['method']} | {r['setting']} | {r.get('seed', 0)} | {r['measured_speedup']:.2f}x "
-            f"({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}) | {_pct(r['top1'])} | {delta} | "
-            f"{_pct(r['agreement'])} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | "
-            f"{'yes' if r['keeps_grid'] else 'no'} |")
-    lines += ["", "2-D grid out: whether the patch tokens after the last block still form a regular grid that a "
-              "dense head (segmentation, detection) can take: ATME halves grid axes, channel pruning keeps every "
-              "token, ToMe merges image-dependent pairs anywhere in the image.", ""]
-    return "\n".join(lines + keep_sweep(rows, ref, meta.get("seed", 0)) + seed_spread(rows))
+        every.add(f"{r['target']:g}x", r["method"], r["setting"], r.get("seed", 0),
+                  f"{r['measured_speedup']:.2f}x ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})",
+                  _pct(r["top1"]), delta, _pct(r["agreement"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.1f}",
+                  grid)
+    lines += [*every.lines, "", "2-D grid out: whether the patch tokens after the last block still form a regular "
+              "grid that a dense head (segmentation, detection) can take: ATME halves grid axes, channel pruning "
+              "keeps every token, ToMe merges image-dependent pairs anywhere in the image.", ""]
+    return lines + keep_sweep(rows, ref, meta.get("seed", 0)) + seed_spread(rows)
+
+
+def headline(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    """CAIT at each target and the control, main seed: measured speedup and top-1 against the reference."""
+    ref, seed = meta["reference_top1"], meta.get("seed", 0)
+    figures = []
+    for r in _measured(rows):
+        if r["method"] in ("cait", CONTROL) and r.get("seed", 0) == seed:
+            name = "control" if r["method"] == CONTROL else f"cait {r['target']:g}x"
+            figures.append(f"{name}: {r['measured_speedup']:.2f}x, {100 * (r['top1'] - ref):+.2f} pt")
+    return "; ".join(figures) or "no row measured"
 
 
 def _measured(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -76,13 +83,13 @@ def keep_sweep(rows: List[Dict[str, Any]], ref: float, seed: int) -> List[str]:
     for target in sorted(banded):
         sweep = [r for r in _measured(rows) if r["target"] == target and r.get("seed", 0) == seed
                  and (r["method"].startswith("cait") or r["method"] == "atme")]
-        lines += [f"## What pruning buys at {target:g}x: CAIT at every CDCP budget (seed {seed})", "",
-                  "| budget | plan | measured speedup | top-1 (%) | Δ top-1 (pt) |", "|---|---|---|---|---|"]
+        sweep_table = harness.Table("budget", "plan", "measured speedup", "top-1 (%)", "Δ top-1 (pt)")
         for r in sorted(sweep, key=_keep, reverse=True):
             budget = "planner's choice" if r["method"] == "cait" else r["method"].replace("cait ", "")
-            lines.append(f"| {budget} | {r['setting']} | {r['measured_speedup']:.2f}x | {_pct(r['top1'])} | "
-                         f"{100 * (r['top1'] - ref):+.2f} |")
-        lines.append("")
+            sweep_table.add(budget, r["setting"], f"{r['measured_speedup']:.2f}x", _pct(r["top1"]),
+                      f"{100 * (r['top1'] - ref):+.2f}")
+        lines += [f"## What pruning buys at {target:g}x: CAIT at every CDCP budget (seed {seed})", "",
+                  *sweep_table.lines, ""]
     return lines
 
 
@@ -96,14 +103,12 @@ def seed_spread(rows: List[Dict[str, Any]]) -> List[str]:
     if not pairs:
         return []
     first, second = sorted(next(iter(pairs.values())))
-    lines = [f"## Seed spread (seeds {first} and {second})", "",
-             f"| target | method | top-1 seed {first} (%) | top-1 seed {second} (%) | difference (pt) |",
-             "|---|---|---|---|---|"]
+    spread_table = harness.Table("target", "method", f"top-1 seed {first} (%)", f"top-1 seed {second} (%)",
+                          "difference (pt)")
     for (target, method, setting), top1 in pairs.items():
-        name = f"{method} ({setting})" if setting else method
-        lines.append(f"| {target:g}x | {name} | {_pct(top1[first])} | {_pct(top1[second])} | "
-                     f"{100 * (top1[second] - top1[first]):+.2f} |")
-    return lines + [""]
+        spread_table.add(f"{target:g}x", f"{method} ({setting})" if setting else method, _pct(top1[first]),
+                  _pct(top1[second]), f"{100 * (top1[second] - top1[first]):+.2f}")
+    return [f"## Seed spread (seeds {first} and {second})", "", *spread_table.lines, ""]
 
 
 def best_points(rows: List[Dict[str, Any]], method: str, seed: int) -> List[tuple]:
@@ -150,12 +155,20 @@ def plot(meta: Dict[str, Any], rows: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def render(meta: Dict[str, Any], rows: List[Dict[str, Any]], out: Path) -> None:
+    """OUT.md (the run that made `meta`, the table, the History of earlier runs) and OUT.png."""
+    harness.write_results(out.with_suffix(".md"), TITLE, table(meta, rows), headline(meta, rows),
+                          run=harness.Run.of(meta))
+    plot(meta, rows, out.with_suffix(".png"))
+
+
 def main() -> None:
-    path = Path(sys.argv[1])
+    parser = harness.make_parser(__doc__)
+    parser.add_argument("json", type=Path, help="OUT.json of benchmarks/proof.py")
+    path = parser.parse_args().json
     data = json.loads(path.read_text())
-    write_text_atomic(path.with_suffix(".md"), table(data["meta"], data["rows"]))
-    plot(data["meta"], data["rows"], path.with_suffix(".png"))
+    render(data["meta"], data["rows"], path)
 
 
 if __name__ == "__main__":
-    main()
+    harness.run_script(main)

@@ -12,17 +12,13 @@ would get.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
-import torch
-
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import CaitError, run_script
+from benchmarks import harness
+from cait_cli.errors import CaitError
 from cait_cli.pipeline.compress import CompressConfig, compress
 from cait_cli.pipeline.evaluate import EvalConfig, evaluate
 
@@ -39,59 +35,51 @@ def plan_under(model: str, runtime: str, args, out: Path) -> Dict:
     return report
 
 
-def measured_under(checkpoint: Path, model: str, runtime: str, args) -> str:
+def measured_under(checkpoint: Path, model: str, runtime: str, args) -> Tuple[str, Optional[float]]:
+    """The checkpoint's speedup over the original under `runtime`: its cell, and the ratio (None: failed)."""
     try:
         report = evaluate(EvalConfig(model=str(checkpoint), baseline=model, weights=WEIGHTS.get(model, "random"),
                                      device=args.device, runtime=runtime, batch_size=args.bench_batch_size,
                                      repeats=args.repeats, workers=0))
     except CaitError as err:
-        return f"failed: {err}"
+        return f"failed: {err}", None
     low, high = report["speedup_range"]
-    return f"{report['speedup']:.2f}x ({low:.2f}-{high:.2f})"
+    return f"{report['speedup']:.2f}x ({low:.2f}-{high:.2f})", report["speedup"]
 
 
-def rows_for(model: str, args, tmp: Path) -> List[str]:
-    rows = []
+def add_rows(table: harness.Table, model: str, args, tmp: Path) -> List[Optional[float]]:
+    """A row per planning runtime; the speedups measured under each runtime (None: failed)."""
+    ratios = []
     for planned in args.runtimes:
         out = tmp / f"{Path(model).name}-{planned}.cait"
         try:
             report = plan_under(model, planned, args, out)
         except CaitError as err:
-            rows.append(f"| {model} | {planned} | refused: {err} |" + " |" * (len(args.runtimes) + 1))
-            print(rows[-1], flush=True)
+            table.add(model, planned, f"refused: {err}")
             continue
-        plan = report["plan"]
-        merges = ",".join(str(b) for b, _ in plan["schedule"]) or "none"
-        cells = [measured_under(out, model, measured, args) for measured in args.runtimes]
-        rows.append(f"| {model} | {planned} | {merges}; keep {plan['keep']:.0%} | {report['measured_speedup']:.2f}x "
-                    f"({len(report['attempts'])} landing) | " + " | ".join(cells) + f" | {report['wall_s']:.0f} s |")
-        print(rows[-1], flush=True)
-    return rows
+        cells, measured = zip(*(measured_under(out, model, runtime, args) for runtime in args.runtimes))
+        table.add(model, planned, harness.plan_cell(report),
+                  f"{report['measured_speedup']:.2f}x ({len(report['attempts'])} landing)", *cells,
+                  f"{report['wall_s']:.0f} s")
+        ratios += measured
+    return ratios
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["examples/reference", "deit_small"])
+    parser = harness.make_parser(__doc__, "target", "bench_batch", "out", models=["examples/reference", "deit_small"],
+                                 device="cpu", repeats=harness.Default(11, "timed repeats of each cross-measurement"))
     parser.add_argument("--runtimes", nargs="+", default=["eager", "compile", "onnxruntime"])
-    parser.add_argument("--target", type=float, default=1.9)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bench-batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=11, help="timed repeats of each cross-measurement")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    measured = " | ".join(f"measured under {r}" for r in args.runtimes)
-    lines = [f"# Planned under one runtime, measured under each ({args.target:g}x target)", "",
-             f"Command: `python -m benchmarks.runtimes {' '.join(sys.argv[1:])}`", "",
-             f"| model | planned under | plan | compress's own measurement | {measured} | compress wall time |",
-             "|---|---|---|---|" + "---|" * len(args.runtimes) + "---|"]
-    print("\n".join(lines), flush=True)
+    table = harness.Table("model", "planned under", "plan", "compress's own measurement",
+                          *(f"measured under {r}" for r in args.runtimes), "compress wall time", echo=True)
     with tempfile.TemporaryDirectory(prefix="cait-runtimes-") as tmp:
-        for model in args.models:
-            lines += rows_for(model, args, Path(tmp))
-    lines += ["", f"torch {torch.__version__}, {torch.get_num_threads()} threads; nothing else running.", ""]
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines))
+        measured = [ratio for model in args.models for ratio in add_rows(table, model, args, Path(tmp))]
+    ratios = [ratio for ratio in measured if ratio is not None]
+    failed = len(measured) - len(ratios)
+    harness.write_results(args.out, f"Planned under one runtime, measured under each ({args.target:g}x target)",
+                          table.lines, device=args.device, headline=f"measured {harness.spread(ratios)} in "
+                          f"{len(ratios)} cells" + (f", {failed} failed" if failed else ""))
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,8 +44,9 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import proof  # noqa: E402
+from benchmarks import harness, proof  # noqa: E402
 from benchmarks.fashion_mnist import DEBIAN_FASHION_MNIST  # noqa: E402
+from benchmarks.peers.channel_pruning import SETTINGS  # noqa: E402
 from benchmarks.scenes import NUM_CLASSES, SceneConfig, load_scenes  # noqa: E402
 from benchmarks.segment_head import (  # noqa: E402
     FrozenBackbone,
@@ -59,8 +59,8 @@ from benchmarks.segment_head import (  # noqa: E402
     fit_head,
     predict,
 )
-from cait_cli.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from cait_cli.errors import CaitError, run_script  # noqa: E402
+from cait_cli.atomic import write_json_atomic  # noqa: E402
+from cait_cli.errors import CaitError  # noqa: E402
 from cait_cli.models.loading import load_model  # noqa: E402
 from cait_cli.pipeline.data.batches import StepBatches  # noqa: E402
 from cait_cli.pipeline.data.sources import (  # noqa: E402
@@ -73,9 +73,8 @@ from cait_cli.pipeline.data.sources import (  # noqa: E402
 from cait_cli.pipeline.measuring.measure import (  # noqa: E402
     SpeedConfig,
     count_params,
-    device_name,
     measure_throughput,
-    paired_speedup,  # noqa: E402
+    paired_speedup,
 )
 
 REFERENCE = "reference (uncompressed)"
@@ -118,7 +117,7 @@ def compressed_models(bench: proof.Bench, methods: List[str], speedup: float,
         elif method == "tome":
             produced = [p for p in proof.tome(bench, speedup) if p[0].trained or p[1] is None]
         else:
-            produced = proof.torch_pruning(bench, speedup)
+            produced = [proof.pruned_at(bench, speedup, setting) for setting in SETTINGS]
         for row, model in produced:
             made.append((SegRow(row.method, row.setting, note=row.note), model))
     return made
@@ -190,30 +189,37 @@ def run(args: argparse.Namespace) -> tuple[List[SegRow], Dict[str, object], dict
     return rows, segmenters, {"test": test_set}
 
 
-def table(meta: dict, rows: List[SegRow]) -> str:
+TITLE = "Dense transfer: Fashion-MNIST scenes segmented on frozen compressed backbones"
+
+
+def table(meta: dict, rows: List[SegRow]) -> List[str]:
+    """The results' body: the protocol's settings and a row per backbone."""
     ref = next(r.miou for r in rows if r.method == REFERENCE)
-    lines = [
-        "# Dense transfer: Fashion-MNIST scenes segmented on frozen compressed backbones", "",
-        f"Command: `{meta['command']}`", "",
-        f"Device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}. Scenes {meta['scene_size']}x"
-        f"{meta['scene_size']}, {meta['train_scenes']} train (official training split), {meta['test_scenes']} test "
-        f"(official test split). Frozen backbone, light head (BN, 3x3 conv, ReLU, 1x1 conv, bilinear upsampling) on "
-        f"blocks {meta['blocks']}, {meta['head_steps']} steps of batch {meta['head_batch_size']}, "
-        f"{meta.get('head_seeds', 1)} head seed(s) per backbone (mIoU: their mean, range in brackets). Backbones compressed "
-        f"for {meta['speedup']:g}x on classification at 56x56 as benchmarks/proof.py does ({meta['steps']} steps). "
-        f"End-to-end speedup (backbone + head) at the scene size, batch {meta['bench_batch_size']}, fp32, "
-        f"interleaved in one run (median of paired ratios). Total time {meta['seconds'] / 60:.0f} min.", "",
-        "| method | setting | end-to-end speedup | mIoU (%) | Δ mIoU (pt) | pixel accuracy (%) | params (M) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    every = harness.Table("method", "setting", "end-to-end speedup", "mIoU (%)", "Δ mIoU (pt)", "pixel accuracy (%)",
+                          "params (M)")
     for r in rows:
         if r.miou is None:
-            lines.append(f"| {r.method} | not reached: {r.note} | — | — | — | — | — |")
+            every.add(r.method, f"not reached: {r.note}", *["—"] * 5)
             continue
-        lines.append(f"| {r.method} | {r.setting} | {r.speedup:.2f}x ({r.speedup_range[0]:.2f}-"
-                     f"{r.speedup_range[1]:.2f}) | {miou_cell(r)} | {100 * (r.miou - ref):+.2f} | "
-                     f"{100 * r.pixel_accuracy:.2f} | {r.params / 1e6:.3f} |")
-    return "\n".join(lines) + "\n"
+        every.add(r.method, r.setting, f"{r.speedup:.2f}x ({r.speedup_range[0]:.2f}-{r.speedup_range[1]:.2f})",
+                  miou_cell(r), f"{100 * (r.miou - ref):+.2f}", f"{100 * r.pixel_accuracy:.2f}",
+                  f"{r.params / 1e6:.3f}")
+    return [
+        f"Scenes {meta['scene_size']}x{meta['scene_size']}, {meta['train_scenes']} train (official training split), "
+        f"{meta['test_scenes']} test (official test split). Frozen backbone, light head (BN, 3x3 conv, ReLU, 1x1 conv, "
+        f"bilinear upsampling) on blocks {meta['blocks']}, {meta['head_steps']} steps of batch "
+        f"{meta['head_batch_size']}, {meta.get('head_seeds', 1)} head seed(s) per backbone (mIoU: their mean, range in "
+        f"brackets). Backbones compressed for {meta['speedup']:g}x on classification at 56x56 as benchmarks/proof.py "
+        f"does ({meta['steps']} steps). End-to-end speedup (backbone + head) at the scene size, batch "
+        f"{meta['bench_batch_size']}, fp32, interleaved in one run (median of paired ratios). Total time "
+        f"{meta['seconds'] / 60:.0f} min.", "", *every.lines]
+
+
+def headline(rows: List[SegRow]) -> str:
+    """Every compressed backbone: end-to-end speedup and mIoU against the reference's."""
+    ref = next(r.miou for r in rows if r.method == REFERENCE)
+    return ", ".join(f"{r.key} {r.speedup:.2f}x {100 * (r.miou - ref):+.2f} pt" for r in rows
+                     if r.method != REFERENCE and r.miou is not None) or "no backbone reached the target"
 
 
 def miou_cell(row: SegRow) -> str:
@@ -251,17 +257,17 @@ def plot_scenes(segmenters: Dict[str, nn.Module], test: SceneSet, path: Path, co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", default="examples/reference")
-    parser.add_argument("--data", required=True, help="ImageFolder root (train/, val/) for compressing the backbones")
+    parser = harness.make_parser(
+        __doc__, "reference", "lr", "seed",
+        data=harness.Default(help="ImageFolder root (train/, val/) for compressing the backbones", required=True),
+        train_steps=harness.Default(300, "training budget of every compressed backbone"), train_batch=64,
+        bench_batch=harness.Default(32, "batch of every speed measurement (compressing, end to end)"), repeats=11,
+        work=Path("/tmp/cait-segment"), out_stem=Path("benchmarks/results/segment_cpu"))
     parser.add_argument("--fashion-root", type=Path, default=DEBIAN_FASHION_MNIST, help="Fashion-MNIST IDX files")
     parser.add_argument("--methods", nargs="+", default=["cait", "tome", "torch-pruning"],
                         choices=["cait", "tome", "torch-pruning"])
     parser.add_argument("--cait", help="use this compressed checkpoint instead of compressing the reference")
     parser.add_argument("--speedup", type=float, default=1.9, help="classification speedup the backbones target")
-    parser.add_argument("--steps", type=int, default=300, help="training budget of every compressed backbone")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--scene-size", type=int, default=112)
     parser.add_argument("--train-scenes", type=int, default=4000)
     parser.add_argument("--test-scenes", type=int, default=1000)
@@ -271,11 +277,6 @@ def main() -> None:
     parser.add_argument("--head-seeds", type=int, default=1,
                         help="heads trained per backbone (seeds --seed, --seed + 1, ...; about 4 CPU minutes "
                              "each); mIoU is their mean")
-    parser.add_argument("--bench-batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cait-segment"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/segment_cpu"))
     args = parser.parse_args()
     if args.scene_size % 4:
         raise CaitError(f"--scene-size must be a multiple of the patch size (4), got {args.scene_size}")
@@ -284,17 +285,16 @@ def main() -> None:
     started = time.time()
     rows, segmenters, sets = run(args)
     reference = next(s for name, s in segmenters.items() if name == REFERENCE)
-    meta = {"command": "python " + " ".join(sys.argv), "device": device_name(torch.device("cpu")),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "scene_size": args.scene_size, "train_scenes": args.train_scenes, "test_scenes": args.test_scenes,
-            "blocks": feature_blocks(len(reference.backbone.model.blocks)), "head_steps": args.head_steps,
-            "head_batch_size": args.head_batch_size, "head_seeds": args.head_seeds, "speedup": args.speedup, "steps": args.steps,
-            "bench_batch_size": args.bench_batch_size, "seconds": round(time.time() - started)}
+    this_run = harness.Run.now()
+    meta = {"run": asdict(this_run), "scene_size": args.scene_size, "train_scenes": args.train_scenes,
+            "test_scenes": args.test_scenes, "blocks": feature_blocks(len(reference.backbone.model.blocks)),
+            "head_steps": args.head_steps, "head_batch_size": args.head_batch_size, "head_seeds": args.head_seeds,
+            "speedup": args.speedup, "steps": args.steps, "bench_batch_size": args.bench_batch_size,
+            "seconds": round(time.time() - started)}
     write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
-    write_text_atomic(args.out.with_suffix(".md"), table(meta, rows))
+    harness.write_results(args.out.with_suffix(".md"), TITLE, table(meta, rows), headline(rows), run=this_run)
     plot_scenes(segmenters, sets["test"], args.out.with_suffix(".png"))
-    print(args.out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

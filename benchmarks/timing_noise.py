@@ -9,27 +9,22 @@ The estimator whose answer moves least from run to run (and reads the copy close
 1.00x) is the one landing can trust; the spread between runs is the floor under any
 latency model's accuracy here.
 
-    python benchmarks/timing_noise.py --runs 6 --out benchmarks/results/timing_noise_cpu.md
+    python -m benchmarks.timing_noise --runs 6 --out benchmarks/results/timing_noise_cpu.md
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.method.variants import compressed_variant
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.measuring.measure import (
     SpeedConfig,
-    device_name,
     measure_throughput,
     paired_speedup,
     speedup_estimate,
@@ -55,25 +50,17 @@ ESTIMATORS: Dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="examples/reference")
+    parser = harness.make_parser(__doc__, "model", "out", timed_batch=64,
+                                 repeats=harness.Default(9, "paired repeats per run (landing uses 9)"))
     parser.add_argument("--weights", default="pretrained")
     parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=9, help="paired repeats per run (landing uses 9)")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device("cpu")
     base = load_model(args.model, args.weights).model.eval()
     models = {"original": base, "copy": copy.deepcopy(base), "keep 50%": compressed_variant(base, [], 0.5, 8)}
     cfg = SpeedConfig(args.batch_size, warmup=1, repeats=args.repeats)
-    header = " | ".join(f"copy, {e} | keep 50%, {e}" for e in ESTIMATORS)
-    lines = ["# Timing noise: one measurement, repeated, read by each estimator", "",
-             f"Command: `python {' '.join(sys.argv)}`", "",
-             f"Device: {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32; "
-             f"{args.model}, batch {args.batch_size}, {args.repeats} paired repeats per run, runs back to back.", "",
-             f"| run | {header} | keep 50%, paired-ratio range | seconds |",
-             "|---|" + "---|" * (2 * len(ESTIMATORS) + 2)]
+    runs = harness.Table("run", *(f"{model}, {e}" for e in ESTIMATORS for model in ("copy", "keep 50%")),
+                         "keep 50%, paired-ratio range", "seconds", echo=True)
     halves: Dict[str, List[float]] = {e: [] for e in ESTIMATORS}
     copies: Dict[str, List[float]] = {e: [] for e in ESTIMATORS}
     for run in range(1, args.runs + 1):
@@ -83,21 +70,20 @@ def main() -> None:
         for e in ESTIMATORS:
             copies[e].append(ESTIMATORS[e](speed["copy"].per_repeat, speed["original"].per_repeat))
             halves[e].append(ESTIMATORS[e](speed["keep 50%"].per_repeat, speed["original"].per_repeat))
-            cells.append(f"{copies[e][-1]:.2f}x | {halves[e][-1]:.2f}x")
+            cells += [f"{copies[e][-1]:.2f}x", f"{halves[e][-1]:.2f}x"]
         _, low, high = paired_speedup(speed, "keep 50%", "original")
-        lines.append(f"| {run} | {' | '.join(cells)} | {low:.2f}-{high:.2f} | {time.perf_counter() - start:.0f} |")
-        print(lines[-1], flush=True)
-    lines += ["", "| estimator | keep 50% over the runs | apart | copy's worst distance from 1.00x |",
-              "|---|---|---|---|"]
+        runs.add(run, *cells, f"{low:.2f}-{high:.2f}", f"{time.perf_counter() - start:.0f}")
+    estimators = harness.Table("estimator", "keep 50% over the runs", "apart", "copy's worst distance from 1.00x")
     for e in ESTIMATORS:
         apart = max(halves[e]) / min(halves[e]) - 1
-        lines.append(f"| {e} | {min(halves[e]):.2f}x to {max(halves[e]):.2f}x | {apart:.0%} "
-                     f"| {max(abs(c - 1) for c in copies[e]):.0%} |")
-    lines.append("")
-    print("\n".join(lines[-len(ESTIMATORS) - 3:]), flush=True)
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines))
+        estimators.add(e, f"{min(halves[e]):.2f}x to {max(halves[e]):.2f}x", f"{apart:.0%}",
+                       f"{max(abs(c - 1) for c in copies[e]):.0%}")
+    body = [f"fp32; {args.model}, batch {args.batch_size}, {args.repeats} paired repeats per run, runs back to back.",
+            "", *runs.lines, "", *estimators.lines]
+    headline = ", ".join(f"{e} {min(halves[e]):.2f}-{max(halves[e]):.2f}x" for e in ESTIMATORS)
+    harness.write_results(args.out, "Timing noise: one measurement, repeated, read by each estimator", body,
+                          headline=f"keep 50% over {args.runs} runs: {headline}")
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -10,17 +10,13 @@ machine; compile stays off on the CPU unless the ratio is clearly above 1 for bo
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
+from benchmarks import harness
 from benchmarks.profile_step import setup
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
 from cait_cli.pipeline.training.compiled import Step
 from cait_cli.pipeline.training.train import TrainConfig, make_optimizer
 
@@ -42,33 +38,28 @@ def rate(model: str, args, compile: bool) -> Dict[str, float]:
             "compiled": step.times.compiled}
 
 
-def row(size: str, args) -> str:
+def add_row(table: harness.Table, size: str, args) -> float:
+    """Eager and compiled at one size; the compiled/eager ratio."""
     eager, compiled = rate(SIZES[size], args, False), rate(SIZES[size], args, True)
     note = "" if compiled["compiled"] else " (compile failed: eager)"
-    return (f"| {size} | {args.batch_size} | {eager['rate']:.1f} | {compiled['rate']:.1f}{note} | "
-            f"{compiled['rate'] / eager['rate']:.2f}x | {compiled['compile']:.0f} s |")
+    table.add(size, args.batch_size, f"{eager['rate']:.1f}", f"{compiled['rate']:.1f}{note}",
+              f"{compiled['rate'] / eager['rate']:.2f}x", f"{compiled['compile']:.0f} s")
+    return compiled["rate"] / eager["rate"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.make_parser(__doc__, "out", train_batch=harness.Default(64, "compress's CPU default"),
+                                 timed_steps=10, warmup=harness.Default(3, "untimed steps first (compiling happens "
+                                                                           "here)"))
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
-    parser.add_argument("--batch-size", type=int, default=64, help="compress's CPU default")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compiling happens here)")
     parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    lines: List[str] = [f"command: python -m benchmarks.train_compile {' '.join(sys.argv[1:])}", "",
-                        f"torch {torch.__version__}, {torch.get_num_threads()} threads, backend {args.backend}", "",
-                        "| model | batch | eager img/s | compiled img/s | compiled/eager | compile time |",
-                        "|---|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
-    for size in args.sizes:
-        lines.append(row(size, args))
-        print(lines[-1], flush=True)
-    if args.out:
-        write_text_atomic(args.out, "\n".join(lines) + "\n")
+    table = harness.Table("model", "batch", "eager img/s", "compiled img/s", "compiled/eager", "compile time",
+                          echo=True)
+    ratios = [f"{size} {add_row(table, size, args):.2f}x" for size in args.sizes]
+    harness.write_results(args.out, "Eager vs torch.compile training step on the CPU", [f"Backend {args.backend}.", "",
+                          *table.lines], headline="compiled/eager: " + ", ".join(ratios))
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

@@ -3,33 +3,24 @@
 The proof found channel pruning's measured speed erratic on the CPU (planned for 1.9x,
 measured 1.57x; planned for 1.5x, measured 1.71x). This slims the reference at several
 budgets twice, with the widths CDCP allocates ("raw") and with every width rounded to a
-multiple of --multiple ("rounded"), and times all of them against the reference,
+multiple of --channel-multiple ("rounded"), and times all of them against the reference,
 interleaved in one run.
 
-    python benchmarks/widths.py --reference examples/reference --out benchmarks/results/widths_cpu.md
+    python -m benchmarks.widths --reference examples/reference --out benchmarks/results/widths_cpu.md
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
-from pathlib import Path
 from typing import Dict, List
 
 import torch
 import torch.nn as nn
 
-from cait_cli.atomic import write_text_atomic
-from cait_cli.errors import run_script
+from benchmarks import harness
 from cait_cli.method.cdcp import full_gated_macs, gated_macs, gates_of, set_budget
 from cait_cli.method.slim import slim
 from cait_cli.models.loading import load_model
-from cait_cli.pipeline.measuring.measure import (
-    SpeedConfig,
-    device_name,
-    measure_throughput,
-    paired_speedup,
-)
+from cait_cli.pipeline.measuring.measure import SpeedConfig, measure_throughput, paired_speedup
 from cait_cli.pipeline.training.calibrate import gated_student
 
 
@@ -51,13 +42,9 @@ def slimmed(student: nn.Module, keep: float, multiple: int) -> tuple[nn.Module, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", default="examples/reference")
+    parser = harness.make_parser(__doc__, "reference", "out", timed_batch=64, repeats=9,
+                                 channel_multiple=harness.Default(8, "the multiple widths are rounded to"))
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.27, 0.30, 0.34, 0.39, 0.42, 0.50])
-    parser.add_argument("--multiple", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = torch.device("cpu")
     reference = load_model(args.reference).model.eval()
@@ -65,27 +52,26 @@ def main() -> None:
     models: Dict[str, nn.Module] = {"reference": reference}
     rows: List[tuple] = []
     for keep in args.keeps:
-        for label, multiple in (("raw", 0), (f"rounded to {args.multiple}", args.multiple)):
+        for label, multiple in (("raw", 0), (f"rounded to {args.channel_multiple}", args.channel_multiple)):
             model, widths, share = slimmed(student, keep, multiple)
             name = f"{keep:.2f} {label}"
             models[name] = model
             rows.append((keep, label, name, widths, share))
     speed = measure_throughput(models, (3, *reference.patch_embed.img_size),
                                SpeedConfig(args.batch_size, warmup=2, repeats=args.repeats), device)
-    lines = ["# CDCP widths: raw against rounded, slimmed reference against the reference", "",
-             f"Command: `python {' '.join(sys.argv)}`", "",
-             f"Device: {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}; batch "
-             f"{args.batch_size}, fp32, {args.repeats} repeats interleaved; weight-norm scores (no calibration).", "",
-             "| budget | widths | gated MACs kept | kept widths (qk per head; mlp) | measured speedup |",
-             "|---|---|---|---|---|"]
+    table = harness.Table("budget", "widths", "gated MACs kept", "kept widths (qk per head; mlp)", "measured speedup")
+    ratios: Dict[str, List[float]] = {}
     for keep, label, name, widths, share in rows:
         ratio, low, high = paired_speedup(speed, name, "reference")
-        lines.append(f"| {keep:.2f} | {label} | {share:.0%} | {widths} | {ratio:.2f}x ({low:.2f}-{high:.2f}) |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        write_text_atomic(args.out, text)
+        ratios.setdefault(label, []).append(ratio)
+        table.add(f"{keep:.2f}", label, f"{share:.0%}", widths, f"{ratio:.2f}x ({low:.2f}-{high:.2f})")
+    raw, rounded = ratios.values()
+    body = [f"Batch {args.batch_size}, fp32, {args.repeats} repeats interleaved; weight-norm scores (no "
+            "calibration).", "", *table.lines]
+    harness.write_results(args.out, "CDCP widths: raw against rounded, slimmed reference against the reference", body,
+                          headline="rounded over raw at equal budget: "
+                                   + harness.spread(r / w for r, w in zip(rounded, raw)))
 
 
 if __name__ == "__main__":
-    run_script(main)
+    harness.run_script(main)

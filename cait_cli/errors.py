@@ -1,9 +1,6 @@
 """User-facing errors: one clear line, no traceback."""
 from __future__ import annotations
 
-import sys
-from typing import Callable
-
 
 class CaitError(Exception):
     """An error caused by the user's input or environment.
@@ -40,14 +37,3 @@ def is_network_error(err: BaseException | None) -> bool:
         err = err.__cause__ or err.__context__
     return False
 
-
-def run_script(main: Callable[[], None]) -> None:
-    """Run a script's main: a CaitError becomes one line on stderr and its exit code."""
-    try:
-        main()
-    except CaitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 1))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ holds the Fashion-MNIST reader
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ holds the Fashion-MNIST reader and the script harness
 
 from benchmarks.fashion_mnist import (  # noqa: E402
     DEBIAN_FASHION_MNIST,
     FASHION_MNIST_CLASSES,
     load_fashion_mnist,
 )
+from benchmarks.harness import run_script  # noqa: E402
 from cait_cli.atomic import atomic_directory  # noqa: E402
-from cait_cli.errors import run_script  # noqa: E402
 
 
 def stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:

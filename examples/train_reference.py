@@ -26,15 +26,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from teacher import load_teacher, save_teacher, train_teacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ holds the Fashion-MNIST reader
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ holds the Fashion-MNIST reader and the script harness
 
 from benchmarks.fashion_mnist import (  # noqa: E402
     DEBIAN_FASHION_MNIST,
     FASHION_MNIST_CLASSES,
     load_fashion_mnist,
 )
+from benchmarks.harness import run_script  # noqa: E402
 from cait_cli.atomic import atomic_directory, atomic_file  # noqa: E402
-from cait_cli.errors import run_script  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 

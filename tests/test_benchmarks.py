@@ -128,7 +128,7 @@ def test_proof_report_sweeps_the_keep_bands_and_pairs_the_seeds():
             row("cait (keep 80%-90%)", "merge after 4, keep 85%", 0.80),
             row("torch-pruning", "uniform L2, ratio 0.68", 0.70), row("cait", "merge after 5, keep 60%", 0.815, 1),
             row("torch-pruning", "uniform L2, ratio 0.66", 0.69, 1), row("cait", "keep 70%", 0.82, 0, 1.5)]
-    text = table(meta, rows)
+    text = "\n".join(table(meta, rows))
     sweep = text.split("## What pruning buys at 1.9x")[1].split("##")[0]
     assert [line.split("|")[1].strip() for line in sweep.splitlines() if "merge after" in line] == [
         "atme", "(keep 80%-90%)", "planner's choice"]  # least pruned first; 1.5x is not swept
@@ -221,12 +221,12 @@ def test_gpu_benchmark_refuses_without_cuda_and_its_step_alone_runs(monkeypatch,
     from types import SimpleNamespace
 
     import torch
-    from benchmarks import gpu
+    from benchmarks import gpu, harness
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sys, "argv", ["gpu.py", "--models", "deit_tiny"])
     with pytest.raises(SystemExit) as exit_info:
-        gpu.run_script(gpu.main)
+        harness.run_script(gpu.main)
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.count("\n") == 1 and "CUDA GPU" in err
     args = SimpleNamespace(device="cpu", batch_size=2, steps=1, warmup=1, compile_backend="inductor", peak_tflops=1.0)
@@ -241,3 +241,100 @@ def test_input_speed_times_the_library_loop_on_a_fixed_plan(tmp_path):
     rates = training_rates(str(model), premade_inputs(8, ARGS["img_size"], ARGS["num_classes"]), steps=3, batch=2, warmup=0, workers=0,
                            calib_steps=3, keep=0.7)
     assert set(rates) == {"calibrate", "finetune"} and all(rate > 0 for rate in rates.values())
+
+
+def _run(date: str, commit: str):
+    from benchmarks.harness import Run
+
+    return Run("python -m benchmarks.speed --out r.md", date, commit, "CPU", "CPU", 2, {"torch": "2.0"}, "3.11")
+
+
+def _history(text: str) -> list:
+    from benchmarks.harness import table_cells
+
+    rows = [line for line in text.split("\n## History\n")[1].splitlines() if line.startswith("|")]
+    return [table_cells(line) for line in rows[2:]]
+
+
+def test_results_start_with_who_made_them_and_print_what_they_write(tmp_path, monkeypatch, capsys):
+    import torch
+    from benchmarks import harness
+    from cait_cli.pipeline.measuring.measure import device_name
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/speed.py", "--out", "r.md"])
+    table = harness.Table("model", "speedup", "note")
+    table.add("deit_small", "1.90x")  # padded with an empty cell
+    table.add("vit", "1.50x", "a | b")  # a pipe stays inside its cell
+    out = tmp_path / "r.md"
+    text = harness.write_results(out, "Speed", ["Batch 16.", "", *table.lines], headline="deit_small 1.90x")
+    assert out.read_text() == text and text in capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0] == "# Speed" and "Command: `python benchmarks/speed.py --out r.md`" in lines
+    run = next(line for line in lines if line.startswith("Run: "))
+    assert re.match(r"Run: \d{4}-\d\d-\d\d \d\d:\d\d UTC, commit \S+", run), run
+    for part in (device_name(torch.device("cpu")), f"{torch.get_num_threads()} threads", f"torch {torch.__version__}"):
+        assert part in run, (part, run)
+    assert "Headline: deit_small 1.90x" in lines and "| deit_small | 1.90x |  |" in lines
+    assert harness.table_cells(next(line for line in lines if line.startswith("| vit"))) == ["vit", "1.50x", "a | b"]
+    assert "## History" not in text  # nothing was there before
+
+
+def test_results_carry_the_run_they_replace_into_history(tmp_path):
+    from benchmarks import harness
+
+    out = tmp_path / "r.md"
+    for day, commit, body, headline in (("01", "aaa1111", "first body", "deit_small 1.80x"),
+                                        ("02", "bbb2222", "second body", "deit_small 1.90x")):
+        harness.write_results(out, "Speed", [body], headline, run=_run(f"2026-01-{day} 10:00 UTC", commit))
+    text = out.read_text()
+    assert "second body" in text and "first body" not in text
+    assert _history(text) == [["2026-01-01 10:00 UTC", "aaa1111", "`python -m benchmarks.speed --out r.md`",
+                               "deit_small 1.80x"]]
+    harness.write_results(out, "Speed", ["third body"], "deit_small 2.00x", run=_run("2026-01-03 10:00 UTC", "ccc3333"))
+    assert [row[1] for row in _history(out.read_text())] == ["bbb2222", "aaa1111"]  # one new row, on top
+    again = _run("2026-01-03 10:00 UTC", "ccc3333")  # the same run written again (a re-render): no new row
+    harness.write_results(out, "Speed", ["third body"], "deit_small 2.00x", run=again)
+    assert [row[1] for row in _history(out.read_text())] == ["bbb2222", "aaa1111"]
+
+
+def test_results_written_over_a_file_from_before_the_harness_keep_its_command(tmp_path):
+    from benchmarks import harness
+
+    out = tmp_path / "old.md"
+    out.write_text("command: python benchmarks/speed.py --out old.md\n\n| model |\n|---|\n| deit |\n")
+    harness.write_results(out, "Speed", ["new"], "x", run=_run("2026-01-02 10:00 UTC", "bbb2222"))
+    assert _history(out.read_text()) == [["—", "—", "`python benchmarks/speed.py --out old.md`", "—"]]
+
+
+def test_a_cait_error_in_a_scripts_main_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from benchmarks import harness, segment
+
+    monkeypatch.setattr(sys, "argv", ["segment.py", "--data", str(tmp_path), "--scene-size", "30",
+                                      "--out", str(tmp_path / "seg")])
+    with pytest.raises(SystemExit) as exit_info:
+        harness.run_script(segment.main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err == "error: --scene-size must be a multiple of the patch size (4), got 30\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path, monkeypatch):
+    from benchmarks import quickstart
+
+    def fresh_run(repo, command, work):
+        assert command.startswith("pip install -c constraints.txt") and " && cait compress " in command
+        report = {"plan": {"schedule": [[5, "w"]], "keep": 0.71}, "attempts": [{"measured": 1.9}],
+                  "measured_speedup": 1.87, "measured_speedup_range": [1.55, 2.1],
+                  "baseline": {"top1": 0.794}, "compressed": {"top1": 0.802}}
+        return report, 408
+
+    monkeypatch.setattr(quickstart, "fresh_run", fresh_run)
+    out = tmp_path / "quickstart.md"
+    monkeypatch.setattr(sys, "argv", ["quickstart.py", "--runs", "2", "--out", str(out)])
+    quickstart.main()
+    text = out.read_text()
+    assert re.search(r"Command \(README\): `pip install -c constraints.txt [^`]+`", text)
+    assert text.count("| merge 5; keep 71% | 1.90x | 1.87x (1.55-2.10) | 79.4% -> 80.2% (+0.8 pt) | 408 s |") == 2
+    assert "Headline: 1.87x, 1.87x; top-1 +0.8 to +0.8 pt" in text
