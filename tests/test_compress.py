@@ -441,3 +441,35 @@ def test_a_full_disk_while_saving_the_training_state_is_one_line_and_leaves_noth
     assert landing_line(CompressReport.from_json(report)) == (
         f"landing: 2 measurements; the first model measured 1.50x, predicted {attempts[0]['predicted']:.2f}x "
         f"({error:+.0%})")
+
+
+def test_a_saved_plan_is_slimmed_again_as_it_is(assets, tmp_path, monkeypatch):
+    """--plan: the second run (another seed, so other calibration batches) slims the first run's
+    merges and budget, read from its checkpoint (report.json) or its config.json, and does not
+    re-plan even where the stand-in measurement misses the band."""
+    stand_in_speed(monkeypatch, 1.0)
+    first = compress(config(assets, tmp_path / "a", target_speedup=1.3, calib_steps=4, finetune_steps=0)).report
+    stand_in_speed(monkeypatch, 0.8)  # this "machine" runs the same plan slower: the plan stays
+    for name, source in (("b", tmp_path / "a"), ("c", tmp_path / "a" / "config.json")):  # folder: report.json
+        again = compress(config(assets, tmp_path / name, target_speedup=1.3, calib_steps=4, finetune_steps=0,
+                                seed=1, plan=str(source))).report
+        assert (again["plan"]["schedule"], again["plan"]["keep"]) == (first["plan"]["schedule"],
+                                                                      first["plan"]["keep"])
+        assert again["attempts"] == []  # no landing: the plan is slimmed as it is, measured once at the end
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "no such file or folder"),
+    ({"target_speedup": 1.9}, "no plan could be read"),
+    ({"plan": {"schedule": [[9, "w"]], "keep": 1.0}}, "outside the model's 4 blocks"),
+    ({"plan": {"schedule": [], "keep": 0.6}}, "--method atme does not prune"),
+])
+def test_a_plan_that_cannot_be_used_is_one_line_and_nothing_is_written(assets, tmp_path, content, message):
+    source = tmp_path / "plan.json"
+    if content is not None:
+        source.write_text(json.dumps(content))
+    code, output = run_cli(assets["model"], "--data", assets["data"], "--out", tmp_path / "o", "--plan", source,
+                           "--method", "atme", "--calib-steps", "0", "--finetune-steps", "1", "--batch-size", "4",
+                           "--workers", "0", "--device", "cpu", "--bench-batch-size", "8")
+    assert code == 1 and message in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()

@@ -123,6 +123,9 @@ def compress(
     weights: str = typer.Option(COMPRESS["weights"], help="pretrained, or random (architecture only, for speed "
                                 "studies)"),
     plan_only: bool = typer.Option(COMPRESS["plan_only"], "--plan-only", help="print the plan and exit"),
+    plan: Optional[str] = typer.Option(COMPRESS["plan"], help="reuse an earlier run's plan (merges and channel "
+                                       "budget) instead of planning: its checkpoint folder, report.json, or "
+                                       "interrupted run folder; slimmed as it is, without re-planning"),
     replan: bool = typer.Option(COMPRESS["replan"], "--replan/--no-replan", help="measure the slimmed model and "
                                 "re-plan until it reaches the target (off: keep the first plan, e.g. for "
                                 "reproducibility)"),

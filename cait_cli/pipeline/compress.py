@@ -39,6 +39,7 @@ from .phases import calibrated_student, finetune, landed
 from .planning.landing import band
 from .planning.latency import LatencyTable, calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
+from .planning.saved import fitted_plan, read_plan
 from .planning.scoring import kl_score
 from .progress import Progress, Silent
 from .reports.compress import CompressReport, Training
@@ -88,6 +89,8 @@ def check_config(cfg: CompressConfig) -> None:
     if cfg.importance is not None and cfg.importance not in IMPORTANCE_SOURCES:
         raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
+    if cfg.plan is not None:
+        read_plan(Path(cfg.plan))  # a missing or unreadable --plan, before the latency table is timed
     if cfg.plan_only:
         return
     if cfg.out.exists() and not (cfg.overwrite or cfg.resume):
@@ -182,7 +185,10 @@ def _resumed_plan(saved: Optional[RunRecord], cfg: CompressConfig, cluster: Clus
 
 
 def _plan(job: Job) -> Plan:
-    return make_plan(job.base, job.table, job.cfg.plan_config(job.cfg.target_speedup), job.score)
+    plan_cfg = job.cfg.plan_config(job.cfg.target_speedup)
+    if job.cfg.plan is not None:
+        return fitted_plan(read_plan(Path(job.cfg.plan)), job.base, job.table, plan_cfg)
+    return make_plan(job.base, job.table, plan_cfg, job.score)
 
 
 def _finish(job: Job, record: RunRecord, slim_model: nn.Module) -> CompressResult:
@@ -223,7 +229,8 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance")
+                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
+                "plan")
 
 
 def _check_resumable(record: RunRecord, cfg: CompressConfig, cluster: Cluster) -> None:

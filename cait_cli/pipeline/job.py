@@ -48,6 +48,7 @@ class CompressConfig:
     overwrite: bool = False
     weights: str = "pretrained"
     plan_only: bool = False
+    plan: Optional[str] = None  # reuse an earlier run's plan: its report.json, checkpoint or run folder (no re-planning)
     checkpoint_every: int = 50
     max_val_images: Optional[int] = 5000
     tolerance: float = 0.03  # a measured speedup this far below the target still counts as reached
@@ -81,7 +82,8 @@ def resolved(cfg: CompressConfig, device: torch.device, world: int) -> CompressC
     batch = cfg.batch_size or DEFAULT_BATCH.get(device.type, DEFAULT_BATCH["cpu"])
     lr = cfg.lr if cfg.lr is not None else lr_for(batch * world)
     compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    return replace(cfg, batch_size=batch, lr=lr, compile=compile)
+    replan = cfg.replan and cfg.plan is None  # a plan given is the plan slimmed, whatever it measures
+    return replace(cfg, batch_size=batch, lr=lr, compile=compile, replan=replan)
 
 
 @dataclass
