@@ -23,7 +23,7 @@ def reported_write(path: Path, size: int, errors: Tuple[Type[BaseException], ...
         yield
     except errors as err:
         reason = getattr(err, "strerror", None) or first_line(err)
-        raise CaitError(f"cannot write {path}: {reason} ({space_note(Path(path), size)})") from None
+        raise CaitError(f"cannot write {path}: {reason} ({space_note(Path(path), size)})") from err
 
 
 def space_note(path: Path, size: int) -> str:
@@ -84,7 +84,7 @@ class atomic_directory:
             if old is not None and not self.path.exists():
                 with suppress(OSError):
                     os.replace(old, self.path)
-            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from None
+            raise CaitError(f"cannot write {self.path}: {err.strerror or err}") from err
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False

@@ -57,7 +57,7 @@ def read_report(directory: Path) -> Optional[CompressReport]:
         return CompressReport.from_json(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise CaitError(f"{path} is not a report cait compress wrote ({type(err).__name__}: {err}); "
-                        "move it away to push without it") from None
+                        "move it away to push without it") from err
 
 
 def _export_onnx(directory: Path, out: Path) -> OnnxCheck:

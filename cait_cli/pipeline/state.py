@@ -92,7 +92,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CaitError(f"cannot write to {self.path.parent}: {err.strerror or err}") from None
+            raise CaitError(f"cannot write to {self.path.parent}: {err.strerror or err}") from err
 
     def save(self, state: RunState, record: RunRecord) -> None:
         """Write state.pt and run.json: both to temporary files, then renamed, so the previous pair
@@ -112,7 +112,7 @@ class RunDir:
             os.replace(temps[0], state_path)
             os.replace(temps[1], record_path)
         except OSError as err:
-            raise CaitError(f"cannot save a training checkpoint in {self.path}: {err.strerror or err}") from None
+            raise CaitError(f"cannot save a training checkpoint in {self.path}: {err.strerror or err}") from err
         finally:  # also when Ctrl-C lands mid-write
             for tmp in temps:
                 tmp.unlink(missing_ok=True)
@@ -127,9 +127,9 @@ class RunDir:
             record = json.loads((self.path / RECORD_FILE).read_text())
             return RunState.from_dict(state), RunRecord.from_dict(record)
         except (OSError, ValueError, RuntimeError, TypeError, pickle.UnpicklingError) as err:
-            raise CaitError(f"cannot resume from {self.path}: {first_line(err)}") from None
+            raise CaitError(f"cannot resume from {self.path}: {first_line(err)}") from err
         except KeyError as err:
-            raise CaitError(f"cannot resume from {self.path}: it holds no {err}") from None
+            raise CaitError(f"cannot resume from {self.path}: it holds no {err}") from err
 
     def remove(self) -> None:
         if self.writes:
