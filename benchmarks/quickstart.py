@@ -43,8 +43,9 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def fresh_run(repo: Path, command: str, work: Path) -> Tuple[Dict[str, Any], int]:
-    """The README's command in a fresh clone and venv with an empty cache: its report, and the compress's seconds."""
+def fresh_run(repo: Path, command: str, work: Path) -> Tuple[Dict[str, Any], int, str]:
+    """The README's command in a fresh clone and venv with an empty cache: its report, the compress's seconds
+    and the report it printed."""
     install, _, compress = command.partition(" && ")
     clone, venv = work / "cait", work / "venv"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
@@ -59,12 +60,22 @@ def fresh_run(repo: Path, command: str, work: Path) -> Tuple[Dict[str, Any], int
     seconds = round(time.monotonic() - start)
     if not (clone / REPORT).is_file():
         raise CaitError(f"the quick start wrote no report: {_last_line(work / 'run.log')}")
-    return json.loads((clone / REPORT).read_text()), seconds
+    return json.loads((clone / REPORT).read_text()), seconds, printed_report((work / "run.log").read_text())
+
+
+def printed_report(output: str) -> str:
+    """What the quick start printed from its report table on (the progress lines before it dropped)."""
+    lines = output.rstrip().splitlines()
+    start = next((i for i, line in enumerate(lines) if "original vs compressed" in line), 0)
+    return "\n".join(lines[start:])
 
 
 def add_row(table: harness.Table, run: int, report: Dict[str, Any], seconds: int) -> None:
     low, high = report["measured_speedup_range"]
-    table.add(run, f"merge {harness.plan_cell(report)}", harness.landing_cell(report),
+    first_error = report.get("first_prediction_error")
+    landing = harness.landing_cell(report) + (f" (first predicted {first_error:+.0%})" if first_error is not None
+                                              else "")
+    table.add(run, f"merge {harness.plan_cell(report)}", landing,
               f"{report['measured_speedup']:.2f}x ({low:.2f}-{high:.2f})", harness.top1_cell(report), f"{seconds} s")
 
 
@@ -84,14 +95,16 @@ def main() -> None:
     table = harness.Table("run", "plan", "landing measurements", "measured speedup (repeat range)",
                           "top-1 original -> compressed", "wall time", echo=True)
     reports: List[Dict[str, Any]] = []
+    printed = ""
     for run in range(1, args.runs + 1):
         with tempfile.TemporaryDirectory(prefix="cait-quickstart-") as work:
-            report, seconds = fresh_run(repo, command, Path(work))
+            report, seconds, output = fresh_run(repo, command, Path(work))
         add_row(table, run, report, seconds)
         reports.append(report)
+        printed = printed or output
     body = [f"Command (README): `{command}`", "",
             "Each run: `git clone` of this commit, a new venv, `$CAIT_CACHE` pointing at an empty folder; wall time "
-            "of the compress alone.", "", *table.lines]
+            "of the compress alone.", "", *table.lines, "", "What run 1 printed:", "", "```text", printed, "```"]
     harness.write_results(args.out, f"README quick start, {args.runs} fresh runs", body, headline=headline(reports))
 
 

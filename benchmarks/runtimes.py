@@ -2,7 +2,7 @@
 
 For every model and every planning runtime, `cait compress MODEL --target-speedup S --runtime R`
 (no training: speed does not depend on the weights) lands a checkpoint; then `cait eval` times that
-checkpoint against the original under every runtime (interleaved, the same estimator as compress).
+checkpoint against the original under every runtime (interleaved, read as compress reads it: the median of paired ratios).
 The diagonal is what compress promised; off the diagonal, what a user serving under another runtime
 would get.
 

@@ -326,9 +326,9 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
     def fresh_run(repo, command, work):
         assert command.startswith("pip install -c constraints.txt") and " && cait compress " in command
         report = {"plan": {"schedule": [[5, "w"]], "keep": 0.71}, "attempts": [{"measured": 1.9}],
-                  "measured_speedup": 1.87, "measured_speedup_range": [1.55, 2.1],
+                  "measured_speedup": 1.87, "measured_speedup_range": [1.55, 2.1], "first_prediction_error": 0.04,
                   "baseline": {"top1": 0.794}, "compressed": {"top1": 0.802}}
-        return report, 408
+        return report, 408, quickstart.printed_report("timing blocks\n   original vs compressed\n| table |")
 
     monkeypatch.setattr(quickstart, "fresh_run", fresh_run)
     out = tmp_path / "quickstart.md"
@@ -336,5 +336,7 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
     quickstart.main()
     text = out.read_text()
     assert re.search(r"Command \(README\): `pip install -c constraints.txt [^`]+`", text)
-    assert text.count("| merge 5; keep 71% | 1.90x | 1.87x (1.55-2.10) | 79.4% -> 80.2% (+0.8 pt) | 408 s |") == 2
+    assert text.count("| merge 5; keep 71% | 1.90x (first predicted +4%) | 1.87x (1.55-2.10) | 79.4% -> 80.2% (+0.8 pt) "
+                      "| 408 s |") == 2
+    assert "```text\n   original vs compressed\n| table |\n```" in text  # what run 1 printed, from its table on
     assert "Headline: 1.87x, 1.87x; top-1 +0.8 to +0.8 pt" in text

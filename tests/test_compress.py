@@ -384,6 +384,15 @@ def test_the_checkpoint_is_the_plan_the_report_names_after_a_refuted_replan(asse
     assert [[s.block, s.axis] for s in final["schedule"]] == schedule  # the final speedup: measured on B
     assert final["widths"] == block_widths(written)
 
+    from cait_cli.interface.report import landing_line
+    from cait_cli.pipeline.reports.compress import CompressReport
+
+    error = attempts[0]["predicted"] / attempts[0]["measured"] - 1
+    assert report["first_prediction_error"] == error  # what the planner's first prediction missed by
+    assert landing_line(CompressReport.from_json(report)) == (
+        f"landing: 2 measurements; the first model measured {attempts[0]['measured']:.2f}x, "
+        f"predicted {attempts[0]['predicted']:.2f}x ({error:+.0%})")
+
 
 def cli_args(assets, out, *more):
     return [assets["model"], "--data", assets["data"], "--out", out, "--batch-size", "8", "--bench-batch-size", "16",
@@ -432,15 +441,6 @@ def test_a_full_disk_while_saving_the_training_state_is_one_line_and_leaves_noth
     assert re.search(r"cannot write .*state\.pt: .*file write failed \(needs [\d.]+ [KM]B, [\d.]+ [KMGT]B free "
                      r"there\)$", line), line
     assert list(tmp_path.iterdir()) == []  # no state.pt.tmp, run.json.tmp, run folder or --out
-
-    from cait_cli.interface.report import landing_line
-    from cait_cli.pipeline.reports.compress import CompressReport
-
-    error = attempts[0]["predicted"] / attempts[0]["measured"] - 1
-    assert report["first_prediction_error"] == error  # what the planner's first prediction missed by
-    assert landing_line(CompressReport.from_json(report)) == (
-        f"landing: 2 measurements; the first model measured 1.50x, predicted {attempts[0]['predicted']:.2f}x "
-        f"({error:+.0%})")
 
 
 def test_a_saved_plan_is_slimmed_again_as_it_is(assets, tmp_path, monkeypatch):
