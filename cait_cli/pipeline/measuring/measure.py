@@ -17,6 +17,7 @@ import torch.nn as nn
 from ...errors import CaitError
 from ...method.cost import model_macs
 from ...models.onnx_model import OnnxModel
+from .allocator import keep_freed_memory
 from .runtimes import Forwards, precision, resolve_runtime
 
 
@@ -106,8 +107,10 @@ def measure_throughput(models: Dict[str, nn.Module], input_size: Tuple[int, int,
 
     Each model runs under cfg.runtime (its forward built, compiled or exported first, untimed;
     `forwards` keeps built forwards for models timed again). The round-robin order reverses every
-    other repeat, so no model always runs first.
+    other repeat, so no model always runs first. Freed memory stays in the process from now on
+    (allocator.py), so no model pays page faults that a serving process would not.
     """
+    keep_freed_memory()
     runtime = cfg.check(device)
     batch = cfg.batch_for(device)
     amp = cfg.amp and device.type == "cuda"

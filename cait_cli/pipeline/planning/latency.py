@@ -38,6 +38,7 @@ from ...method.slim import slim_block
 from ...method.tokens import TokenState
 from ...method.variants import compressed_variant
 from ...method.widths import block_widths
+from ..measuring.allocator import keep_freed_memory
 from ..measuring.measure import (
     SpeedConfig,
     device_name,
@@ -46,7 +47,7 @@ from ..measuring.measure import (
 )
 from ..measuring.runtimes import block_runtime, captured
 
-TABLE_VERSION = 8
+TABLE_VERSION = 9
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -193,6 +194,7 @@ def timing_batch(batch: int, tokens: int) -> int:
 @torch.inference_mode()
 def _measure_table(model: nn.Module, device: torch.device, batch: int, dtype: torch.dtype,
                    key: str, repeats: int, multiple: int, amp: bool, runtime: str) -> LatencyTable:
+    keep_freed_memory()  # as every whole-model measurement runs (allocator.py)
     graphs = block_runtime(runtime, device) == "cuda-graphs"
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not graphs):
         table = _block_table(model, device, batch, dtype, key, repeats, multiple, graphs)
