@@ -32,6 +32,7 @@ from .distributed import (
     total,
 )
 from .job import CompressConfig, Job, resolved
+from .measuring.allocator import keep_freed_memory
 from .measuring.measure import resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
@@ -117,6 +118,7 @@ def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressR
 
 def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> CompressResult:
     on_main(cluster, lambda: (check_config(cfg), resolve_runtime(cfg.runtime, device)))  # before any slow work
+    keep_freed_memory()  # the whole run, trained and timed alike, keeps freed memory (allocator.py)
     torch.manual_seed(cfg.seed)
     lr_rule = "as given" if cfg.lr is not None else "1e-4 x global batch / 64 (linear)"
     cfg = resolved(cfg, device, cluster.world)  # batch, lr, compile: what runs, recorded and compared on resume

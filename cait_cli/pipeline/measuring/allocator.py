@@ -14,7 +14,7 @@ from the heap, and glibc still falls back to mmap when the heap cannot grow), an
 the heap's top. The process keeps its peak memory from then on, as those allocators do.
 
 This is a setting of the process, like its thread count; cait makes it before it times anything
-(`keep_freed_memory`). CAIT_SYSTEM_MALLOC=1 leaves malloc as it is. Elsewhere than glibc (macOS,
+(`keep_freed_memory`), and for the whole of a compress run, so its CPU training runs alike. CAIT_SYSTEM_MALLOC=1 leaves malloc as it is. Elsewhere than glibc (macOS,
 musl) nothing changes.
 """
 from __future__ import annotations

@@ -271,7 +271,9 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     largest activation a block writes and reads back), by least squares on relative
     error (the planner compares ratios). The forms tried are compared in
     benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
-    negative cost) falls back to the scale alone.
+    negative cost) falls back to the scale alone. `rounds` paired repeats: with freed memory
+    kept in the process (allocator.py) a CPU forward repeats within a few per cent, where
+    page faults once needed twice as many.
     """
     variants, design = {"original": model}, []
     for i, (fractions, keep) in enumerate(FIT_MODELS):
@@ -282,7 +284,7 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
         attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
         design.append([attn + mlp, hidden])
     images = timing_batch(batch, table.tokens[-1])
-    cfg = SpeedConfig(batch_size=images, warmup=1, repeats=2 * rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
+    cfg = SpeedConfig(batch_size=images, warmup=1, repeats=rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
                       runtime=runtime)
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
     table.baseline_ms = 1e3 / speed.pop("original").throughput
