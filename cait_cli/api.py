@@ -42,7 +42,9 @@ def compress(model: PathLike, target_speedup: float = TARGET_SPEEDUP, data: Opti
     `data`: an ImageFolder root (train/ and val/), a folder of images or a timm dataset name;
     `options`: CompressConfig's fields (calib_steps=300, finetune_steps=1000, batch_size=64, ...).
     Returns a CompressResult: `.report` (what `cait compress --json` writes, a dict), `.out`, `.reached`
-    (`.typed_report`: the same report typed, a `CompressReport`).
+    (`.typed_report`: the same report typed, a `CompressReport`). Like `evaluate` and `export`, it
+    makes glibc keep freed memory in the calling process for its lifetime, so CPU timings pay no page
+    faults (`CAIT_SYSTEM_MALLOC=1` before the call leaves malloc alone).
 
     >>> import cait_cli
     >>> model, images = "deit_small", "/data/imagenet"  # doctest: +SKIP
