@@ -336,7 +336,9 @@ def plan_cell(report: Dict[str, Any]) -> str:
 
 def landing_cell(report: Dict[str, Any]) -> str:
     """The speedups landing measured, in order: "1.57x / 1.95x"."""
-    return " / ".join(f"{attempt['measured']:.2f}x" for attempt in report["attempts"])
+    cell = " / ".join(f"{attempt['measured']:.2f}x" for attempt in report["attempts"])
+    error = report.get("first_prediction_error")
+    return cell if error is None else f"{cell} (first predicted {error:+.0%})"
 
 
 def top1_cell(report: Dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ too, so whole-model fits of other forms (`FITS`) can be compared with the one th
 planner uses, each fitted to those five and judged on the grid's plans.
 
     python -m benchmarks.planner_accuracy --out benchmarks/results/planner_accuracy_cpu.md
+    python -m benchmarks.planner_accuracy --models deit_small:random@64 deit_small:random@1 --repeats 5 ...
 """
 from __future__ import annotations
 
@@ -142,21 +143,24 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
     lines += compare_fits(table, feats, speedups, fit_labels, 1e3 / measured["original"].throughput)
     lines.append("")
     print("\n".join(lines), flush=True)
-    return lines, f"{name}: median error {median}, worst {worst}"
+    return lines, f"{name} (batch {batch}): median error {median}, worst {worst}"
 
 
 def main() -> None:
     parser = harness.make_parser(__doc__, "channel_multiple", "out", timed_batch=64, repeats=9, device="cpu",
                                  models=harness.Default(["examples/reference:pretrained", "deit_small:random"],
-                                                        "NAME:WEIGHTS pairs"))
+                                                        "NAME:WEIGHTS pairs, each optionally @BATCH (its own "
+                                                        "timing batch, e.g. deit_small:random@1)"))
     args = parser.parse_args()
     device = torch.device(args.device)
     body = [f"fp32; channel multiple {args.channel_multiple}; every plan measured against its original, interleaved.",
             ""]
     figures = []
     for spec in args.models:
+        spec, _, batch = spec.partition("@")
         name, _, weights = spec.rpartition(":")
-        lines, figure = study(name, weights, args.batch_size, args.repeats, args.channel_multiple, device)
+        batch = int(batch) if batch else args.batch_size
+        lines, figure = study(name, weights, batch, args.repeats, args.channel_multiple, device)
         body += lines
         figures.append(figure)
     harness.write_results(args.out, "Planner accuracy: predicted against measured speedup", body,

@@ -72,10 +72,7 @@ def printed_report(output: str) -> str:
 
 def add_row(table: harness.Table, run: int, report: Dict[str, Any], seconds: int) -> None:
     low, high = report["measured_speedup_range"]
-    first_error = report.get("first_prediction_error")
-    landing = harness.landing_cell(report) + (f" (first predicted {first_error:+.0%})" if first_error is not None
-                                              else "")
-    table.add(run, f"merge {harness.plan_cell(report)}", landing,
+    table.add(run, f"merge {harness.plan_cell(report)}", harness.landing_cell(report),
               f"{report['measured_speedup']:.2f}x ({low:.2f}-{high:.2f})", harness.top1_cell(report), f"{seconds} s")
 
 
