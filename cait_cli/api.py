@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from .errors import CaitError
 from .interface.hub import PushResult
 from .interface.hub import push as push_checkpoint
+from .interface.plot import draw_sweep
 from .models.loading import model_stem
 from .pipeline.compress import CompressResult
 from .pipeline.compress import compress as run_compress
@@ -151,8 +152,6 @@ def sweep(model: PathLike, speedups: Sequence[float] = (), data: Optional[PathLi
 def sweep_report(model: PathLike, speedups: Sequence[float] = (), data: Optional[PathLike] = None, *,
                  out: Optional[PathLike] = None, progress: ProgressArg = None, **options: Any) -> SweepReport:
     """`sweep`'s whole report, as `cait sweep` prints it and writes sweep.json (`.to_json()`)."""
-    from .interface.plot import draw_sweep  # matplotlib, when installed, is imported only to draw
-
     _check_options("sweep", options)
     stem = Path(out) if out is not None else Path(model_stem(str(model)) + ".sweep")
     template = CompressConfig(model=str(model), target_speedup=TARGET_SPEEDUP, data=_str(data), out=stem, **options)
