@@ -98,7 +98,7 @@ def body(args: argparse.Namespace, swept: Dict[str, Any], sweep_seconds: float,
          runs: List[Tuple[Optional[Dict[str, Any]], float]]) -> Tuple[List[str], str]:
     """The results' lines and headline."""
     table = harness.Table("target", "sweep: measured speedup", "sweep: top-1", "compress: measured speedup",
-                          "compress: top-1", "top-1, sweep - compress (pt)", "compress wall time (s)")
+                          "compress: top-1", "top-1, sweep - compress (pt)", "wall time (s), sweep's point / compress")
     differences = []
     for point, (report, seconds) in zip(swept["points"], runs):
         single = report["compressed"] if report else {}
@@ -109,13 +109,14 @@ def body(args: argparse.Namespace, swept: Dict[str, Any], sweep_seconds: float,
                   point["error"] or _speed(point["measured_speedup"], point["measured_speedup_range"], point["landed"]),
                   _pct(ours), _speed(report["measured_speedup"], report["measured_speedup_range"], report["landed"])
                   if report else "refused", _pct(theirs), f"{differences[-1]:+.2f}" if ours is not None and
-                  theirs is not None else "—", f"{seconds:.0f}")
+                  theirs is not None else "—", f"{point['seconds'] or 0:.0f} / {seconds:.0f}")
     separate = sum(seconds for _, seconds in runs)
     estimate = swept["saved_seconds_estimate"]
     original = swept["original"] or {}
     lines = [f"Reference {args.model}, data {args.data}; {args.calib_steps} calibration and {args.finetune_steps} "
              f"fine-tuning steps, seed {args.seed}, {swept['device']}, {swept['precision']}, batch {swept['batch_size']}; "
              f"the original's top-1 {_pct(original.get('top1'))}.", "",
+             "The sweep ran first, then one compress per target, one after another, each a process of its own.", "",
              f"Wall time: the sweep {sweep_seconds:.0f} s; {len(runs)} separate compress runs {separate:.0f} s in all "
              f"(the sweep saved {separate - sweep_seconds:.0f} s; its own estimate of what sharing saved: "
              f"{estimate:.0f} s).", "",
@@ -126,8 +127,9 @@ def body(args: argparse.Namespace, swept: Dict[str, Any], sweep_seconds: float,
     if args.out:
         lines += ["", f"The sweep's plot: `{args.out.with_suffix('.png').name}` beside this file (measured speedup "
                   "against top-1, the original, the Pareto front)."]
+    gaps = f"{min(differences):+.2f} to {max(differences):+.2f} pt" if differences else "—"
     headline = (f"sweep {sweep_seconds:.0f} s vs {len(runs)} compress runs {separate:.0f} s (estimate of the "
-                f"saving {estimate:.0f} s); top-1 sweep - compress {harness.spread(differences, '{:+.2f}')} pt")
+                f"saving {estimate:.0f} s); top-1 sweep - compress {gaps}")
     return lines, headline
 
 

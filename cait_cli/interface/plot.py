@@ -40,6 +40,7 @@ def draw_sweep(report: SweepReport, path: Path) -> Optional[str]:
     shown = set()
     for point in points:
         _draw_point(ax, point, scale * point.accuracy(key), shown)
+    ax.axhline(original, color="grey", linewidth=0.8, linestyle=":", zorder=0)  # the drop, read at any speed
     ax.plot([1.0], [original], marker="*", markersize=13, color="tab:blue", linestyle="none", label="original")
     ax.set_xlabel("measured speedup over the original (median of paired repeats; bars: their range)")
     ax.set_ylabel(Y_LABELS[key])

@@ -215,26 +215,29 @@ def print_int8_check(console: Console, report: ExportReport, int8: Int8Report, i
 
 
 def sweep_table(report: SweepReport) -> Table:
-    """One row per target (the original first): measured speedup, where it landed, accuracy, size."""
+    """One row per target (the original first): measured speedup, landing, accuracy, size, checkpoint."""
     unlabelled = report.labels_note is not None
-    table = Table(title=f"{report.model}: speed against accuracy")
-    for column in ("target", "measured speedup (repeats)", "landing", "top-1", "change", "agreement",
-                   "params (M)", "GMACs", "checkpoint"):
+    table = Table(title=f"{report.model}: speed against accuracy, in {report.out}")
+    for column in ("target", "speedup (repeats)", "landing", "top-1 (change)", "agreement", "params (M)", "GMACs",
+                   "checkpoint"):
         table.add_column(column, justify="left" if column in ("target", "landing", "checkpoint") else "right")
     original = report.original or ModelSide()
-    base_top1 = NOT_APPLICABLE if unlabelled else _pct(original.top1)
-    table.add_row("original", "1.00x", DASH, base_top1, DASH, DASH, _num(original.params and original.params / 1e6,
-                  ".2f"), _num(original.macs and original.macs / 1e9, ".2f"), report.model)
+    table.add_row("original", "1.00x", DASH, NOT_APPLICABLE if unlabelled else _pct(original.top1), DASH,
+                  *_size(original), DASH)
     for point in report.points:
         speed = point.measured
-        cells = (f"{speed.ratio:.2f}x ({speed.low:.2f}-{speed.high:.2f})" if speed else DASH,
-                 point.status + (", on the front" if point.pareto else ""),
-                 NOT_APPLICABLE if unlabelled else _pct(point.top1),
-                 DASH if unlabelled else _change(point.top1, original.top1, ".2f", 100, " pt"),
-                 _pct(point.agreement) if point.feature_cosine is None else f"cos {point.feature_cosine:.4f}",
-                 _num(point.params and point.params / 1e6, ".2f"), _num(point.macs and point.macs / 1e9, ".2f"))
-        table.add_row(f"{point.target:g}x", *cells, point.checkpoint if speed else DASH)
+        top1 = NOT_APPLICABLE if unlabelled or point.error else (
+            f"{_pct(point.top1)} ({_change(point.top1, original.top1, '.2f', 100, ' pt')})")
+        agreement = _pct(point.agreement) if point.feature_cosine is None else f"cos {point.feature_cosine:.4f}"
+        table.add_row(f"{point.target:g}x", f"{speed.ratio:.2f}x ({speed.low:.2f}-{speed.high:.2f})" if speed
+                      else DASH, point.status, DASH if point.error else top1, agreement, *_size(point),
+                      Path(point.checkpoint).name if speed else DASH)
     return table
+
+
+def _size(side) -> tuple:
+    """Params (M) and GMACs cells of a ModelSide or a SweepPoint."""
+    return _num(side.params and side.params / 1e6, ".2f"), _num(side.macs and side.macs / 1e9, ".2f")
 
 
 def shared_line(report: SweepReport) -> str:
@@ -256,6 +259,10 @@ def print_sweep_report(console: Console, report: SweepReport, sweep_json: Path) 
     for point in report.points:
         if point.error:
             console.print(f"{point.target:g}x not compressed: {point.error}", highlight=False)
+    front = [f"{p.target:g}x" for p in report.points if p.pareto]
+    if front:
+        console.print(f"on the Pareto front (no other point, nor the original, as fast and more accurate): "
+                      f"{', '.join(front)}", highlight=False)
     resumed = [f"{p.target:g}x" for p in report.points if p.resumed]
     if resumed:
         console.print(f"read back from their checkpoints (--resume): {', '.join(resumed)}", highlight=False)
