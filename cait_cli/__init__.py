@@ -2,6 +2,7 @@
 
     import cait_cli
     result = cait_cli.compress("deit_small", target_speedup=1.9, data="/data/imagenet")  # as `cait compress`
+    rows = cait_cli.sweep("deit_small", [1.3, 1.6, 1.9], data="/data/imagenet")  # one checkpoint per target
     report = cait_cli.evaluate("deit_small.cait", data="/data/imagenet", baseline="deit_small")
     model = cait_cli.load("deit_small.cait")          # a compressed checkpoint directory
     timm.create_model("hf-hub:ORG/NAME", pretrained=True)  # works once cait_cli is imported
@@ -12,8 +13,9 @@ from .errors import CaitError
 from .version import __version__
 from .models import registry as _registry  # noqa: F401  (registers cait_vit with timm)
 from .models.loading import LoadedModel, load_model
-from .api import compress, evaluate, export, push  # (the public entry points)
+from .api import compress, evaluate, export, push, sweep  # (the public entry points)
 from .pipeline.compress import CompressResult
+from .pipeline.reports.sweep import SweepPoint
 
 
 def load(name: str, weights: str = "pretrained"):
@@ -21,5 +23,5 @@ def load(name: str, weights: str = "pretrained"):
     return load_model(name, weights=weights, require_vit=False).model
 
 
-__all__ = ["CaitError", "CompressResult", "LoadedModel", "compress", "evaluate", "export", "load", "load_model", "push",
-           "__version__"]
+__all__ = ["CaitError", "CompressResult", "LoadedModel", "SweepPoint", "compress", "evaluate", "export", "load",
+           "load_model", "push", "sweep", "__version__"]

@@ -1,4 +1,4 @@
-"""The public entry points: compress, evaluate, export and push from Python, as the `cait` commands do.
+"""The public entry points: compress, sweep, evaluate, export and push from Python, as the `cait` commands do.
 
 Each function takes what its command takes as arguments, plus keyword options named like the command's
 options (`--calib-steps 50` is `calib_steps=50`). The defaults are the config dataclasses' (CompressConfig,
@@ -11,11 +11,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .errors import CaitError
 from .interface.hub import PushResult
 from .interface.hub import push as push_checkpoint
+from .interface.plot import draw_sweep
 from .models.loading import model_stem
 from .pipeline.compress import CompressResult
 from .pipeline.compress import compress as run_compress
@@ -28,8 +29,12 @@ from .pipeline.job import CompressConfig
 from .pipeline.progress import Progress, Silent
 from .pipeline.reports.evaluate import EvalReport
 from .pipeline.reports.export import ExportReport
+from .pipeline.reports.sweep import SweepPoint, SweepReport
+from .pipeline.sweep import SweepConfig
+from .pipeline.sweep import sweep as run_sweep
 
 TARGET_SPEEDUP = 1.9  # compress's default target (CompressConfig has none: a run names its target)
+NOT_SWEPT = ("target_speedup", "plan", "plan_only")  # compress's options a sweep sets per point, or has no use for
 ProgressArg = Union[Progress, bool, None]
 PathLike = Union[str, Path]
 
@@ -124,11 +129,46 @@ def push(directory: PathLike, repo_id: str, **options: Any) -> PushResult:
     return push_checkpoint(directory, repo_id, **options)
 
 
+def sweep(model: PathLike, speedups: Sequence[float] = (), data: Optional[PathLike] = None, *,
+          out: Optional[PathLike] = None, progress: ProgressArg = None, **options: Any) -> List[SweepPoint]:
+    """Compress `model` once per target in `speedups`, into `out` (default: NAME.sweep) as 1.5x.cait,
+    1.9x.cait, ..., with sweep.json and the plot sweep.png (with matplotlib), as `cait sweep` does.
+
+    Every target is compressed as `compress` does it, on what does not depend on the target prepared
+    once (the model, the data, the latency table, the original's outputs on the held-out images).
+    `options`: compress's, less target_speedup, plan and plan_only; resume=True skips the targets whose
+    checkpoint is written and continues an interrupted one. Targets beyond what the model can reach
+    are refused (CaitError, one line) before any training. Returns the rows of its table, one
+    `SweepPoint` per target (`.to_json()`: its entry in sweep.json's "points"); `sweep_report` returns
+    the whole report.
+
+    >>> rows = cait_cli.sweep(model, [1.3, 1.6], data=images, calib_steps=8, finetune_steps=8)
+    >>> [(row.target, row.checkpoint) for row in rows]
+    [(1.3, 'deit_small.sweep/1.3x.cait'), (1.6, 'deit_small.sweep/1.6x.cait')]
+    >>> rows[1].macs < rows[0].macs
+    True
+    """
+    return sweep_report(model, speedups, data, out=out, progress=progress, **options).points
+
+
+def sweep_report(model: PathLike, speedups: Sequence[float] = (), data: Optional[PathLike] = None, *,
+                 out: Optional[PathLike] = None, progress: ProgressArg = None, **options: Any) -> SweepReport:
+    """`sweep`'s whole report, as `cait sweep` prints it and writes sweep.json (`.to_json()`)."""
+    _check_options("sweep", options)
+    stem = Path(out) if out is not None else Path(model_stem(str(model)) + ".sweep")
+    template = CompressConfig(model=str(model), target_speedup=TARGET_SPEEDUP, data=_str(data), out=stem, **options)
+    return run_sweep(SweepConfig(template, [float(s) for s in speedups]), _progress(progress), draw=draw_sweep)
+
+
 def defaults(command: str) -> Dict[str, Any]:
-    """Every keyword option of `command` (compress, evaluate, export, push) and its default: the
-    CLI's options take theirs from here."""
+    """Every keyword option of `command` (compress, evaluate, export, push, sweep) and its default:
+    the CLI's options take theirs from here."""
     if command == "push":
         return _keyword_defaults(push_checkpoint)
+    if command == "sweep":
+        shared = {name: value for name, value in defaults("compress").items() if name not in NOT_SWEPT}
+        own = {name: value for name, value in _keyword_defaults(sweep).items() if name != "progress"}
+        return {**shared, **own}
     config = {"compress": CompressConfig, "evaluate": EvalConfig, "export": ExportConfig}[command]
     own = {name: value for name, value in _keyword_defaults(globals()[command]).items() if name != "progress"}
     return {**{f.name: f.default for f in fields(config) if f.default is not MISSING}, **own}

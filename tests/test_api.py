@@ -1,11 +1,12 @@
-"""The Python API (cait_cli.compress, evaluate, export, push): the CLI's defaults, its report, examples that run."""
+"""The Python API (cait_cli.compress, sweep, evaluate, export, push): the CLI's defaults, its report, examples that
+run."""
 import doctest
 import inspect
 import json
 
 import pytest
 from ideal_latency import write_ideal_tables
-from support import make_image_folder, save_tiny_timm_dir, tiny_vit
+from support import mac_speeds, make_image_folder, save_tiny_timm_dir, tiny_vit
 from typer.testing import CliRunner
 
 import cait_cli
@@ -14,7 +15,8 @@ from cait_cli.interface import cli
 from cait_cli.pipeline.export.quantize import parse_keep_fp32
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
-COMMANDS = {"compress": cli.compress, "evaluate": cli.eval_, "export": cli.export_, "push": cli.push}
+COMMANDS = {"compress": cli.compress, "evaluate": cli.eval_, "export": cli.export_, "push": cli.push,
+            "sweep": cli.sweep}
 CLI_ONLY = {"ctx", "json_out"}  # Typer's context (--debug); --json writes the returned report
 QUICK = dict(target_speedup=1.2, calib_steps=2, finetune_steps=2, batch_size=8, bench_batch_size=16, workers=0,
              device="cpu", replan=False)
@@ -97,12 +99,13 @@ def test_the_docstring_examples_run(assets, tmp_path, monkeypatch):
     monkeypatch.setenv("CAIT_CACHE", assets["cache"])
     monkeypatch.setattr("cait_cli.pipeline.planning.landing.quick_speedup",  # this busy machine's load is not
                         lambda base, slim, *args, **kwargs: model_macs(base) / model_macs(slim))  # the test
+    monkeypatch.setattr("cait_cli.pipeline.measuring.report.measure_throughput", mac_speeds)  # (nor the report's)
     monkeypatch.chdir(tmp_path)
     globs = {"cait_cli": cait_cli, "model": assets["model"], "images": assets["data"]}
     tests = {t.name.split(".")[-1]: t for t in doctest.DocTestFinder().find(api, globs=globs) if t.examples}
-    assert set(tests) == {"compress", "evaluate", "export", "push"}
+    assert set(tests) == {"compress", "sweep", "evaluate", "export", "push"}
     runner, said = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS), []
-    for name in ("compress", "evaluate", "export", "push"):  # each uses what the one before wrote
+    for name in ("compress", "sweep", "evaluate", "export", "push"):  # each uses what the one before wrote
         runner.run(tests[name], out=said.append)
     assert runner.failures == 0, "".join(said)
 

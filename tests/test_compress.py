@@ -321,13 +321,13 @@ def test_unwritable_out_is_one_clear_line(assets, tmp_path, monkeypatch):
 
 
 def test_a_run_from_before_min_keep_resumes_at_its_default(tmp_path):
-    from cait_cli.pipeline.compress import _check_resumable, _jsonable_config
+    from cait_cli.pipeline.compress import _check_resumable, jsonable_config
     from cait_cli.pipeline.distributed import Cluster
     from cait_cli.pipeline.planning.plan import Plan
     from cait_cli.pipeline.state import RunRecord
 
     cfg = CompressConfig(model="m", target_speedup=1.5, out=tmp_path / "o", data="d")
-    older = {k: v for k, v in _jsonable_config(cfg).items() if k != "min_keep"}  # an older run did not record it
+    older = {k: v for k, v in jsonable_config(cfg).items() if k != "min_keep"}  # an older run did not record it
     record = RunRecord(older, processes=1, plan=Plan([], 1.0, 1.0), lr_rule=None, calibrate=False)
     _check_resumable(record, cfg, Cluster())
     cfg.min_keep = 0.9

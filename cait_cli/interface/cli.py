@@ -8,15 +8,17 @@ resume and exit 130 and 143 (128 + the signal's number).
 """
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from .. import api
 from ..atomic import write_json_atomic
@@ -69,7 +71,8 @@ def err_console() -> Console:
     return Console(stderr=True)
 
 
-COMPRESS, EVAL, EXPORT, PUSH = (api.defaults(command) for command in ("compress", "evaluate", "export", "push"))
+COMPRESS, EVAL, EXPORT, PUSH, SWEEP = (api.defaults(command)
+                                      for command in ("compress", "evaluate", "export", "push", "sweep"))
 
 
 def _options(values: Dict[str, Any], *cli_only: str) -> Dict[str, Any]:
@@ -161,6 +164,85 @@ def compress(
         err_console().print(f"[bold red]error:[/] measured speedup {result.typed_report.measured.ratio:.2f}x "
                             f"misses the {target_speedup:g}x target; the checkpoint in {result.out} is slower "
                             "than asked", highlight=False)
+        raise typer.Exit(3)
+
+
+def options_of(source: Callable[..., Any], leave_out: Sequence[str] = ()) -> Callable[[Callable], Callable]:
+    """Give a command `source`'s options too (less `leave_out` and those it declares itself), so they
+    are declared once, in `source`'s signature; the command takes them as **options."""
+    def give(command: Callable) -> Callable:
+        own = inspect.signature(command).parameters
+        taken = [p for name, p in inspect.signature(source).parameters.items() if name not in (*own, *leave_out)]
+        listed = [p for p in own.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = inspect.Signature(listed + taken)
+        command.__annotations__ = {**source.__annotations__, **command.__annotations__}
+        return command
+    return give
+
+
+class SpacedValues(TyperCommand):
+    """A command whose --speedups also takes its values one after another (`--speedups 1.3 1.6 1.9`),
+    besides click's way of repeating the option (`--speedups 1.3 --speedups 1.6`)."""
+
+    spaced = "--speedups"
+
+    def parse_args(self, ctx: Any, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, spread(args, self.spaced))
+
+
+def spread(args: Sequence[str], flag: str) -> List[str]:
+    """`args` with each number that follows `flag`'s value given as a value of `flag` of its own."""
+    out: List[str] = []
+    after = False  # the argument before was `flag` or one of its values
+    for arg in args:
+        if after and out[-1] != flag and _is_number(arg):
+            out.append(flag)  # one more value: given its own flag
+        after = arg == flag or (after and _is_number(arg))
+        out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@app.command(cls=SpacedValues)
+@options_of(compress, leave_out=(*api.NOT_SWEPT, "json_out"))
+def sweep(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="deit_tiny|deit_small|deit_base, a timm name, hf-hub:ORG/NAME or a path"),
+    speedups: List[float] = typer.Option(SWEEP["speedups"], "--speedups", show_default=False, help="the target "
+                                         "speedups, one checkpoint each: --speedups 1.3 1.6 1.9 2.2 2.5"),
+    out: Optional[Path] = typer.Option(SWEEP["out"], help="folder to write DIR/1.9x.cait ..., sweep.json and "
+                                       "sweep.png into (default: NAME.sweep)"),
+    resume: bool = typer.Option(SWEEP["resume"], "--resume", help="go on with the sweep in --out: skip the targets "
+                                "whose checkpoint is written, continue an interrupted one"),
+    **options: Any,
+) -> None:
+    """Compress a ViT to several target speedups, one checkpoint each, and see what each costs in accuracy:
+    a table, sweep.json and a plot (sweep.png). Takes every option of compress but its target."""
+    from ..pipeline.distributed import is_main_process
+    from ..pipeline.progress import Silent
+    from ..pipeline.sweep import SWEEP_FILE
+    from .progress import RichProgress
+    from .report import print_sweep_report
+
+    console = Console()
+    main = is_main_process()
+    progress = RichProgress(console) if main else Silent()  # under torchrun, rank 0 speaks
+    report = run_or_exit(lambda: api.sweep_report(model, speedups, out=out, resume=resume, progress=progress,
+                                                  **options), ctx)
+    if not main:
+        return
+    print_sweep_report(console, report, Path(report.out) / SWEEP_FILE)
+    short = [f"{p.target:g}x" for p in report.points if p.error or p.reached is False]
+    if short:
+        err_console().print(f"[bold red]error:[/] {', '.join(short)} not compressed or slower than asked; the "
+                            "table and sweep.json say why", highlight=False)
         raise typer.Exit(3)
 
 

@@ -1,4 +1,4 @@
-"""Rich tables for the terminal: original vs compressed, and speed comparisons."""
+"""Rich tables for the terminal: original vs compressed, speed comparisons, a sweep's targets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +11,7 @@ from ..pipeline.reports.compress import CompressReport
 from ..pipeline.reports.evaluate import EvalReport
 from ..pipeline.reports.export import ExportReport, ExportSide, Int8Report
 from ..pipeline.reports.parts import ModelSide, Timing
+from ..pipeline.reports.sweep import SweepReport
 from ..pipeline.training.train import FEATURE_LOSS
 
 DASH = "—"
@@ -211,3 +212,61 @@ def print_int8_check(console: Console, report: ExportReport, int8: Int8Report, i
     console.print(f"int8 speedup over fp32 {speedup.ratio:.2f}x (repeats {speedup.low:.2f}-{speedup.high:.2f}x)",
                   highlight=False)
     console.print(int8_check_line(int8), highlight=False)
+
+
+def sweep_table(report: SweepReport) -> Table:
+    """One row per target (the original first): measured speedup, landing, accuracy, size, checkpoint."""
+    unlabelled = report.labels_note is not None
+    table = Table(title=f"{report.model}: speed against accuracy, in {report.out}")
+    for column in ("target", "speedup (repeats)", "landing", "top-1 (change)", "agreement", "params (M)", "GMACs",
+                   "checkpoint"):
+        table.add_column(column, justify="left" if column in ("target", "landing", "checkpoint") else "right")
+    original = report.original or ModelSide()
+    table.add_row("original", "1.00x", DASH, NOT_APPLICABLE if unlabelled else _pct(original.top1), DASH,
+                  *_size(original), DASH)
+    for point in report.points:
+        speed = point.measured
+        top1 = NOT_APPLICABLE if unlabelled or point.error else (
+            f"{_pct(point.top1)} ({_change(point.top1, original.top1, '.2f', 100, ' pt')})")
+        agreement = _pct(point.agreement) if point.feature_cosine is None else f"cos {point.feature_cosine:.4f}"
+        table.add_row(f"{point.target:g}x", f"{speed.ratio:.2f}x ({speed.low:.2f}-{speed.high:.2f})" if speed
+                      else DASH, point.status, DASH if point.error else top1, agreement, *_size(point),
+                      Path(point.checkpoint).name if speed else DASH)
+    return table
+
+
+def _size(side) -> tuple:
+    """Params (M) and GMACs cells of a ModelSide or a SweepPoint."""
+    return _num(side.params and side.params / 1e6, ".2f"), _num(side.macs and side.macs / 1e9, ".2f")
+
+
+def shared_line(report: SweepReport) -> str:
+    """What the points shared and what that saved, said as the estimate it is."""
+    parts = [work.what + (f" {work.seconds:.1f} s" if work.seconds is not None else "")
+             + (f" ({work.note})" if work.note else "") for work in report.shared]
+    saved = (f"; saved about {report.saved_seconds:.0f} s against {report.computed} runs of compress (an estimate: "
+             f"{report.computed - 1} x the shared work counted per run)" if report.computed > 1 else "")
+    return "done once for every target: " + "; ".join(parts) + saved
+
+
+def print_sweep_report(console: Console, report: SweepReport, sweep_json: Path) -> None:
+    console.print(sweep_table(report))
+    timing = report.timing
+    console.print(f"{timing.device}, batch {timing.batch_size}, {timing.precision}; the speedup is the median of "
+                  "the paired repeats (min-max)", highlight=False)
+    if report.labels_note:
+        console.print(report.labels_note, highlight=False)
+    for point in report.points:
+        if point.error:
+            console.print(f"{point.target:g}x not compressed: {point.error}", highlight=False)
+    front = [f"{p.target:g}x" for p in report.points if p.pareto]
+    if front:
+        console.print(f"on the Pareto front (no other point, nor the original, as fast and more accurate): "
+                      f"{', '.join(front)}", highlight=False)
+    resumed = [f"{p.target:g}x" for p in report.points if p.resumed]
+    if resumed:
+        console.print(f"read back from their checkpoints (--resume): {', '.join(resumed)}", highlight=False)
+    if report.shared:
+        console.print(shared_line(report), highlight=False)
+    plot = f"plot: {Path(report.out) / report.plot}" if report.plot else f"no plot: {report.plot_skipped}"
+    console.print(f"{plot}; wrote {sweep_json}", highlight=False)

@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import copy
+import functools
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,9 +33,9 @@ from .distributed import (
     on_main,
     total,
 )
-from .job import CompressConfig, Job, resolved
+from .job import LATENCY_TABLE, LOADING, REFERENCE, CompressConfig, Job, Prepared, resolved
 from .measuring.allocator import keep_freed_memory
-from .measuring.measure import resolve_device
+from .measuring.measure import Reference, measure_reference, resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
 from .phases import calibrated_student, finetune, landed
@@ -103,28 +105,35 @@ def check_config(cfg: CompressConfig) -> None:
                         "pass --calib-steps 0 --finetune-steps 0 for an untrained speed study")
 
 
-def compress(cfg: CompressConfig, progress: Progress | None = None) -> CompressResult:
+def compress(cfg: CompressConfig, progress: Progress | None = None,
+             prepared: Optional[Prepared] = None) -> CompressResult:
     """Run the whole job; CaitError (one line) for anything the user can fix.
 
+    prepared: what `prepare` made for options that differ from cfg's in the target, --out and
+    --resume alone (a sweep prepares once for all its targets); None: prepared here.
     Under torchrun every process calls this: they train data-parallel, rank 0 alone
     times, plans, measures and writes (see distributed.py).
     """
     cluster, device = join(resolve_device(cfg.device))
     try:
-        return _compress(cfg, progress or Silent(), cluster, device)
+        return _compress(cfg, progress or Silent(), cluster, device, prepared)
     finally:
         leave(cluster)
 
 
-def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> CompressResult:
+def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device,
+              prepared: Optional[Prepared]) -> CompressResult:
     on_main(cluster, lambda: (check_config(cfg), resolve_runtime(cfg.runtime, device)))  # before any slow work
     keep_freed_memory()  # the whole run, trained and timed alike, keeps freed memory (allocator.py)
-    torch.manual_seed(cfg.seed)
     lr_rule = "as given" if cfg.lr is not None else "1e-4 x global batch / 64 (linear)"
     cfg = resolved(cfg, device, cluster.world)  # batch, lr, compile: what runs, recorded and compared on resume
     run = RunDir.beside(cfg.out, writes=cluster.is_main)
     resumed, saved = on_main(cluster, run.load) if cfg.resume else (None, None)
-    job = _start(cfg, progress, cluster, device, run, resumed)
+    prepared = prepared or prepare(cfg, progress, cluster, device)
+    if prepared.batches is not None:
+        prepared.batches.skipped = 0  # this run's unreadable training images (a sweep's batches serve many)
+    torch.manual_seed(cfg.seed)  # after preparing: a sweep's point starts where a run of its own would
+    job = Job(**prepared.parts(), cfg=cfg, progress=progress, run=run, resumed=resumed)
     plan = on_main(cluster, lambda: _resumed_plan(saved, cfg, cluster) or _plan(job))
     job.progress.message(describe_plan(plan))
     if cfg.plan_only:
@@ -132,7 +141,7 @@ def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device:
     if job.labels_note:
         job.progress.message(job.labels_note)
     # calibration learns which channels to prune: with none to prune, its steps go to fine-tuning
-    record = RunRecord(_jsonable_config(cfg), cluster.world, plan, lr_rule,
+    record = RunRecord(jsonable_config(cfg), cluster.world, plan, lr_rule,
                        calibrate=saved.calibrate if saved else plan.keep < 1.0,
                        attempts=saved.attempts if saved else [])
     student = calibrated_student(job, record)
@@ -141,8 +150,11 @@ def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device:
     return _finish(job, record, slim_model)
 
 
-def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device, run: RunDir,
-           resumed: Optional[RunState]) -> Job:
+def prepare(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> Prepared:
+    """What a run needs before it looks at its target: the model, the data, the latency table, the
+    planner's judge; `seconds` says how long each took. cfg: resolved (batch size concrete)."""
+    torch.manual_seed(cfg.seed)  # random weights (--weights random) are the seed's
+    start = time.perf_counter()
     loaded = main_first(cluster, lambda: load_model(cfg.model, cfg.weights))  # one download, then the cache
     if loaded.is_compressed:
         raise CaitError(f"{cfg.model} is already compressed; compress its original model instead")
@@ -155,18 +167,33 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
     bench_batch = cfg.bench_batch_size or (256 if device.type == "cuda" else 64)
     amp = cfg.amp and device.type == "cuda"  # bf16 autocast: training and every speed measurement
     runtime = resolve_runtime(cfg.runtime, device)
+    seconds = {LOADING: time.perf_counter() - start}
 
     def timed_table() -> LatencyTable:
         progress.message(f"timing blocks on {device} (batch {bench_batch}, runtime {runtime}) to calibrate the planner")
         return calibrate_latency(base, device, bench_batch, cache_dir=cfg.latency_cache, multiple=cfg.channel_multiple,
                                  amp=amp, runtime=runtime)
 
+    start = time.perf_counter()
+    table = on_main(cluster, timed_table)
+    seconds[LATENCY_TABLE] = time.perf_counter() - start
+    val = bundle.val if bundle else None
+
+    @functools.cache
+    def reference() -> Optional[Reference]:
+        if val is None:
+            return None
+        start = time.perf_counter()
+        measured = measure_reference(base, val, device, amp=amp)
+        seconds[REFERENCE] = time.perf_counter() - start
+        return measured
+
     scored = batches is not None and cfg.weights == "pretrained"
-    return Job(cfg=cfg, progress=progress, device=device, cluster=cluster, loaded=loaded, base=base,
-               table=on_main(cluster, timed_table), forwards=Forwards(runtime, amp), bench_batch=bench_batch, amp=amp,
-               run=run, batches=batches, val=bundle.val if bundle else None,
-               labels_note=bundle.why_unlabelled if bundle else None,
-               score=_kl_score(base, batches, device, cfg.channel_multiple) if scored else None, resumed=resumed)
+    return Prepared(device=device, cluster=cluster, loaded=loaded, base=base, table=table,
+                    forwards=Forwards(runtime, amp), bench_batch=bench_batch, amp=amp, batches=batches, val=val,
+                    labels_note=bundle.why_unlabelled if bundle else None,
+                    score=_kl_score(base, batches, device, cfg.channel_multiple) if scored else None,
+                    reference=reference, seconds=seconds)
 
 
 def _workers(cfg: CompressConfig) -> int:
@@ -204,7 +231,8 @@ def _measure_and_write(job: Job, record: RunRecord, slim_model: nn.Module, skipp
     cfg, plan = job.cfg, record.plan
     job.progress.message("measuring the compressed model against the original")
     measured = measure_models(job.base, slim_model, job.val, job.device, job.bench_batch, job.amp, job.forwards,
-                              band=band(cfg.target_speedup))
+                              band=band(cfg.target_speedup), reference=job.reference())
+    job.forwards.forget(slim_model)  # (a sweep's forwards outlive this run)
     report = CompressReport.of(cfg.target_speedup, cfg.tolerance, plan, measured, _training(job, record),
                                record.attempts, skipped_in_training=skipped)
     spec = CaitSpec.of(slim_model, job.loaded.architecture, job.loaded.model_args)
@@ -226,22 +254,26 @@ def _training(job: Job, record: RunRecord) -> Training:
                     compile=cfg.compile, decode=job.decode, steps=job.step_times)
 
 
-def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
+def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
-_RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-                "plan")
+RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
+               "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
+               "plan")
+
+
+def changed_options(saved: Dict[str, Any], cfg: CompressConfig, keys: Sequence[str] = RESUME_KEYS) -> List[str]:
+    """The options among `keys` (as --flags) whose value in cfg (resolved) differs from a saved config's."""
+    now = jsonable_config(cfg)
+    defaults = {f.name: f.default for f in fields(CompressConfig)}  # options older runs did not record
+    return ["--" + k.replace("_", "-") for k in keys if saved.get(k, defaults[k]) != now.get(k)]
 
 
 def _check_resumable(record: RunRecord, cfg: CompressConfig, cluster: Cluster) -> None:
-    saved, now = record.config, _jsonable_config(cfg)
-    defaults = {f.name: f.default for f in fields(CompressConfig)}  # options older runs did not record
-    changed = [k for k in _RESUME_KEYS if saved.get(k, defaults[k]) != now.get(k)]
+    changed = changed_options(record.config, cfg)
     if changed:
-        raise CaitError(f"cannot resume: {', '.join('--' + k.replace('_', '-') for k in changed)} "
-                        "differ from the interrupted run")
+        raise CaitError(f"cannot resume: {', '.join(changed)} differ from the interrupted run")
     if record.processes != cluster.world:
         raise CaitError(f"cannot resume: the interrupted run had {record.processes} processes and this one "
                         f"{cluster.world}; the global batch would change (start as many with torchrun)")

@@ -1,13 +1,14 @@
-"""What one compression run works with: its options (`CompressConfig`) and what it has loaded (`Job`).
+"""What one compression run works with: its options (`CompressConfig`), what it prepared before looking at
+its target (`Prepared`: model, data, latency table) and the run itself (`Job`).
 
 Kept apart from the orchestrator (compress.py) so the phases it calls (landing,
 training, calibration) depend on this, not on the orchestrator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,7 @@ from ..models.loading import LoadedModel
 from .data.batches import StepBatches, to_device
 from .data.sources import Batches
 from .distributed import Cluster
+from .measuring.measure import Reference
 from .measuring.runtimes import Forwards
 from .planning.latency import LatencyTable
 from .planning.plan import PlanConfig, ScoreFn
@@ -86,12 +88,20 @@ def resolved(cfg: CompressConfig, device: torch.device, world: int) -> CompressC
     return replace(cfg, batch_size=batch, lr=lr, compile=compile, replan=replan)
 
 
-@dataclass
-class Job:
-    """What one compression run works with once started: options, models, data, where it saves."""
+def no_reference() -> None:
+    return None
 
-    cfg: CompressConfig  # resolved: batch size, lr and compile concrete
-    progress: Progress
+
+# What Prepared.seconds times, by key
+LOADING, LATENCY_TABLE, REFERENCE = "model and data", "latency table", "the original on the held-out images"
+
+
+@dataclass(kw_only=True)
+class Prepared:
+    """What a compression works with before it looks at its target (compress.prepare makes it): the
+    model loaded, the data opened, the latency table timed, the planner's judge, the forwards the
+    original is timed with. A sweep prepares once and compresses every target with it."""
+
     device: torch.device
     cluster: Cluster  # the torchrun processes; one without torchrun
     loaded: LoadedModel
@@ -100,11 +110,27 @@ class Job:
     forwards: Forwards  # every timed forward, under the job's runtime; the original's built once
     bench_batch: int  # the batch every speed measurement runs
     amp: bool  # bf16 autocast, for training and every speed measurement (CUDA only)
-    run: RunDir
     batches: Optional[StepBatches] = None  # training batches; None without data
     val: Optional[Batches] = None  # held-out batches; None without them
     labels_note: Optional[str] = None  # why the data's labels are ignored, when they are
     score: Optional[ScoreFn] = None  # ranks candidate plans (first plan and re-plans); None: no data
+    # the original measured on `val` (accuracy, and its outputs that agreement is counted against):
+    # measured at the first call, then kept; None without held-out images
+    reference: Callable[[], Optional[Reference]] = no_reference
+    seconds: Dict[str, float] = field(default_factory=dict)  # wall time of each part of the preparation
+
+    def parts(self) -> Dict[str, Any]:
+        """The fields, for a Job made of them (shared, not copied: a sweep's jobs share one reference)."""
+        return {f.name: getattr(self, f.name) for f in fields(Prepared)}
+
+
+@dataclass(kw_only=True)
+class Job(Prepared):
+    """What one compression run works with once started: what was prepared, its options, where it saves."""
+
+    cfg: CompressConfig  # resolved: batch size, lr and compile concrete
+    progress: Progress
+    run: RunDir
     resumed: Optional[RunState] = None  # the training state an interrupted run saved (--resume)
     step_times: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # phase: StepTimes.to_dict(), for the report
 

@@ -98,7 +98,8 @@ def collate_skipping(samples: Sequence) -> Tuple[torch.Tensor, torch.Tensor, int
 
 
 class Batches:
-    """Iterate (images, labels) over a DataLoader of collate_skipping; count skipped images."""
+    """Iterate (images, labels) over a DataLoader of collate_skipping; count skipped images (those of the
+    latest pass: every pass reads the same images, so counting across passes would count each again)."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader, self.skipped = loader, 0
@@ -111,6 +112,7 @@ class Batches:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self.skipped = 0
         for images, labels, skipped in self.loader:
             self.skipped += skipped
             if len(images):

@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -195,21 +195,48 @@ def logits_of(output) -> torch.Tensor:
     return output
 
 
-@torch.inference_mode()
+@dataclass
+class Reference:
+    """A model measured once on held-out images: its accuracy, and its outputs batch by batch (kept on
+    the CPU), which the agreement of other models is counted against without running it again."""
+
+    accuracy: AccuracyResult
+    outputs: List[torch.Tensor]  # per batch of the loader, in its order: logits, or a headless model's features
+    headless: bool
+
+
+Baseline = Union[nn.Module, Reference]  # what agreement is counted against: a model run alongside, or its record
+
+
 def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *,
-                     baseline: Optional[nn.Module] = None, amp: bool = False,
+                     baseline: Optional[Baseline] = None, amp: bool = False,
                      max_batches: Optional[int] = None) -> AccuracyResult:
-    """Top-1/top-5 on labelled images (label -1: unlabelled) and agreement with a baseline.
+    """Top-1/top-5 on labelled images (label -1: unlabelled) and agreement with a baseline (a model, or
+    a Reference measured on the same loader).
 
     Against a headless baseline (its output a feature, not logits) agreement of argmaxes means
     nothing: the mean cosine of the two pooled features is measured instead.
     """
+    return _accuracy(model, loader, device, baseline, amp, max_batches)[0]
+
+
+def measure_reference(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = False) -> Reference:
+    """`model`'s accuracy on `loader` and its outputs, for agreement counted later (one pass)."""
+    accuracy, outputs = _accuracy(model, loader, device, None, amp, None, keep_outputs=True)
+    return Reference(accuracy, outputs, is_headless(model))
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, loader: Iterable, device: torch.device, baseline: Optional[Baseline], amp: bool,
+              max_batches: Optional[int], keep_outputs: bool = False) -> Tuple[AccuracyResult, List[torch.Tensor]]:
     model.eval()
-    if baseline is not None:
+    if isinstance(baseline, nn.Module):
         baseline.eval()
-    headless = baseline is not None and is_headless(baseline)
+    recorded = isinstance(baseline, Reference)
+    headless = baseline.headless if recorded else baseline is not None and is_headless(baseline)
     n = labelled = correct1 = correct5 = agree = 0
     cosine = 0.0
+    outputs: List[torch.Tensor] = []
     autocast = amp and device.type == "cuda"
     for i, (images, labels) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -217,7 +244,12 @@ def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = logits_of(model(images)).float()
-            reference = logits_of(baseline(images)).float() if baseline is not None else None
+            if recorded:
+                reference = baseline.outputs[i].to(device)
+            else:
+                reference = logits_of(baseline(images)).float() if baseline is not None else None
+        if keep_outputs:
+            outputs.append(logits.cpu())
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         known = labels >= 0
         labelled += int(known.sum())
@@ -238,7 +270,7 @@ def measure_accuracy(model: nn.Module, loader: Iterable, device: torch.device, *
         agreement=agree / n if baseline is not None and not headless else None,
         feature_cosine=cosine / n if headless else None,
         skipped=int(getattr(loader, "skipped", 0)),
-    )
+    ), outputs
 
 
 def count_params(model: nn.Module) -> Optional[int]:

@@ -13,10 +13,12 @@ from ...method.cost import model_macs
 from ..reports.parts import ModelSide, Speedup, Timing
 from .measure import (
     AccuracyResult,
+    Reference,
     SpeedConfig,
     StopRule,
     count_params,
     measure_accuracy,
+    measure_reference,
     measure_throughput,
     paired_speedup,
     speedup_estimate,
@@ -87,8 +89,11 @@ class Comparison:
 
 def measure_models(base: nn.Module, compressed: nn.Module, val, device: torch.device, batch: int,
                    amp: bool, forwards: Optional[Forwards] = None,
-                   band: Optional[Tuple[float, float]] = None) -> Comparison:
-    """Speed (interleaved), params, MACs and, with held-out images, accuracy of both models."""
+                   band: Optional[Tuple[float, float]] = None, reference: Optional[Reference] = None) -> Comparison:
+    """Speed (interleaved), params, MACs and, with held-out images, accuracy of both models.
+
+    reference: the original already measured on `val` (measure_reference), e.g. once for a sweep's
+    every target; None: measured here."""
     least, most = FINAL_REPEATS
     cfg = SpeedConfig(batch_size=batch, amp=amp, repeats=most, runtime=forwards.runtime if forwards else "eager")
     stop = band_stop("compressed", "original", band, least) if band else None
@@ -96,8 +101,9 @@ def measure_models(base: nn.Module, compressed: nn.Module, val, device: torch.de
                                forwards, stop)
     accuracy: Dict[str, Optional[AccuracyResult]] = {"original": None, "compressed": None}
     if val is not None:
-        accuracy["original"] = measure_accuracy(base, val, device, amp=amp)
-        accuracy["compressed"] = measure_accuracy(compressed, val, device, baseline=base, amp=amp)
+        reference = reference or measure_reference(base, val, device, amp=amp)
+        accuracy["original"] = reference.accuracy
+        accuracy["compressed"] = measure_accuracy(compressed, val, device, baseline=reference, amp=amp)
     sides = {name: ModelSide.measured(count_params(model), model_macs(model), speed[name], accuracy[name])
              for name, model in (("original", base), ("compressed", compressed))}
     skipped = accuracy["compressed"].skipped if accuracy["compressed"] else 0

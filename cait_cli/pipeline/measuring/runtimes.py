@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, Tuple
@@ -96,6 +97,7 @@ class Forwards:
         self.runtime, self.amp = runtime, amp
         self._inputs: Dict[Tuple, torch.Tensor] = {}
         self._built: Dict[Tuple, Tuple[nn.Module, Forward]] = {}
+        self._build_seconds: Dict[int, float] = {}  # id(model): wall time its forwards took to build
 
     def images(self, batch: int, input_size: Tuple[int, ...], dtype: torch.dtype,
                device: torch.device) -> torch.Tensor:
@@ -107,12 +109,19 @@ class Forwards:
     def of(self, model: nn.Module, images: torch.Tensor) -> Forward:
         key = (id(model), tuple(images.shape), images.dtype, str(images.device))
         if key not in self._built:  # the model is held too, so its id is not reused while cached
+            start = time.perf_counter()
             self._built[key] = (model, build_forward(model, images, self.runtime, self.amp))
+            self._build_seconds[id(model)] = self.build_seconds(model) + time.perf_counter() - start
         return self._built[key][1]
 
+    def build_seconds(self, model: nn.Module) -> float:
+        """How long building `model`'s forwards took (compiling, capturing, exporting; 0 if none were)."""
+        return self._build_seconds.get(id(model), 0.0)
+
     def forget(self, model: nn.Module) -> None:
-        """Drop `model`'s forwards (a landing attempt that will not be timed again)."""
+        """Drop `model`'s forwards (a model that will not be timed again)."""
         self._built = {k: v for k, v in self._built.items() if v[0] is not model}
+        self._build_seconds.pop(id(model), None)
 
 
 def _autocast(images: torch.Tensor, amp: bool, cache: bool = True):

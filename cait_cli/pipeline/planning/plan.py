@@ -218,9 +218,8 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     if cfg.target < 1.0:
         raise CaitError(f"--target-speedup must be at least 1.0, got {cfg.target}")
     speed = speed or SpeedModel(model, table, cfg.multiple)
-    schedules = candidate_schedules(speed.depth, speed.grid) if cfg.merge else [[]]
-    min_keep = cfg.min_keep if cfg.prune else 1.0
-    max_keep = cfg.max_keep if cfg.prune else 1.0
+    schedules = _schedules(speed, cfg)
+    min_keep, max_keep = _keep_range(cfg)
     goal = cfg.target * cfg.margin
     feasible = []
     for schedule in schedules:
@@ -229,10 +228,7 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
             predicted = speed.speedup(schedule, keep)
             feasible.append((predicted, keep, schedule))
     if not feasible:
-        best = max(speed.speedup(s, min_keep) for s in schedules)
-        floor = f" keeping at least {min_keep:.0%} of the channels" if min_keep > PlanConfig.min_keep else ""
-        raise CaitError(f"a {cfg.target:g}x speedup is beyond what this model can reach on this device{floor} "
-                        f"(about {best:.2f}x at most)")
+        raise beyond_reach(f"a {cfg.target:g}x speedup is", fastest(model, table, cfg, speed), cfg)
     # a plan that overshoots is never preferred over one that lands
     landing = [c for c in feasible if c[0] <= cfg.target * cfg.ceiling]
     if not landing:
@@ -242,6 +238,29 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     best_score, predicted, keep, schedule = min(scored, key=lambda c: c[0])
     return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
                 best_score if score else None)
+
+
+def _schedules(speed: SpeedModel, cfg: PlanConfig) -> List[List[MergeStep]]:
+    return candidate_schedules(speed.depth, speed.grid) if cfg.merge else [[]]
+
+
+def _keep_range(cfg: PlanConfig) -> Tuple[float, float]:
+    """The kept share of the gated channel MACs a plan may take: (least, most)."""
+    return (cfg.min_keep, cfg.max_keep) if cfg.prune else (1.0, 1.0)
+
+
+def fastest(model: nn.Module, table: LatencyTable, cfg: PlanConfig, speed: Optional[SpeedModel] = None) -> float:
+    """The speedup predicted for the fastest plan cfg allows (its method, its channel floor): make_plan
+    refuses a target whose cfg.target x cfg.margin lies above it (cfg.target itself does not matter)."""
+    speed = speed or SpeedModel(model, table, cfg.multiple)
+    return max(speed.speedup(s, _keep_range(cfg)[0]) for s in _schedules(speed, cfg))
+
+
+def beyond_reach(what: str, best: float, cfg: PlanConfig) -> CaitError:
+    """The one line that refuses targets above `best` ("a 3x speedup is", "2.5x and 3x are")."""
+    min_keep = _keep_range(cfg)[0]
+    floor = f" keeping at least {min_keep:.0%} of the channels" if min_keep > PlanConfig.min_keep else ""
+    return CaitError(f"{what} beyond what this model can reach on this device{floor} (about {best:.2f}x at most)")
 
 
 def _least_change(candidate: Candidate) -> tuple:
