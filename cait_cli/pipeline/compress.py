@@ -124,7 +124,6 @@ def compress(cfg: CompressConfig, progress: Progress | None = None,
 def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device,
               prepared: Optional[Prepared]) -> CompressResult:
     on_main(cluster, lambda: (check_config(cfg), resolve_runtime(cfg.runtime, device)))  # before any slow work
-    keep_freed_memory()  # the whole run, trained and timed alike, keeps freed memory (allocator.py)
     lr_rule = "as given" if cfg.lr is not None else "1e-4 x global batch / 64 (linear)"
     cfg = resolved(cfg, device, cluster.world)  # batch, lr, compile: what runs, recorded and compared on resume
     run = RunDir.beside(cfg.out, writes=cluster.is_main)
@@ -153,6 +152,7 @@ def _compress(cfg: CompressConfig, progress: Progress, cluster: Cluster, device:
 def prepare(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: torch.device) -> Prepared:
     """What a run needs before it looks at its target: the model, the data, the latency table, the
     planner's judge; `seconds` says how long each took. cfg: resolved (batch size concrete)."""
+    keep_freed_memory()  # the whole run (a sweep's too), trained and timed alike (allocator.py)
     torch.manual_seed(cfg.seed)  # random weights (--weights random) are the seed's
     start = time.perf_counter()
     loaded = main_first(cluster, lambda: load_model(cfg.model, cfg.weights))  # one download, then the cache
