@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -18,6 +19,7 @@ from ..method.block import IMPORTANCE_SOURCES
 from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
+from ..models.onnx_model import is_onnx_path
 from ..models.spec import CaitSpec
 from .data.batches import StepBatches
 from .data.device_decode import DECODES, training_batches
@@ -32,7 +34,7 @@ from .distributed import (
     total,
 )
 from .job import CompressConfig, Job, resolved
-from .measuring.measure import resolve_device
+from .measuring.measure import is_headless, resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
 from .phases import calibrated_student, finetune, landed
@@ -44,6 +46,8 @@ from .planning.scoring import kl_score
 from .progress import Progress, Silent
 from .reports.compress import CompressReport, Training
 from .state import RunDir, RunRecord, RunState
+from .training.distill import DISTILL_KINDS
+from .training.teacher import ORIGINAL, check_student, check_teacher, check_token_teacher, input_note
 from .training.train import loss_name
 
 
@@ -88,6 +92,12 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--workers must be 0 or more")
     if cfg.importance is not None and cfg.importance not in IMPORTANCE_SOURCES:
         raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
+    if cfg.distill not in DISTILL_KINDS:
+        raise CaitError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {cfg.distill!r}")
+    if not 0 <= cfg.token_distill < math.inf:
+        raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
+    if cfg.teacher is not None and is_onnx_path(cfg.teacher):
+        raise CaitError(f"--teacher {cfg.teacher} is an exported ONNX file; pass the checkpoint or model it came from")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan is not None:
         read_plan(Path(cfg.plan))  # a missing or unreadable --plan, before the latency table is timed
@@ -145,6 +155,7 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
     if loaded.is_compressed:
         raise CaitError(f"{cfg.model} is already compressed; compress its original model instead")
     base = loaded.model.to(device).eval()
+    teacher = _teacher(cfg, base, progress, cluster, device)
     data_cfg = resolve_data_config(base)
     bundle = _open_data(cfg, data_cfg, base) if cfg.data else None
     batches = None if bundle is None else training_batches(
@@ -160,11 +171,31 @@ def _start(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: to
                                  amp=amp, runtime=runtime)
 
     scored = batches is not None and cfg.weights == "pretrained"
-    return Job(cfg=cfg, progress=progress, device=device, cluster=cluster, loaded=loaded, base=base,
+    return Job(cfg=cfg, progress=progress, device=device, cluster=cluster, loaded=loaded, base=base, teacher=teacher,
                table=on_main(cluster, timed_table), forwards=Forwards(runtime, amp), bench_batch=bench_batch, amp=amp,
                run=run, batches=batches, val=bundle.val if bundle else None,
                labels_note=bundle.why_unlabelled if bundle else None,
                score=_kl_score(base, batches, device, cfg.channel_multiple) if scored else None, resumed=resumed)
+
+
+def _teacher(cfg: CompressConfig, base: nn.Module, progress: Progress, cluster: Cluster,
+             device: torch.device) -> nn.Module:
+    """What the student learns from: the original, or --teacher's model once checked against it."""
+    check_student(base, cfg.teacher, cfg.distill, cfg.token_distill)
+    if cfg.teacher is None:
+        return base
+    try:
+        loaded = main_first(cluster, lambda: load_model(cfg.teacher, require_vit=False))
+    except CaitError as err:
+        raise CaitError(f"--teacher: {err}") from err
+    teacher = loaded.model.to(device).eval()
+    check_teacher(teacher, base, cfg.teacher, device)
+    if cfg.token_distill > 0:
+        check_token_teacher(teacher, base, cfg.teacher)
+    note = input_note(teacher, base, cfg.teacher)
+    if note:
+        progress.message(note)
+    return teacher
 
 
 def _workers(cfg: CompressConfig) -> int:
@@ -220,8 +251,10 @@ def _training(job: Job, record: RunRecord) -> Training:
     cfg = job.cfg
     return Training(batch_size_per_process=cfg.batch_size, processes=job.cluster.world, augment=cfg.augment,
                     labels="not applicable" if job.labels_note else ("used" if job.batches else None),
-                    labels_note=job.labels_note, loss=loss_name(job.base), lr=cfg.lr, lr_rule=record.lr_rule,
-                    compile=cfg.compile, decode=job.decode, steps=job.step_times)
+                    labels_note=job.labels_note, loss=loss_name(job.base, cfg.distill), lr=cfg.lr,
+                    lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
+                    teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
+                    token_distill=cfg.token_distill)
 
 
 def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -230,7 +263,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
                 "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-                "plan")
+                "plan", "teacher", "distill", "token_distill")
 
 
 def _check_resumable(record: RunRecord, cfg: CompressConfig, cluster: Cluster) -> None:

@@ -79,7 +79,7 @@ def _train(job: "Job", record: RunRecord, student: nn.Module, tcfg: TrainConfig,
         job.run.save(replace(state, gated=gated, keep=None if gated is None else record.plan.keep), record)
 
     try:
-        times = run_phase(student, job.base, job.batches, tcfg, job.device, phase=phase, cluster=job.cluster,
+        times = run_phase(student, job.teacher, job.batches, tcfg, job.device, phase=phase, cluster=job.cluster,
                           compile=bool(job.cfg.compile), checkpoint=checkpoint,
                           checkpoint_every=job.cfg.checkpoint_every, progress=job.progress,
                           before_step=before_step, resume=job.resumed)
