@@ -12,10 +12,12 @@ from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny
 from typer.testing import CliRunner
 
 from cait_cli.errors import CaitError
+from cait_cli.interface.card import model_card
 from cait_cli.interface.cli import app
 from cait_cli.method.atme import alternating_schedule, cell_means, grid_after, unmerge
 from cait_cli.method.model import patch_vit
 from cait_cli.models.loading import load_model
+from cait_cli.pipeline.reports.compress import CompressReport
 from cait_cli.pipeline.training.distill import WithTokens, hard_loss, merge_axes, merged_tokens, soft_loss
 from cait_cli.pipeline.training.teacher import check_teacher, check_token_teacher
 from cait_cli.pipeline.training.train import distill_loss, distill_outputs, objective
@@ -188,3 +190,6 @@ def test_compress_with_another_teacher_and_token_distillation_names_both(assets,
     assert json.loads((tmp_path / "r.json").read_text())["training"] == training
     said = " ".join(output.split())  # the terminal wraps long lines
     assert f"distilled from {assets['same']}: soft and hard" in said and "tokens x 0.5" in said
+    config = json.loads((tmp_path / "o.cait" / "config.json").read_text())
+    report = CompressReport.from_json(json.loads((tmp_path / "o.cait" / "report.json").read_text()))
+    assert f"distillation from `{assets['same']}`" in " ".join(model_card(config, report, "org/o").split())
