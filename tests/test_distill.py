@@ -180,16 +180,19 @@ def test_a_teacher_that_cannot_teach_is_one_line_and_nothing_is_written(assets, 
 
 
 def test_compress_with_another_teacher_and_token_distillation_names_both(assets, tmp_path):
+    # --max-keep 0.8: the plan prunes, so both phases train; --schedule continuous: one stream across them
     code, output = compress_cli(assets, tmp_path / "o.cait", "--teacher", assets["same"], "--distill", "both",
-                                "--token-distill", "0.5", "--json", tmp_path / "r.json")
+                                "--token-distill", "0.5", "--json", tmp_path / "r.json", "--max-keep", "0.8",
+                                "--schedule", "continuous")
     assert code in (0, 3), output  # 3: the measured speed missed the target (this machine's load, not the test)
     training = json.loads((tmp_path / "o.cait" / "report.json").read_text())["training"]
     assert training["teacher"] == assets["same"] and training["distill"] == "both"
     assert training["token_distill"] == 0.5 and training["loss"] == "kl_logits+ce_teacher_top1"
-    assert training["steps"]  # it trained
+    assert set(training["steps"]) == {"calibrate", "finetune"} and training["schedule"] == "continuous"
     assert json.loads((tmp_path / "r.json").read_text())["training"] == training
     said = " ".join(output.split())  # the terminal wraps long lines
     assert f"distilled from {assets['same']}: soft and hard" in said and "tokens x 0.5" in said
+    assert "one stream of batches (none seen twice)" in said
     config = json.loads((tmp_path / "o.cait" / "config.json").read_text())
     report = CompressReport.from_json(json.loads((tmp_path / "o.cait" / "report.json").read_text()))
     assert f"distillation from `{assets['same']}`" in " ".join(model_card(config, report, "org/o").split())

@@ -152,6 +152,9 @@ def compress(
                                         "between the student's final tokens and the teacher's averaged over the "
                                         "cells each merged token covers; 0 is off; needs a teacher of the model's "
                                         "width and patch grid (the original)"),
+    schedule: str = typer.Option(COMPRESS["schedule"], help="phases: calibration and fine-tuning each start from "
+                                 "the first batch with their own warm-up and cosine; continuous: fine-tuning's "
+                                 "batches follow calibration's (none seen twice) under one warm-up and cosine"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""

@@ -122,6 +122,9 @@ def print_compress_report(console: Console, report: CompressReport, out: Optiona
     distilled = distillation_line(training) if training is not None else None
     if distilled:
         console.print(distilled, highlight=False)
+    if training is not None and training.schedule == "continuous" and len(training.steps) > 1:
+        console.print("calibration and fine-tuning: one stream of batches (none seen twice) under one warm-up and "
+                      "cosine", highlight=False)
     if training is not None and training.loss == FEATURE_LOSS:
         console.print("headless model (no classifier): distilled on features, 1 - cosine of the final tokens on "
                       "the full patch grid plus 1 - cosine of the pooled feature", highlight=False)

@@ -37,7 +37,7 @@ from .job import CompressConfig, Job, resolved
 from .measuring.measure import is_headless, resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
-from .phases import calibrated_student, finetune, landed
+from .phases import SCHEDULES, calibrated_student, finetune, landed
 from .planning.landing import band
 from .planning.latency import LatencyTable, calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
@@ -96,6 +96,8 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {cfg.distill!r}")
     if not 0 <= cfg.token_distill < math.inf:
         raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
+    if cfg.schedule not in SCHEDULES:
+        raise CaitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.teacher is not None and is_onnx_path(cfg.teacher):
         raise CaitError(f"--teacher {cfg.teacher} is an exported ONNX file; pass the checkpoint or model it came from")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
@@ -254,7 +256,7 @@ def _training(job: Job, record: RunRecord) -> Training:
                     labels_note=job.labels_note, loss=loss_name(job.base, cfg.distill), lr=cfg.lr,
                     lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
                     teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
-                    token_distill=cfg.token_distill)
+                    token_distill=cfg.token_distill, schedule=cfg.schedule)
 
 
 def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -263,7 +265,7 @@ def _jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 _RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
                 "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-                "plan", "teacher", "distill", "token_distill")
+                "plan", "teacher", "distill", "token_distill", "schedule")
 
 
 def _check_resumable(record: RunRecord, cfg: CompressConfig, cluster: Cluster) -> None:

@@ -62,6 +62,7 @@ class CompressConfig:
     teacher: Optional[str] = None  # what the student learns from: any model cait loads, of its classes; None: the original
     distill: str = "soft"  # how the teacher's logits teach: soft (KL), hard (CE to its top-1), both (their mean)
     token_distill: float = 0.0  # weight of the teacher's tokens averaged onto the merged grid (1 - cosine); 0: off
+    schedule: str = "phases"  # each phase its own batches from the first, warm-up and cosine; "continuous": one of each
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
         return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
@@ -117,6 +118,10 @@ class Job:
         """Where training images are decoded: "cpu" (loader workers) or "gpu" (device_decode)."""
         return "gpu" if self.batches is not None and self.batches.finish is not to_device else "cpu"
 
-    def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
-        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10),
-                           distill=self.cfg.distill, token_weight=self.cfg.token_distill)
+    def train_config(self, steps: int, warmup_cap: int, before: int = 0,
+                     run_steps: Optional[int] = None) -> TrainConfig:
+        """A phase of `steps`; `before` and `run_steps` (the steps before it and in the whole run): its
+        batches and learning rate follow on from the phases before (--schedule continuous)."""
+        warmup = min(warmup_cap, (run_steps or steps) // 10)
+        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=warmup, distill=self.cfg.distill,
+                           token_weight=self.cfg.token_distill, before=before, schedule_steps=run_steps)

@@ -55,7 +55,8 @@ def run_phase(student: nn.Module, teacher: nn.Module, batches: StepBatches, tcfg
     done = start  # steps whose update is in the weights
     try:
         with sigterm_raises():
-            for step, (images, labels) in batches.iterate(start, tcfg.steps, device):
+            for batch, (images, labels) in batches.iterate(tcfg.before + start, tcfg.before + tcfg.steps, device):
+                step = batch - tcfg.before  # the phase's step (batch: the run's, after the phases before)
                 if before_step is not None:
                     before_step(step)
                 loss = train_step(images, labels, optimizer, tcfg, step)

@@ -43,6 +43,8 @@ class TrainConfig:
     ce_weight: float = 1.0
     distill: str = "soft"  # how the teacher's logits teach: distill.DISTILL_KINDS
     token_weight: float = 0.0  # weight of token distillation on the merged grid; 0: off
+    before: int = 0  # steps the run trained before this phase: its batches and lr schedule go on from there
+    schedule_steps: Optional[int] = None  # steps the lr schedule spans from the run's start; None: this phase's
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -122,10 +124,12 @@ def _all_on_cuda(params: list) -> bool:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero."""
+    """Linear warm-up, then cosine decay to zero, over the phase's steps, or from the run's start over
+    cfg.schedule_steps (step: the phase's; cfg.before steps came before it)."""
+    step, steps = step + cfg.before, cfg.schedule_steps or cfg.steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
