@@ -12,6 +12,7 @@ from __future__ import annotations
 from .errors import CaitError
 from .version import __version__
 from .models import registry as _registry  # noqa: F401  (registers cait_vit with timm)
+from .models import convnet as _convnet  # noqa: F401  (registers cait_grey_convnet, the reference's teacher)
 from .models.loading import LoadedModel, load_model
 from .api import compress, evaluate, export, push, sweep  # (the public entry points)
 from .pipeline.compress import CompressResult

@@ -14,29 +14,11 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from cait_cli.atomic import atomic_file
+from cait_cli.models.convnet import GreyConvNet
 
-
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class ConvTeacher(nn.Module):
-    """(B, 3, 56, 56) normalised images -> (B, 10) logits; 28 -> 14 -> 7 feature maps."""
-
-    def __init__(self, width: int = 32, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            conv_bn(1, width), conv_bn(width, width), nn.MaxPool2d(2),              # 28 -> 14
-            conv_bn(width, 2 * width), conv_bn(2 * width, 2 * width), nn.MaxPool2d(2),  # 14 -> 7
-            conv_bn(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2))
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x[:, :1], 2)  # the grey channel at 28x28
-        return self.head(self.features(x))
+ConvTeacher = GreyConvNet  # in the library, so `cait compress --teacher` loads the saved file
 
 
 def train_teacher(batches: Callable[[int], Iterator], steps_per_epoch: int, epochs: int,

@@ -15,6 +15,7 @@ import torch._dynamo
 from cait_cli.method.atme import MergeStep
 from cait_cli.pipeline.training.calibrate import apply_budget, gated_student
 from cait_cli.pipeline.training.compiled import Step, compiled_graphs
+from cait_cli.pipeline.training.distill import merge_axes
 from cait_cli.pipeline.training.train import LogitsOnly, TrainConfig, make_optimizer
 from tests.support import tiny_vit
 
@@ -26,10 +27,12 @@ def _batch(step: int):
     return torch.randn(4, 3, 32, 32, generator=generator), torch.randint(0, 7, (4,), generator=generator)
 
 
-def _losses(base, student, compile: bool, steps: int = 3, keep=None, warn=print, backend=BACKEND):
-    cfg = TrainConfig(steps=steps, lr=1e-3)
+def _losses(base, student, compile: bool, steps: int = 3, keep=None, warn=print, backend=BACKEND, **distill):
+    cfg = TrainConfig(steps=steps, lr=1e-3, **distill)
     optimizer = make_optimizer(student, cfg)
-    step_fn = Step(LogitsOnly(student).train(), base, compile=compile, warn=warn, backend=backend)
+    tokens_on = merge_axes(student) if cfg.token_weight else None  # as run_phase wraps them
+    step_fn = Step(LogitsOnly(student, tokens_on).train(), base, compile=compile, warn=warn, backend=backend,
+                   tokens_on=tokens_on)
     losses = []
     for step in range(steps):
         if keep is not None:
@@ -49,6 +52,15 @@ def test_compiled_losses_match_eager():
     compiled, step = _losses(base, _gated(base), compile=True)
     assert step.times.compiled and step.times.fallback is None
     assert step.times.compile_steps >= 1 and step.times.compile_seconds > 0
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_token_distillation_compiles_to_the_same_losses():
+    torch._dynamo.reset()
+    base = tiny_vit()
+    eager, _ = _losses(base, _gated(base), compile=False, keep=0.5, distill="both", token_weight=0.5)
+    compiled, step = _losses(base, _gated(base), compile=True, keep=0.5, distill="both", token_weight=0.5)
+    assert step.times.compiled and step.times.fallback is None
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 

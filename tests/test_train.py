@@ -4,7 +4,8 @@ from support import tiny_vit
 
 from cait_cli.method.cdcp import attach_gates
 from cait_cli.method.model import patch_vit
-from cait_cli.pipeline.training.train import TrainConfig, make_optimizer
+from cait_cli.pipeline.training.loop import run_phase
+from cait_cli.pipeline.training.train import TrainConfig, lr_factor, make_optimizer
 
 
 def gated_vit() -> torch.nn.Module:
@@ -71,3 +72,32 @@ def test_sigterm_raises_only_inside_the_block_and_only_on_the_main_thread():
     thread.start()
     thread.join()
     assert not failed and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_continuous_schedule_is_one_warm_up_and_cosine_across_the_phases():
+    whole = TrainConfig(steps=10, warmup_steps=2)
+    calibrate = TrainConfig(steps=4, warmup_steps=2, schedule_steps=10)
+    finetune = TrainConfig(steps=6, warmup_steps=2, before=4, schedule_steps=10)
+    phases = [lr_factor(s, calibrate) for s in range(4)] + [lr_factor(s, finetune) for s in range(6)]
+    assert phases == [lr_factor(s, whole) for s in range(10)]
+    assert lr_factor(0, TrainConfig(steps=6, warmup_steps=2)) < lr_factor(0, finetune)  # no second warm-up
+
+
+class RecordedBatches:
+    """Training batches that note which steps of the run were asked for."""
+
+    def __init__(self) -> None:
+        self.asked = []
+
+    def iterate(self, start, stop, device):
+        self.asked.append((start, stop))
+        for step in range(start, stop):
+            yield step, (torch.randn(2, 3, 32, 32), torch.full((2,), -1))
+
+
+def test_a_phase_after_others_takes_the_batches_after_theirs():
+    teacher = tiny_vit()
+    batches, seen = RecordedBatches(), []
+    run_phase(patch_vit(tiny_vit()), teacher, batches, TrainConfig(steps=3, before=5, schedule_steps=8),
+              torch.device("cpu"), phase="finetune", before_step=seen.append)
+    assert batches.asked == [(5, 8)] and seen == [0, 1, 2]  # the run's batches 5-7, the phase's steps 0-2

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from ..pipeline.reports.compress import CompressReport
 from ..pipeline.reports.export import ExportReport, Int8Report, OnnxCheck
+from ..pipeline.training.teacher import ORIGINAL
 
 TAGS = ["image-classification", "timm", "cait", "vision-transformer", "token-merging", "pruning"]
 
@@ -160,7 +161,7 @@ every attention head, then slices the weights into smaller layers.
 ## How it was made
 
 `cait compress` planned a merge schedule and channel budget from latencies measured on the
-device, learned the channel scores with distillation from the original model, slimmed the
+device, learned the channel scores with distillation from {_teacher(report)}, slimmed the
 weights and fine-tuned the result. The plan and all measurements are in `report.json`.
 
 ## How to use
@@ -179,6 +180,14 @@ features = model.forward_grid(images)  # (B, C, H', W') patch features on the me
 dense = model.unmerge(features)        # back to the full token grid, for dense heads
 ```
 {onnx_section(config, onnx, repo_id)}{int8_section(int8)}"""
+
+
+def _teacher(report: Optional[CompressReport]) -> str:
+    """The model the compressed one learned from, as report.json's training names it."""
+    training = report.training if report is not None else None
+    if training is None or training.teacher in (None, ORIGINAL):
+        return "the original model"
+    return f"`{training.teacher}`"
 
 
 def _int8_method(int8: Int8Report) -> str:

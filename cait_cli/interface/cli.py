@@ -144,6 +144,20 @@ def compress(
     min_keep: float = typer.Option(COMPRESS["min_keep"], help="CDCP keeps at least this fraction of the prunable "
                                    "channel MACs (e.g. 0.9: prune at most 10%, merge more); 0.25 is the planner's "
                                    "floor"),
+    teacher: Optional[str] = typer.Option(COMPRESS["teacher"], help="the model to distil from (default: the "
+                                          "original): a timm name, hf-hub:ORG/NAME, a checkpoint folder or a "
+                                          ".safetensors file with its config.json; it must predict the model's "
+                                          "classes"),
+    distill: str = typer.Option(COMPRESS["distill"], help="what the teacher's logits teach: soft (KL to its "
+                                "probabilities), hard (cross-entropy to its top-1 class, as DeiT) or both (their "
+                                "mean); cross-entropy on the labels is added where they are the model's classes"),
+    token_distill: float = typer.Option(COMPRESS["token_distill"], help="weight of token distillation: 1 - cosine "
+                                        "between the student's final tokens and the teacher's averaged over the "
+                                        "cells each merged token covers; 0 is off; needs a teacher of the model's "
+                                        "width and patch grid (the original)"),
+    schedule: str = typer.Option(COMPRESS["schedule"], help="phases: calibration and fine-tuning each start from "
+                                 "the first batch with their own warm-up and cosine; continuous: fine-tuning's "
+                                 "batches follow calibration's (none seen twice) under one warm-up and cosine"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report here"),
 ) -> None:
     """Compress a ViT to a target speedup: plan, CDCP calibration, slimming, fine-tuning, export."""

@@ -7,11 +7,12 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from ..pipeline.reports.compress import CompressReport
+from ..pipeline.reports.compress import CompressReport, Training
 from ..pipeline.reports.evaluate import EvalReport
 from ..pipeline.reports.export import ExportReport, ExportSide, Int8Report
 from ..pipeline.reports.parts import ModelSide, Timing
 from ..pipeline.reports.sweep import SweepReport
+from ..pipeline.training.teacher import ORIGINAL
 from ..pipeline.training.train import FEATURE_LOSS
 
 DASH = "—"
@@ -91,6 +92,25 @@ def landing_line(report: CompressReport) -> str:
             f"{first.measured:.2f}x, predicted {first.predicted:.2f}x ({report.first_prediction_error:+.0%})")
 
 
+DISTILL_WORDS = {"soft": "soft (KL to its probabilities)", "hard": "hard (cross-entropy to its top-1 class)",
+                 "both": "soft and hard (the mean of KL to its probabilities and cross-entropy to its top-1 class)"}
+
+
+def distillation_line(training: Training) -> Optional[str]:
+    """Which teacher trained the model and how; None when it was not trained on logits (no data,
+    a headless model, or a report from before the teacher was recorded)."""
+    if not training.steps or training.distill is None:
+        return None
+    teacher = "the original" if training.teacher in (None, ORIGINAL) else training.teacher
+    line = f"distilled from {teacher}: {DISTILL_WORDS.get(training.distill, training.distill)}"
+    if training.labels == "used":
+        line += ", plus cross-entropy on the labels"
+    if training.token_distill:
+        line += (f"; tokens x {training.token_distill:g} (1 - cosine to its final tokens averaged over the cells "
+                 "of each merged token)")
+    return line
+
+
 def print_compress_report(console: Console, report: CompressReport, out: Optional[Path]) -> None:
     training = report.training
     unlabelled = training is not None and training.labels == NOT_APPLICABLE
@@ -100,6 +120,12 @@ def print_compress_report(console: Console, report: CompressReport, out: Optiona
         console.print(landing_line(report), highlight=False)
     if unlabelled:
         console.print(training.labels_note, highlight=False)
+    distilled = distillation_line(training) if training is not None else None
+    if distilled:
+        console.print(distilled, highlight=False)
+    if training is not None and training.schedule == "continuous" and len(training.steps) > 1:
+        console.print("calibration and fine-tuning: one stream of batches (none seen twice) under one warm-up and "
+                      "cosine", highlight=False)
     if training is not None and training.loss == FEATURE_LOSS:
         console.print("headless model (no classifier): distilled on features, 1 - cosine of the final tokens on "
                       "the full patch grid plus 1 - cosine of the pooled feature", highlight=False)

@@ -91,6 +91,20 @@ def patch_counts(grid: Tuple[int, int], axes: Sequence[Axis]) -> torch.Tensor:
     return counts.flatten()
 
 
+def cell_means(patches: torch.Tensor, grid: Tuple[int, int], axes: Sequence[Axis]) -> torch.Tensor:
+    """Full-grid patch tokens averaged over the cells each token of the merged grid covers.
+
+    patches: (B, H*W, C) on `grid` (H, W), row-major
+    axes:    the merge steps, in order
+    returns  (B, H'*W', C) on grid_after(grid, axes), row-major (the merged tokens' order)
+    """
+    sums = _to_grid(patches, grid)  # (B, H, W, C)
+    for axis in axes:
+        sums = _pair_sums(sums, axis)
+    counts = patch_counts(grid, axes).to(device=patches.device, dtype=patches.dtype)  # (H'*W',)
+    return sums.flatten(1, 2) / counts.view(1, -1, 1)
+
+
 def _to_grid(t: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """(B, H*W, D) -> (B, H, W, D)."""
     return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1])

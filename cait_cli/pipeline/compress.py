@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..method.block import IMPORTANCE_SOURCES
 from ..method.slim import slim
 from ..models.checkpoint import save_checkpoint
 from ..models.loading import LoadedModel, load_model
+from ..models.onnx_model import is_onnx_path
 from ..models.spec import CaitSpec
 from .data.batches import StepBatches
 from .data.device_decode import DECODES, training_batches
@@ -35,10 +37,10 @@ from .distributed import (
 )
 from .job import LATENCY_TABLE, LOADING, REFERENCE, CompressConfig, Job, Prepared, resolved
 from .measuring.allocator import keep_freed_memory
-from .measuring.measure import Reference, measure_reference, resolve_device
+from .measuring.measure import Reference, is_headless, measure_reference, resolve_device
 from .measuring.runtimes import Forwards, resolve_runtime
 from .measuring.report import measure_models
-from .phases import calibrated_student, finetune, landed
+from .phases import SCHEDULES, calibrated_student, finetune, landed
 from .planning.landing import band
 from .planning.latency import LatencyTable, calibrate_latency
 from .planning.plan import Plan, ScoreFn, describe_plan, make_plan
@@ -47,6 +49,8 @@ from .planning.scoring import kl_score
 from .progress import Progress, Silent
 from .reports.compress import CompressReport, Training
 from .state import RunDir, RunRecord, RunState
+from .training.distill import DISTILL_KINDS
+from .training.teacher import ORIGINAL, check_student, check_teacher, check_token_teacher, input_note
 from .training.train import loss_name
 
 
@@ -91,6 +95,14 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--workers must be 0 or more")
     if cfg.importance is not None and cfg.importance not in IMPORTANCE_SOURCES:
         raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
+    if cfg.distill not in DISTILL_KINDS:
+        raise CaitError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {cfg.distill!r}")
+    if not 0 <= cfg.token_distill < math.inf:
+        raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
+    if cfg.schedule not in SCHEDULES:
+        raise CaitError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.teacher is not None and is_onnx_path(cfg.teacher):
+        raise CaitError(f"--teacher {cfg.teacher} is an exported ONNX file; pass the checkpoint or model it came from")
     cfg.plan_config(cfg.target_speedup)  # refuses an unknown --method
     if cfg.plan is not None:
         read_plan(Path(cfg.plan))  # a missing or unreadable --plan, before the latency table is timed
@@ -159,6 +171,7 @@ def prepare(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: t
     if loaded.is_compressed:
         raise CaitError(f"{cfg.model} is already compressed; compress its original model instead")
     base = loaded.model.to(device).eval()
+    teacher = _teacher(cfg, base, progress, cluster, device)
     data_cfg = resolve_data_config(base)
     bundle = _open_data(cfg, data_cfg, base) if cfg.data else None
     batches = None if bundle is None else training_batches(
@@ -189,11 +202,31 @@ def prepare(cfg: CompressConfig, progress: Progress, cluster: Cluster, device: t
         return measured
 
     scored = batches is not None and cfg.weights == "pretrained"
-    return Prepared(device=device, cluster=cluster, loaded=loaded, base=base, table=table,
+    return Prepared(device=device, cluster=cluster, loaded=loaded, base=base, teacher=teacher, table=table,
                     forwards=Forwards(runtime, amp), bench_batch=bench_batch, amp=amp, batches=batches, val=val,
                     labels_note=bundle.why_unlabelled if bundle else None,
                     score=_kl_score(base, batches, device, cfg.channel_multiple) if scored else None,
                     reference=reference, seconds=seconds)
+
+
+def _teacher(cfg: CompressConfig, base: nn.Module, progress: Progress, cluster: Cluster,
+             device: torch.device) -> nn.Module:
+    """What the student learns from: the original, or --teacher's model once checked against it."""
+    check_student(base, cfg.teacher, cfg.distill, cfg.token_distill)
+    if cfg.teacher is None:
+        return base
+    try:
+        loaded = main_first(cluster, lambda: load_model(cfg.teacher, require_vit=False))
+    except CaitError as err:
+        raise CaitError(f"--teacher: {err}") from err
+    teacher = loaded.model.to(device).eval()
+    check_teacher(teacher, base, cfg.teacher, device)
+    if cfg.token_distill > 0:
+        check_token_teacher(teacher, base, cfg.teacher)
+    note = input_note(teacher, base, cfg.teacher)
+    if note:
+        progress.message(note)
+    return teacher
 
 
 def _workers(cfg: CompressConfig) -> int:
@@ -250,8 +283,10 @@ def _training(job: Job, record: RunRecord) -> Training:
     cfg = job.cfg
     return Training(batch_size_per_process=cfg.batch_size, processes=job.cluster.world, augment=cfg.augment,
                     labels="not applicable" if job.labels_note else ("used" if job.batches else None),
-                    labels_note=job.labels_note, loss=loss_name(job.base), lr=cfg.lr, lr_rule=record.lr_rule,
-                    compile=cfg.compile, decode=job.decode, steps=job.step_times)
+                    labels_note=job.labels_note, loss=loss_name(job.base, cfg.distill), lr=cfg.lr,
+                    lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
+                    teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
+                    token_distill=cfg.token_distill, schedule=cfg.schedule)
 
 
 def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -260,7 +295,7 @@ def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-               "plan")
+               "plan", "teacher", "distill", "token_distill", "schedule")
 
 
 def changed_options(saved: Dict[str, Any], cfg: CompressConfig, keys: Sequence[str] = RESUME_KEYS) -> List[str]:

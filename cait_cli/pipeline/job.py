@@ -61,6 +61,10 @@ class CompressConfig:
     max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
     min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
     importance: Optional[str] = None  # ATME's token importance: "cls" or "received"; None: "cls" where there is one
+    teacher: Optional[str] = None  # what the student learns from: any model cait loads, of its classes; None: the original
+    distill: str = "soft"  # how the teacher's logits teach: soft (KL), hard (CE to its top-1), both (their mean)
+    token_distill: float = 0.0  # weight of the teacher's tokens averaged onto the merged grid (1 - cosine); 0: off
+    schedule: str = "phases"  # each phase its own batches from the first, warm-up and cosine; "continuous": one of each
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
         return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
@@ -105,7 +109,8 @@ class Prepared:
     device: torch.device
     cluster: Cluster  # the torchrun processes; one without torchrun
     loaded: LoadedModel
-    base: nn.Module  # the original model: teacher and speed reference
+    base: nn.Module  # the original model: the speed reference
+    teacher: nn.Module  # what the student learns from: the original (base), or --teacher's model
     table: LatencyTable  # block latencies on this device, under the runtime: the planner's speed model
     forwards: Forwards  # every timed forward, under the job's runtime; the original's built once
     bench_batch: int  # the batch every speed measurement runs
@@ -139,5 +144,10 @@ class Job(Prepared):
         """Where training images are decoded: "cpu" (loader workers) or "gpu" (device_decode)."""
         return "gpu" if self.batches is not None and self.batches.finish is not to_device else "cpu"
 
-    def train_config(self, steps: int, warmup_cap: int) -> TrainConfig:
-        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=min(warmup_cap, steps // 10))
+    def train_config(self, steps: int, warmup_cap: int, before: int = 0,
+                     run_steps: Optional[int] = None) -> TrainConfig:
+        """A phase of `steps`; `before` and `run_steps` (the steps before it and in the whole run): its
+        batches and learning rate follow on from the phases before (--schedule continuous)."""
+        warmup = min(warmup_cap, (run_steps or steps) // 10)
+        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=warmup, distill=self.cfg.distill,
+                           token_weight=self.cfg.token_distill, before=before, schedule_steps=run_steps)

@@ -40,7 +40,7 @@ def calibrated_student(job: "Job", record: RunRecord) -> nn.Module:
         copy_from_main(job.cluster, scores)  # the same top-k masks on every rank, whatever the float noise
         apply_budget(student, step, steps, plan.keep)
 
-    _train(job, record, student, job.train_config(steps, 20), "calibrate", before_step=before_step)
+    _train(job, record, student, _phase_config(job, record, steps, "calibrate"), "calibrate", before_step=before_step)
     return student
 
 
@@ -68,8 +68,23 @@ def finetune(job: "Job", record: RunRecord, slim_model: nn.Module, gated: StateD
     if not record.calibrate and job.cfg.calib_steps:
         job.progress.message(f"the plan prunes no channels: fine-tuning takes calibration's {job.cfg.calib_steps} "
                              f"steps too ({steps} in all)")
-    _train(job, record, slim_model, job.train_config(steps, 50), "finetune", gated=gated)
+    _train(job, record, slim_model, _phase_config(job, record, steps, "finetune"), "finetune", gated=gated)
     return slim_model
+
+
+WARMUP_CAP = {"calibrate": 20, "finetune": 50}  # warm-up steps at most (a tenth of the steps below that)
+SCHEDULES = ("phases", "continuous")
+
+
+def _phase_config(job: "Job", record: RunRecord, steps: int, phase: str) -> TrainConfig:
+    """Each phase its own batches from the first, warm-up and cosine ("phases"); or, "continuous", one
+    warm-up and cosine over calibration and fine-tuning, fine-tuning's batches after calibration's (none
+    replayed). Without calibration fine-tuning is the whole run either way."""
+    cfg = job.cfg
+    if cfg.schedule != "continuous" or not record.calibrate or cfg.calib_steps == 0:
+        return job.train_config(steps, WARMUP_CAP[phase])
+    before = 0 if phase == "calibrate" else cfg.calib_steps
+    return job.train_config(steps, WARMUP_CAP["calibrate"], before, cfg.calib_steps + cfg.finetune_steps)
 
 
 def _train(job: "Job", record: RunRecord, student: nn.Module, tcfg: TrainConfig, phase: str,
@@ -79,7 +94,7 @@ def _train(job: "Job", record: RunRecord, student: nn.Module, tcfg: TrainConfig,
         job.run.save(replace(state, gated=gated, keep=None if gated is None else record.plan.keep), record)
 
     try:
-        times = run_phase(student, job.base, job.batches, tcfg, job.device, phase=phase, cluster=job.cluster,
+        times = run_phase(student, job.teacher, job.batches, tcfg, job.device, phase=phase, cluster=job.cluster,
                           compile=bool(job.cfg.compile), checkpoint=checkpoint,
                           checkpoint_every=job.cfg.checkpoint_every, progress=job.progress,
                           before_step=before_step, resume=job.resumed)

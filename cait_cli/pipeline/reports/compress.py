@@ -13,19 +13,23 @@ from .parts import JsonView, ModelSide, Speedup, Timing, from_keys
 
 @dataclass
 class Training:
-    """How the compressed model was trained: batch, processes, labels, loss, lr and step times."""
+    """How the compressed model was trained: batch, processes, labels, teacher, losses, lr and step times."""
 
     batch_size_per_process: Optional[int] = None
     processes: int = 1
     augment: bool = False
     labels: Optional[str] = None  # "used"; "not applicable" (labels_note says why); None: no data
     labels_note: Optional[str] = None
-    loss: Optional[str] = None  # train.LOGITS_LOSS or FEATURE_LOSS (a headless model)
+    loss: Optional[str] = None  # distill.LOGITS_LOSSES[distill] or train.FEATURE_LOSS (a headless model)
     lr: Optional[float] = None
     lr_rule: Optional[str] = None  # how lr was chosen: "as given" or the scaling rule
     compile: Optional[bool] = None
     decode: Optional[str] = None  # where training images were decoded: "cpu" or "gpu"
     steps: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # phase: its StepTimes.to_dict()
+    teacher: Optional[str] = None  # what the student learned from: "original", or the --teacher it loaded
+    distill: Optional[str] = None  # how the teacher's logits taught: soft, hard or both (None: headless, features)
+    token_distill: float = 0.0  # weight of the teacher's tokens averaged onto the merged grid; 0: off
+    schedule: Optional[str] = None  # "phases" (each its own batches, warm-up, cosine) or "continuous" (one of each)
 
     @property
     def global_batch(self) -> Optional[int]:

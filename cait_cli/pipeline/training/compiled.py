@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from torch._dynamo.utils import counters
 
+from ...method.atme import Axis
 from .train import LogitsOnly, TrainConfig, train_step
 
 RECOMPILE_LIMIT = 8  # graphs per compiled function: a phase needs 1-2; past this dynamo runs eagerly
@@ -71,14 +72,15 @@ class Step:
     """One training step of a phase: compiled when asked, eager otherwise or after a failure."""
 
     student: nn.Module  # what the loop trains: LogitsOnly(student), maybe DistributedDataParallel
-    teacher: nn.Module  # the original model
+    teacher: nn.Module  # what it learns from: the original model, or --teacher's
     compile: bool = False
     warn: Callable[[str], None] = print
     backend: str = "inductor"
     times: StepTimes = field(default_factory=StepTimes)
+    tokens_on: Optional[Sequence[Axis]] = None  # the student's merge axes, for token distillation; None: off
 
     def __post_init__(self) -> None:
-        self.teacher_outputs = LogitsOnly(self.teacher).eval()
+        self.teacher_outputs = LogitsOnly(self.teacher, self.tokens_on).eval()
         self.times.compiled = self.compile
         if self.compile:
             self._student = torch.compile(self.student, backend=self.backend)

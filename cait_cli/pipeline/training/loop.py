@@ -18,6 +18,7 @@ from ..distributed import Cluster, data_parallel
 from ..progress import Progress, Silent
 from ..state import RunState
 from .compiled import Step, StepTimes
+from .distill import merge_axes
 from .stopping import Terminated, exit_code, sigterm_raises
 from .train import LogitsOnly, TrainConfig, make_optimizer
 
@@ -29,7 +30,8 @@ def run_phase(student: nn.Module, teacher: nn.Module, batches: StepBatches, tcfg
               checkpoint: Optional[Checkpoint] = None, checkpoint_every: int = 50,
               progress: Optional[Progress] = None, before_step: Optional[Callable[[int], Any]] = None,
               resume: Optional[RunState] = None) -> StepTimes:
-    """Distil `teacher` into `student` for tcfg.steps (from `resume`'s step if it is of this phase).
+    """Distil `teacher` into `student` for tcfg.steps (from `resume`'s step if it is of this phase);
+    with tcfg.token_weight > 0 the teacher's tokens too, averaged onto the student's merged grid.
 
     Returns the phase's step times. A stop (Ctrl-C, SIGTERM) saves the state through
     `checkpoint` and raises Interrupted; its exit_code tells the two apart (130, 143).
@@ -41,8 +43,9 @@ def run_phase(student: nn.Module, teacher: nn.Module, batches: StepBatches, tcfg
         student.load_state_dict(resume.student)
         optimizer.load_state_dict(resume.optimizer)
         start = resume.step
-    wrapped = data_parallel(cluster, LogitsOnly(student).train(), device)
-    train_step = Step(wrapped, teacher, compile=compile, warn=progress.message)
+    tokens_on = merge_axes(student) if tcfg.token_weight > 0 else None  # token distillation on its merged grid
+    wrapped = data_parallel(cluster, LogitsOnly(student, tokens_on).train(), device)
+    train_step = Step(wrapped, teacher, compile=compile, warn=progress.message, tokens_on=tokens_on)
 
     def save(step: int) -> None:
         if checkpoint is not None:
@@ -52,7 +55,8 @@ def run_phase(student: nn.Module, teacher: nn.Module, batches: StepBatches, tcfg
     done = start  # steps whose update is in the weights
     try:
         with sigterm_raises():
-            for step, (images, labels) in batches.iterate(start, tcfg.steps, device):
+            for batch, (images, labels) in batches.iterate(tcfg.before + start, tcfg.before + tcfg.steps, device):
+                step = batch - tcfg.before  # the phase's step (batch: the run's, after the phases before)
                 if before_step is not None:
                     before_step(step)
                 loss = train_step(images, labels, optimizer, tcfg, step)

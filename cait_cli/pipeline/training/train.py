@@ -1,29 +1,34 @@
 """One training loop for CDCP calibration and ATME-aware fine-tuning.
 
-The student learns from the original model (KL divergence on logits, temperature
-1) plus cross-entropy where labels exist (label -1 means unlabelled). A headless
-model (num_classes=0: DINOv2, SigLIP towers) has no logits; it learns the
-original's final tokens on the full patch grid and its pooled feature (cosine).
-Batches are indexed by step (batches.StepBatches), so a resumed run sees exactly
-the batches it would have seen.
+The student learns from its teacher, the original model unless another is given: its
+logits taught soft (KL at temperature 1, the default), hard (cross-entropy to the teacher's
+top-1) or both (distill.py), plus cross-entropy where labels exist (label -1 means
+unlabelled), plus, optionally, the teacher's final tokens averaged onto the student's merged
+grid (token distillation, distill.py). A headless model (num_classes=0: DINOv2, SigLIP towers)
+has no logits; it learns the original's final tokens on the full patch grid and its pooled
+feature (cosine). Batches are indexed by step (batches.StepBatches), so a resumed run sees
+exactly the batches it would have seen.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...method.atme import Axis
 from ...method.model import is_cait
 from ..measuring.measure import is_headless, logits_of
+from .distill import LOGITS_LOSSES, WithTokens, cosine_distance, logits_and_tokens, logits_loss
 
 Features = Tuple[torch.Tensor, torch.Tensor]  # final tokens on the full grid (B, P + H*W, C), pooled (B, C)
-Outputs = Union[torch.Tensor, Features]  # what distillation compares: logits (B, K), or Features if headless
+# what distillation compares: logits (B, K); WithTokens (token distillation); Features if headless
+Outputs = Union[torch.Tensor, WithTokens, Features]
 
-LOGITS_LOSS = "kl_logits"  # KL on logits at temperature 1 (+ cross-entropy where labels are used)
+LOGITS_LOSS = LOGITS_LOSSES["soft"]  # KL on logits at temperature 1 (+ cross-entropy where labels are used)
 FEATURE_LOSS = "cosine_tokens_pooled"  # 1 - cosine on the full-grid final tokens, + on the pooled feature
 
 
@@ -36,42 +41,53 @@ class TrainConfig:
     warmup_steps: int = 0
     amp: bool = False
     ce_weight: float = 1.0
+    distill: str = "soft"  # how the teacher's logits teach: distill.DISTILL_KINDS
+    token_weight: float = 0.0  # weight of token distillation on the merged grid; 0: off
+    before: int = 0  # steps the run trained before this phase: its batches and lr schedule go on from there
+    schedule_steps: Optional[int] = None  # steps the lr schedule spans from the run's start; None: this phase's
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                 labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
-    """KL(teacher || student) at temperature 1, plus CE on labelled images."""
-    kl = F.kl_div(student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
-                  log_target=True, reduction="batchmean")
+                 labels: torch.Tensor, ce_weight: float, kind: str = "soft") -> torch.Tensor:
+    """The teacher's logits taught by `kind` (soft: KL at temperature 1), plus CE on labelled images."""
+    loss = logits_loss(student_logits, teacher_logits, kind)
     labelled = labels >= 0
     if ce_weight > 0 and labelled.any():
-        kl = kl + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
-    return kl
+        loss = loss + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
+    return loss
 
 
 def feature_loss(student: Features, teacher: Features) -> torch.Tensor:
     """Mean cosine distance of the final tokens (each grid cell) plus that of the pooled feature."""
     (tokens, pooled), (want_tokens, want_pooled) = student, teacher
-    token_distance = 1 - F.cosine_similarity(tokens.float(), want_tokens.float(), dim=-1).mean()
-    return token_distance + 1 - F.cosine_similarity(pooled.float(), want_pooled.float(), dim=-1).mean()
+    return cosine_distance(tokens, want_tokens) + cosine_distance(pooled, want_pooled)
 
 
-def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
-    """The distillation loss for what `distill_outputs` gave: feature loss if headless, else KL (+ CE)."""
+def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weight: float, kind: str = "soft",
+              token_weight: float = 0.0) -> torch.Tensor:
+    """The distillation loss for what `distill_outputs` gave: feature loss if headless, else the logits'
+    (`kind`, + CE), plus token_weight x the tokens' cosine distance when they were given."""
+    if isinstance(student, WithTokens):
+        return (distill_loss(student.logits, teacher.logits, labels, ce_weight, kind)
+                + token_weight * cosine_distance(student.tokens, teacher.tokens))
     if isinstance(student, torch.Tensor):
-        return distill_loss(student, teacher, labels, ce_weight)
+        return distill_loss(student, teacher, labels, ce_weight, kind)
     return feature_loss(student, teacher)
 
 
-def loss_name(model: nn.Module) -> str:
+def loss_name(model: nn.Module, kind: str = "soft") -> str:
     """Which loss distillation from `model` uses (for the report)."""
-    return FEATURE_LOSS if is_headless(model) else LOGITS_LOSS
+    return FEATURE_LOSS if is_headless(model) else LOGITS_LOSSES[kind]
 
 
-def distill_outputs(model: nn.Module, images: torch.Tensor) -> Outputs:
-    """What distillation compares: logits, or for a headless model its Features."""
+def distill_outputs(model: nn.Module, images: torch.Tensor, tokens_on: Optional[Sequence[Axis]] = None) -> Outputs:
+    """What distillation compares: logits, or for a headless model its Features.
+
+    tokens_on: the student's merge axes, for token distillation: WithTokens, the logits and the final
+    tokens on that merged grid (see distill.logits_and_tokens); None: logits only.
+    """
     if not is_headless(model):
-        return logits_of(model(images))
+        return logits_of(model(images)) if tokens_on is None else logits_and_tokens(model, images, tokens_on)
     if is_cait(model):  # merged tokens unmerged onto the grid the original's tokens sit on
         return model.forward_full_tokens(images)
     tokens = model.forward_features(images)  # (B, P + H*W, C)
@@ -108,10 +124,12 @@ def _all_on_cuda(params: list) -> bool:
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to zero."""
+    """Linear warm-up, then cosine decay to zero, over the phase's steps, or from the run's start over
+    cfg.schedule_steps (step: the phase's; cfg.before steps came before it)."""
+    step, steps = step + cfg.before, cfg.schedule_steps or cfg.steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -123,7 +141,7 @@ def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, lab
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
         with torch.no_grad():
             teacher_out = teach(teacher, images)
-        loss = objective(student(images), teacher_out, labels, cfg.ce_weight)
+        loss = objective(student(images), teacher_out, labels, cfg.ce_weight, cfg.distill, cfg.token_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(student.parameters(), 5.0)
@@ -139,13 +157,15 @@ def _base_lrs(optimizer: torch.optim.Optimizer) -> list:
 
 class LogitsOnly(nn.Module):
     """Wrap a model so it returns what distillation compares (`distill_outputs`): one logits
-    tensor (training-mode tuples averaged), or a headless model's tokens and pooled feature."""
+    tensor (training-mode tuples averaged), WithTokens when `tokens_on` gives the student's merge
+    axes (token distillation), or a headless model's tokens and pooled feature."""
 
     gives_outputs = True  # train_step calls it as it is (torch.compile's wrapper passes this through)
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, tokens_on: Optional[Sequence[Axis]] = None) -> None:
         super().__init__()
         self.model = model
+        self.tokens_on = None if tokens_on is None else list(tokens_on)
 
     def forward(self, x: torch.Tensor) -> Outputs:
-        return distill_outputs(self.model, x)
+        return distill_outputs(self.model, x, self.tokens_on)
