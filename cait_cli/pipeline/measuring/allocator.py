@@ -3,8 +3,8 @@
 glibc's malloc serves large blocks with mmap and hands them back to the kernel when they are
 freed, so every CPU forward of a ViT page-faults its activations in afresh: kernel time that
 grows with the activations' size, and timings that jump between two modes as the heap is
-trimmed or not. On 2 cores it cost DeiT-S at batch 64 a fifth of its forward (4.39 s against
-3.52 s kept), and it was most of the planner's error: the block table, timed on warm tensors,
+trimmed or not. On 2 cores it cost DeiT-S at batch 64 a seventh of its forward (4.03 s against
+3.44 s kept, 1.1 s of it kernel time; benchmarks/results/allocator_cpu.md), and it was most of the planner's error: the block table, timed on warm tensors,
 never saw it, and a pruned model pays less of it than its width says
 (benchmarks/results/planner_accuracy_cpu.md).
 
