@@ -20,7 +20,6 @@ musl) nothing changes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # glibc's malloc.h
@@ -40,15 +39,12 @@ def keep_freed_memory() -> bool:
 
 
 def _glibc():
-    """The C library if it is glibc (it has mallopt and says its version), else None."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The process's own C library if it is glibc (it has mallopt and says its version), else None."""
+    libc = ctypes.CDLL(None)  # the symbols already loaded into this process: its C library's among them
     try:
-        libc = ctypes.CDLL(name)
         libc.gnu_get_libc_version  # noqa: B018 (glibc only)
         libc.mallopt  # noqa: B018
-    except (OSError, AttributeError):
+    except AttributeError:
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
