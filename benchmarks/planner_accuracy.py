@@ -38,6 +38,7 @@ from cait_cli.pipeline.planning.latency import (
     FIT_MODELS,
     LatencyTable,
     calibrate_latency,
+    median_scale,
     schedule_at,
 )
 from cait_cli.pipeline.planning.plan import SpeedModel
@@ -54,8 +55,9 @@ FITS = {
     "scale alone": (("halves",), True),
     "scale + per-token cost, absolute error (table v5)": (("halves", "tokens"), False),
     "scale + per-token cost, relative error": (("halves", "tokens"), True),
-    "scale + per-hidden-activation cost, relative error (table v6, used)": (("halves", "hidden"), True),
+    "scale + per-hidden-activation cost, relative error (tables v6-v9)": (("halves", "hidden"), True),
 }
+MEDIAN_FIT = "scale alone, the median of the fit models' own scales (table v10, used)"
 
 
 def grid_of(model: nn.Module, plans) -> List[tuple]:
@@ -70,8 +72,9 @@ def plan_grid(model: nn.Module) -> List[tuple]:
 
 def features(table: LatencyTable, model: nn.Module, schedule) -> Dict[str, float]:
     counts, widths = token_counts(model), [(w.qk, w.mlp) for w in block_widths(model)]
-    attn, mlp, hidden = table.parts(counts, widths, [s.block for s in schedule])
-    return {"halves": attn + mlp, "hidden": hidden, "tokens": sum((a + b) / 2 for a, b in counts)}
+    return {"halves": table.halves(counts, widths, [s.block for s in schedule]),
+            "hidden": sum(n_out * m for (_, n_out), (_, m) in zip(counts, widths)),
+            "tokens": sum((a + b) / 2 for a, b in counts)}
 
 
 def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedups: Dict[str, float],
@@ -79,19 +82,22 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
     """Each form of FITS fitted to the fit models' measurements, judged on the other plans (speedups
     against the original as measured, as the planner predicts them since table v8)."""
     rows_out = harness.Table("whole-model fit", "median abs. error", "worst", "mean signed error")
+
+    def judge(name: str, latency) -> None:
+        errors = [original_ms / (table.fixed_ms + latency(k)) / speedups[k] - 1 for k in speedups
+                  if k not in fit_labels]
+        rows_out.add(name, f"{statistics.median(map(abs, errors)):.1%}", f"{max(map(abs, errors)):.1%}",
+                     f"{statistics.mean(errors):+.1%}")
+
     for name, (names, relative) in FITS.items():
         rows = torch.tensor([[feats[k][f] for f in names] for k in fit_labels], dtype=torch.float64)
         times = torch.tensor([original_ms / speedups[k] - table.fixed_ms for k in fit_labels], dtype=torch.float64)
         weights = 1 / times if relative else torch.ones_like(times)
         coef = torch.linalg.lstsq(rows * weights.unsqueeze(1), (times * weights).unsqueeze(1)).solution.squeeze(1)
-
-        def latency(k: str) -> float:
-            return float(torch.tensor([feats[k][f] for f in names], dtype=torch.float64) @ coef)
-
-        errors = [original_ms / (table.fixed_ms + latency(k)) / speedups[k] - 1 for k in speedups
-                  if k not in fit_labels]
-        rows_out.add(name, f"{statistics.median(map(abs, errors)):.1%}", f"{max(map(abs, errors)):.1%}",
-                     f"{statistics.mean(errors):+.1%}")
+        judge(name, lambda k: float(torch.tensor([feats[k][f] for f in names], dtype=torch.float64) @ coef))
+    scale = median_scale({k: feats[k]["halves"] for k in fit_labels},
+                         {k: original_ms / speedups[k] for k in fit_labels}, table.fixed_ms)
+    judge(MEDIAN_FIT, lambda k: scale * feats[k]["halves"])
     return rows_out.lines
 
 

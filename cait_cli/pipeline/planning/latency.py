@@ -4,8 +4,7 @@ FLOPs predict speed badly on small shapes, so the planner times the two halves o
 a block (attention, MLP) at the token counts merge schedules produce and at kept
 widths in the channel multiple the slimmed model will have, and interpolates
 between them. Whole slimmed models are timed too: what the sums of block halves
-miss of them is fitted as one scale of those sums plus a cost per MLP hidden
-activation (see `_fit_to_whole_models`). Tables are cached per device, threads, batch size,
+miss of them is fitted as one scale of those sums (see `_fit_to_whole_models`). Tables are cached per device, threads, batch size,
 precision, channel multiple and block shape, so a second run plans without
 measuring.
 
@@ -20,10 +19,11 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,11 +43,12 @@ from ..measuring.measure import (
     SpeedConfig,
     device_name,
     measure_throughput,
+    paired_speedup,
     synchronize,
 )
 from ..measuring.runtimes import block_runtime, captured
 
-TABLE_VERSION = 9
+TABLE_VERSION = 10
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -67,10 +68,8 @@ class LatencyTable:
     mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
-    # fitted on whole models: time = fixed + scale x (block halves and merges) + hidden_ms x hidden
-    # activations (tokens into each MLP x its kept hidden units, summed over blocks)
+    # fitted on whole models: time = fixed + scale x (block halves and merges)
     scale: float = 1.0
-    hidden_ms: float = 0.0
     # the original model itself, timed with the fit models: every speedup the planner predicts is
     # against it, as every measurement is (None: a table that predicts its own baseline)
     baseline_ms: Optional[float] = None
@@ -84,24 +83,21 @@ class LatencyTable:
     def merge(self, tokens: int) -> float:
         return max(0.0, _interp1(self.tokens, self.merge_ms, tokens))
 
-    def parts(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
-              merge_blocks: Sequence[int]) -> Tuple[float, float, float]:
-        """Raw sums of a model's attention halves (with merges), MLP halves and MLP hidden activations.
+    def halves(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
+               merge_blocks: Sequence[int]) -> float:
+        """Raw sum of a model's attention halves (with merges) and MLP halves, as timed alone.
 
         counts: per block (tokens into attention, into MLP); widths: per block (attention
         width per head, MLP hidden units); merge_blocks: the blocks that merge.
         """
         attn = sum(self.attn(n_in, a) for (n_in, _), (a, _) in zip(counts, widths))
         attn += sum(self.merge(counts[b][0]) for b in merge_blocks)
-        mlp = sum(self.mlp(n_out, m) for (_, n_out), (_, m) in zip(counts, widths))
-        hidden = sum(n_out * m for (_, n_out), (_, m) in zip(counts, widths))
-        return attn, mlp, hidden
+        return attn + sum(self.mlp(n_out, m) for (_, n_out), (_, m) in zip(counts, widths))
 
     def predict(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
                 merge_blocks: Sequence[int]) -> float:
         """Milliseconds per image of a model with these token counts, widths and merges."""
-        attn, mlp, hidden = self.parts(counts, widths, merge_blocks)
-        return self.fixed_ms + self.scale * (attn + mlp) + self.hidden_ms * hidden
+        return self.fixed_ms + self.scale * self.halves(counts, widths, merge_blocks)
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -206,8 +202,8 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
                  key: str, repeats: int, multiple: int, graphs: bool = False) -> LatencyTable:
     """Block halves and merges timed alone, by token count and kept width (graphs: each call
     replayed from a CUDA graph)."""
-    def best(fn: Callable[[], object]) -> float:
-        return best_ms(captured(fn, device) if graphs else fn, device, repeats=repeats)
+    def timed(calls: List[Callable[[], object]]) -> List[float]:
+        return interleaved_best([captured(fn, device) if graphs else fn for fn in calls], device, repeats=repeats)
 
     probe = patch_vit(_one_block_vit(model, device, dtype))
     block, prefix = probe.blocks[0], probe.num_prefix_tokens
@@ -222,31 +218,43 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
         x = torch.randn(images, n, block.attn.qkv.in_features, device=device, dtype=dtype)
         bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
         rope = _rope_table(block, n - prefix)
-        attn_ms.append(_running_max([best(lambda: b.attn(b.norm1(x), bias, False, rope)) / images
-                                     for b in attn_blocks]))
-        mlp_ms.append(_running_max([best(lambda: b.mlp(b.norm2(x))) / images for b in mlp_blocks]))
-        plain, merging = _merge_calls(block, x, bias, rope, prefix, device)
-        extra = best(merging) - best(plain)
-        merge_ms.append(max(0.0, extra) / images)
+        attn_calls = [_bound(lambda b: b.attn(b.norm1(x), bias, False, rope), b) for b in attn_blocks]
+        mlp_calls = [_bound(lambda b: b.mlp(b.norm2(x)), b) for b in mlp_blocks]
+        ms = [t / images for t in timed([*attn_calls, *mlp_calls, *_merge_calls(block, x, bias, rope, prefix, device)])]
+        attn_ms.append(_running_max(ms[:len(attn_calls)]))
+        mlp_ms.append(_running_max(ms[len(attn_calls):-2]))
+        merge_ms.append(max(0.0, ms[-1] - ms[-2]))  # a merging block's attention less the plain one
     images = timing_batch(batch, tokens[-1])
     pixels = torch.randn(images, 3, *probe.patch_embed.img_size, device=device, dtype=dtype)
     probe.blocks = nn.Sequential()  # patch embedding, norms and head alone
-    fixed = best(lambda: probe(pixels)) / images
+    fixed = timed([lambda: probe(pixels)])[0] / images
     return LatencyTable(key, tokens, attn_widths, mlp_widths, _monotone_rows(attn_ms), _monotone_rows(mlp_ms),
                         _running_max(merge_ms), fixed)
 
 
-def best_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> float:
-    """Fastest wall time of fn() in milliseconds: the least disturbed by other processes."""
-    times = []
+def _bound(call: Callable[[nn.Module], object], block: nn.Module) -> Callable[[], object]:
+    return lambda: call(block)
+
+
+def interleaved_best(calls: Sequence[Callable[[], object]], device: torch.device, warmup: int = 2,
+                     repeats: int = 5) -> List[float]:
+    """The fastest wall time of each call in milliseconds, the calls timed round-robin.
+
+    The fastest of several runs is the one least disturbed by other processes; taking the runs
+    round-robin (order reversed every other round) spreads a disturbed stretch of the machine over
+    all the calls instead of letting it fall on every run of one (a width timed 30% slow in one of
+    four tables, when each was timed in a row)."""
+    times: List[List[float]] = [[] for _ in calls]
     for i in range(warmup + repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return min(times)
+        order = list(enumerate(calls))
+        for j, fn in order if i % 2 == 0 else order[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if i >= warmup:
+                times[j].append((time.perf_counter() - start) * 1e3)
+    return [min(t) for t in times]
 
 
 # Whole models the table is fitted on: (merge blocks as fractions of the depth, kept MAC share).
@@ -265,42 +273,38 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     """Fit the table to whole slimmed models, timed as the landing measurement times them.
 
     Block halves timed alone, over and over on the same tensors, run with warm caches; in a
-    model, activations stream from block to block, and the wider and longer they are the
-    more that costs. Five whole models, from the original to pruned and merged ones, fix
-    one scale of the block halves and a cost per MLP hidden activation (token x unit: the
-    largest activation a block writes and reads back), by least squares on relative
-    error (the planner compares ratios). The forms tried are compared in
-    benchmarks/results/planner_accuracy_cpu.md. A fit that makes no physical sense (a
-    negative cost) falls back to the scale alone. `rounds` paired repeats: with freed memory
-    kept in the process (allocator.py) a CPU forward repeats within a few per cent, where
-    page faults once needed twice as many.
+    model, activations stream from block to block, and the framework runs between them. Five
+    whole models, from the original's width to pruned and merged ones, are measured against the
+    original (paired per repeat, as landing measures) and each says how much slower than its
+    summed halves it runs; the table takes the median of the five. One scale, not a fitted cost per
+    activation on top: in benchmarks/results/planner_accuracy_cpu.md the two-term fit traded its
+    terms against each other from run to run (scale 0.7-1.3 on the same model), and a machine
+    disturbed while one model ran moved a least-squares fit; a median of five shrugs off one such
+    model. `rounds` paired repeats: with freed memory kept in the process (allocator.py) a CPU
+    forward repeats within a few per cent.
     """
-    variants, design = {"original": model}, []
+    variants, halves = {"original": model}, {}
     for i, (fractions, keep) in enumerate(FIT_MODELS):
         schedule = schedule_at(model, fractions)
         variant = compressed_variant(model, schedule, keep, multiple).to(device, dtype).eval()
         variants[str(i)] = variant
         widths = [(w.qk, w.mlp) for w in block_widths(variant)]
-        attn, mlp, hidden = table.parts(token_counts(variant), widths, [s.block for s in schedule])
-        design.append([attn + mlp, hidden])
+        halves[str(i)] = table.halves(token_counts(variant), widths, [s.block for s in schedule])
     images = timing_batch(batch, table.tokens[-1])
     cfg = SpeedConfig(batch_size=images, warmup=1, repeats=rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
                       runtime=runtime)
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
-    table.baseline_ms = 1e3 / speed.pop("original").throughput
-    measured = torch.tensor([1e3 / speed[i].throughput - table.fixed_ms for i in speed], dtype=torch.float64)
-    table.scale, table.hidden_ms = _relative_fit(torch.tensor(design, dtype=torch.float64), measured)
+    table.baseline_ms = 1e3 / speed["original"].throughput
+    whole_ms = {name: table.baseline_ms / paired_speedup(speed, name, "original")[0] for name in halves}
+    table.scale = median_scale(halves, whole_ms, table.fixed_ms)
 
 
-def _relative_fit(design: torch.Tensor, measured: torch.Tensor) -> Tuple[float, float]:
-    """(scale, per-hidden cost) minimising relative error; (scale alone, 0) if either is negative."""
-    relative = design / measured.unsqueeze(1)  # rows scaled so every model's error counts alike
-    ones = torch.ones(len(measured), 1, dtype=torch.float64)
-    scale, hidden_ms = torch.linalg.lstsq(relative, ones).solution.squeeze(1).tolist()
-    if scale > 0 and hidden_ms >= 0:
-        return scale, hidden_ms
-    scale = torch.linalg.lstsq(relative[:, :1], ones).solution.item()
-    return (scale, 0.0) if scale > 0 else (1.0, 0.0)
+def median_scale(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: float) -> float:
+    """The median over models of (whole-model time - fixed parts) / summed block halves; 1.0 if
+    no model gives a positive one."""
+    scales = [(whole_ms[name] - fixed_ms) / halves[name] for name in halves if halves[name] > 0]
+    scales = [s for s in scales if s > 0]
+    return statistics.median(scales) if scales else 1.0
 
 
 def _size_bias(tokens: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
