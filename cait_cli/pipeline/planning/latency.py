@@ -257,8 +257,11 @@ def interleaved_best(calls: Sequence[Callable[[], object]], device: torch.device
     return [min(t) for t in times]
 
 
-# Whole models the table is fitted on: (merge blocks as fractions of the depth, kept MAC share).
-FIT_MODELS = (((), 1.0), ((), 0.45), ((0.25, 0.5), 1.0), ((0.25, 0.5), 0.45), ((0.1, 0.35, 0.6, 0.85), 0.7))
+# Whole models the table is fitted on: (merge blocks as fractions of the depth, kept MAC share): the
+# corners of what the planner proposes, and three where its plans for 1.5-2.5x lie (the median
+# scale is then the scale of that region).
+FIT_MODELS = (((), 1.0), ((), 0.45), ((0.25, 0.5), 1.0), ((0.25, 0.5), 0.45), ((0.1, 0.35, 0.6, 0.85), 0.7),
+              ((), 0.8), ((0.2,), 0.85), ((0.35,), 0.6))
 
 
 def schedule_at(model: nn.Module, fractions: Sequence[float]) -> List[MergeStep]:
@@ -273,15 +276,15 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     """Fit the table to whole slimmed models, timed as the landing measurement times them.
 
     Block halves timed alone, over and over on the same tensors, run with warm caches; in a
-    model, activations stream from block to block, and the framework runs between them. Five
-    whole models, from the original's width to pruned and merged ones, are measured against the
-    original (paired per repeat, as landing measures) and each says how much slower than its
-    summed halves it runs; the table takes the median of the five. One scale, not a fitted cost per
+    model, activations stream from block to block, and the framework runs between them. Eight
+    whole models (FIT_MODELS), from the original's width to pruned and merged ones, are measured
+    against the original (paired per repeat, as landing measures); each says how much slower than
+    its summed halves it runs, and the table takes the median. One scale, not a fitted cost per
     activation on top: in benchmarks/results/planner_accuracy_cpu.md the two-term fit traded its
     terms against each other from run to run (scale 0.7-1.3 on the same model), and a machine
-    disturbed while one model ran moved a least-squares fit; a median of five shrugs off one such
-    model. `rounds` paired repeats: with freed memory kept in the process (allocator.py) a CPU
-    forward repeats within a few per cent.
+    disturbed while one model ran moved a least-squares fit; a median shrugs off one such model.
+    `rounds` paired repeats: with freed memory kept in the process (allocator.py) a CPU forward
+    repeats within a few per cent.
     """
     variants, halves = {"original": model}, {}
     for i, (fractions, keep) in enumerate(FIT_MODELS):
