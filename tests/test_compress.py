@@ -55,7 +55,7 @@ def config(assets, out, **overrides) -> CompressConfig:
 REPORT_KEYS = {"target_speedup", "measured_speedup", "measured_speedup_range", "predicted_speedup", "reached",
                "landed", "band", "device", "batch_size", "precision", "runtime", "repeats", "threads",
                "baseline", "compressed", "skipped_images", "plan", "training", "attempts",
-               "first_prediction_error"}
+               "first_prediction_error", "cait_version"}
 SIDE_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max", "peak_memory_mb", "top1", "top5",
              "agreement", "feature_cosine", "images"}
 TRAINING_KEYS = {"batch_size_per_process", "processes", "global_batch", "augment", "labels", "labels_note", "loss",
@@ -82,6 +82,7 @@ def test_compress_end_to_end_reaches_the_measured_target(assets, tmp_path, monke
     assert json.loads(CompressReport.from_json(report).to_text()) == report  # read back (cait push) as written
     assert report["compressed"]["agreement"] is not None
     assert report["compressed"]["macs"] < report["baseline"]["macs"]
+    assert report["cait_version"] == cait_cli.__version__ != "0+unknown"  # the installed package's own
     # measured side by side, not predicted (timing is the benchmarks' job: here only consistency)
     assert result.reached == (report["measured_speedup"] >= 1.2 * 0.97)
     model = cait_cli.load(str(out))

@@ -59,6 +59,7 @@ def test_model_card_metadata_table_and_usage(checkpoint):
     assert "| throughput (img/s) | 100.0 | 193.0 |" in card and "| top-1 | 72.00% | 71.80% |" in card
     assert "measured 1.93x" in card and 'timm.create_model("hf-hub:me/tiny-cait", pretrained=True)' in card
     assert "pip install cait-cli" in card
+    assert f"made with [cait](https://pypi.org/project/cait-cli/) {config['cait']['cait_cli_version']}:" in card
     config["pretrained_cfg"].pop("license")
     assert "license:" not in model_card(config, None, "me/x")
 

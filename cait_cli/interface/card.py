@@ -141,11 +141,14 @@ def model_card(config: Dict[str, Any], report: Optional[CompressReport], repo_id
     (model.onnx as checked) how to run model.onnx, `int8` (the report of `cait export --quantize
     int8`) what model.int8.onnx measured."""
     base = config.get("cait", {}).get("base_model", "the original model")
+    made_by = config.get("cait", {}).get("cait_cli_version")  # the version that wrote the checkpoint
+    made_with = f"[cait](https://pypi.org/project/cait-cli/) {made_by}" if made_by else \
+        "[cait](https://pypi.org/project/cait-cli/)"
     return f"""{front_matter(config)}
 
 # {repo_id.split('/')[-1]}
 
-A compressed version of `{base}`, made with [cait](https://pypi.org/project/cait-cli/):
+A compressed version of `{base}`, made with {made_with}:
 asymmetric token merging (ATME) of neighbouring patch tokens, which keeps the tokens on a
 regular grid, and consistent dynamic channel pruning (CDCP), which removes the same channels in
 every attention head, then slices the weights into smaller layers.

@@ -23,6 +23,7 @@ from typer.core import TyperCommand
 from .. import api
 from ..atomic import write_json_atomic
 from ..errors import CaitError
+from ..version import __version__
 
 app = typer.Typer(
     name="cait",
@@ -44,10 +45,18 @@ class Settings:
     debug: bool = False
 
 
+def print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"cait {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def settings(ctx: typer.Context,
              debug: bool = typer.Option(False, "--debug", envvar="CAIT_DEBUG", help="on an error, also print "
-                                        "its traceback and what caused it (torch, ONNX, the Hub)")) -> None:
+                                        "its traceback and what caused it (torch, ONNX, the Hub)"),
+             version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                          help="print cait's version and exit")) -> None:
     ctx.obj = Settings(debug=debug)
 
 

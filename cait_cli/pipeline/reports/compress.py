@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..measuring.report import Comparison
+from ...version import __version__
 from ..planning.plan import BAND, Attempt, Plan
 from .parts import JsonView, ModelSide, Speedup, Timing, from_keys
 
@@ -60,6 +61,7 @@ class CompressReport(JsonView):
     skipped_images: int = 0  # unreadable images, in training and in the held-out images
     training: Optional[Training] = None
     attempts: List[Attempt] = field(default_factory=list)  # the landing measurements, in order
+    cait_version: Optional[str] = None  # the cait that made the model (None: a report.json older than 0.3.0)
 
     @classmethod
     def of(cls, target: float, tolerance: float, plan: Plan, measured: Comparison, training: Training,
@@ -70,7 +72,7 @@ class CompressReport(JsonView):
                    reached=measured.speedup.ratio >= target * (1 - tolerance),
                    band=(BAND[0] * target, BAND[1] * target), plan=plan,
                    skipped_images=measured.skipped_images + skipped_in_training, training=training,
-                   attempts=list(attempts))
+                   attempts=list(attempts), cait_version=__version__)
 
     @property
     def predicted_speedup(self) -> Optional[float]:
@@ -97,7 +99,7 @@ class CompressReport(JsonView):
                 "skipped_images": self.skipped_images, "plan": self.plan.to_dict() if self.plan else None,
                 "training": self.training.to_json() if self.training else None,
                 "attempts": [a.to_dict() for a in self.attempts],
-                "first_prediction_error": self.first_prediction_error}
+                "first_prediction_error": self.first_prediction_error, "cait_version": self.cait_version}
 
     def to_text(self) -> str:
         """report.json's text."""
@@ -114,4 +116,5 @@ class CompressReport(JsonView):
                    band=tuple(band) if band else None, plan=Plan.from_dict(plan) if plan else None,
                    skipped_images=data.get("skipped_images", 0),
                    training=Training.from_json(training) if training else None,
-                   attempts=[Attempt.from_dict(a) for a in data.get("attempts", [])])
+                   attempts=[Attempt.from_dict(a) for a in data.get("attempts", [])],
+                   cait_version=data.get("cait_version"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
+from ...version import __version__
 from .compress import CompressReport
 from .parts import JsonView, ModelSide, Speedup, Timing
 
@@ -113,6 +114,7 @@ class SweepReport(JsonView):
     plot: Optional[str] = None  # the plot's file, once drawn
     plot_skipped: Optional[str] = None  # why there is no plot, when there is none
     config: Dict[str, Any] = field(default_factory=dict)  # the options every point shared (--resume compares them)
+    cait_version: str = __version__  # the cait that ran the sweep
 
     @property
     def computed(self) -> int:
@@ -136,4 +138,4 @@ class SweepReport(JsonView):
                 "points": [p.to_json() for p in self.points],
                 "shared": [asdict(work) for work in self.shared], "saved_seconds_estimate": self.saved_seconds,
                 "seconds": self.seconds, "labels_note": self.labels_note, "plot": self.plot,
-                "plot_skipped": self.plot_skipped, "config": self.config}
+                "plot_skipped": self.plot_skipped, "config": self.config, "cait_version": self.cait_version}
