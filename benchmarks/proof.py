@@ -6,7 +6,9 @@
 
 For every target speedup S, each method is set to the smallest compression whose
 measured speedup over the reference clears S (by 2%), gets the same training
-budget (steps x batch, distillation from the reference plus cross-entropy) and is
+budget (steps x batch) and recipe (distillation from the reference, or `--teacher`, of the
+`--distill` kind, with `--token-distill` for the arms whose tokens stay on the teacher's grid, plus
+cross-entropy) and is
 then measured with all the others side by side in one interleaved run:
 
 - cait:  `cait compress` end to end (ATME + CDCP; calibration + fine-tuning = budget)
@@ -102,8 +104,25 @@ class Row:
 
 
 @dataclass
+class Recipe:
+    """How every trained arm learns, the compressed ones and the control alike (`cait compress`'s
+    --teacher, --distill, --token-distill, --schedule)."""
+
+    teacher: Optional[str] = None  # a model to distil from; None: the reference
+    distill: str = "soft"
+    token_distill: float = 0.0  # the peers' tokens are off the teacher's grid (ToMe) or narrower
+    # (torch-pruning): they distil logits only
+    schedule: str = "phases"
+
+    def describe(self) -> str:
+        teacher = self.teacher or "the reference"
+        tokens = f", tokens on the merged grid x {self.token_distill:g}" if self.token_distill else ""
+        return f"distillation ({self.distill}) from {teacher}{tokens} plus cross-entropy, schedule {self.schedule}"
+
+
+@dataclass
 class Bench:
-    """What every method works with: the reference, data, budget and device."""
+    """What every method works with: the reference, data, budget, recipe and device."""
 
     reference: nn.Module
     reference_path: str
@@ -117,6 +136,8 @@ class Bench:
     work: Path
     seed: int
     log: Callable[[str], None] = print
+    recipe: Recipe = field(default_factory=Recipe)
+    teacher: Optional[nn.Module] = None  # the recipe's teacher, loaded; None: the reference
 
     @property
     def input_size(self) -> tuple:
@@ -126,16 +147,19 @@ class Bench:
         return quick_speedup(self.reference, model, self.device, self.bench_batch)
 
 
-def finetune(bench: Bench, student: nn.Module) -> nn.Module:
-    """The shared budget: bench.steps of distillation + CE through `cait compress`'s own fine-tuning loop."""
-    cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10))
-    run_phase(student, bench.reference, bench.batches, cfg, bench.device, phase="finetune")
+def finetune(bench: Bench, student: nn.Module, tokens: bool = False) -> nn.Module:
+    """The shared budget: bench.steps of the recipe's distillation + CE through `cait compress`'s own
+    fine-tuning loop (tokens: with the recipe's token distillation, for a model on the teacher's grid)."""
+    recipe = bench.recipe
+    cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10),
+                      distill=recipe.distill, token_weight=recipe.token_distill if tokens else 0.0)
+    run_phase(student, bench.teacher or bench.reference, bench.batches, cfg, bench.device, phase="finetune")
     return student
 
 
 def control(bench: Bench) -> tuple[Row, nn.Module]:
     """The uncompressed reference with the same training budget as every trained method."""
-    model = finetune(bench, copy.deepcopy(bench.reference))
+    model = finetune(bench, copy.deepcopy(bench.reference), tokens=True)
     row = Row(CONTROL, 1.0, "no compression", True, True, count_params(model), model_macs(model))
     return row, model
 
@@ -151,7 +175,9 @@ def ours(bench: Bench, method: str, target: float,
                          calib_steps=calib, finetune_steps=bench.steps - calib, batch_size=bench.batch_size,
                          bench_batch_size=bench.bench_batch, lr=bench.lr, device=str(bench.device), workers=0,
                          seed=bench.seed, overwrite=True, method=method, max_val_images=500,
-                         latency_cache=bench.work / "latency", min_keep=low, max_keep=high)
+                         latency_cache=bench.work / "latency", min_keep=low, max_keep=high,
+                         teacher=bench.recipe.teacher, distill=bench.recipe.distill,
+                         token_distill=bench.recipe.token_distill, schedule=bench.recipe.schedule)
     try:
         result = compress(cfg)
     except CaitError as err:
@@ -357,6 +383,13 @@ def main() -> None:
                         help="run every method and the control again at --second-seed-speedup with it")
     parser.add_argument("--second-seed-speedup", type=float, default=1.9)
     parser.add_argument("--no-control", action="store_true", help="skip the uncompressed, equally trained control")
+    parser.add_argument("--teacher", help="distil every arm from this model (compress's --teacher; default: the "
+                                          "reference)")
+    parser.add_argument("--distill", default=Recipe.distill, choices=["soft", "hard", "both"])
+    parser.add_argument("--token-distill", type=float, default=Recipe.token_distill,
+                        help="weight of token distillation for the arms whose tokens stay on the teacher's grid")
+    parser.add_argument("--schedule", default=Recipe.schedule, choices=["phases", "continuous"],
+                        help="cait's calibration and fine-tuning: each its own schedule, or one")
     args = parser.parse_args()
     for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
         unknown = [t for t in values or [] if not _within(t, args.speedups)]
@@ -371,15 +404,19 @@ def main() -> None:
     train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
     test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
     test = [batch for batch in test_loader]  # decoded once, reused for every model
+    recipe = Recipe(args.teacher, args.distill, args.token_distill, args.schedule)
+    teacher = load_model(args.teacher, require_vit=False).model.to(device).eval() if args.teacher else None
 
     def bench_with(seed: int) -> Bench:
         batches = StepBatches(train, args.batch_size, seed, collate_skipping)
         return Bench(reference, args.reference, args.data, batches, args.steps, args.batch_size, args.lr,
-                     args.bench_batch_size, device, args.work, seed)
+                     args.bench_batch_size, device, args.work, seed, recipe=recipe, teacher=teacher)
 
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
     budget = {k: getattr(args, k) for k in ("data", "steps", "batch_size", "bench_batch_size", "lr")}
+    if recipe != Recipe():  # a job trained under another recipe is another job (the default keeps old keys)
+        budget["recipe"] = asdict(recipe)
     cache = JobCache(args.work / f"jobs-{settings_key(reference, budget)}")
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
@@ -400,7 +437,8 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
     meta = {"run": asdict(harness.Run.now()), "reference": args.reference, "reference_top1": reference_top1,
             "reference_params": count_params(reference), "reference_macs": model_macs(reference), "steps": args.steps,
             "batch_size": args.batch_size, "bench_batch_size": args.bench_batch_size, "lr": args.lr,
-            "seed": args.seed, "seconds": round(seconds)}
+            "seed": args.seed, "seconds": round(seconds),
+            "recipe": Recipe(args.teacher, args.distill, args.token_distill, args.schedule).describe()}
     write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
     render(meta, [asdict(r) for r in rows], args.out)
 

@@ -31,7 +31,8 @@ def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
     lines = [
         f"Throughput at batch {meta['bench_batch_size']}, fp32, every model interleaved with the reference in one "
         f"run (median of paired ratios). Training budget of every trained method: {meta['steps']} steps of batch "
-        f"{meta['batch_size']}, lr {meta['lr']:g}, distillation from the reference plus cross-entropy. "
+        f"{meta['batch_size']}, lr {meta['lr']:g}, "
+        f"{meta.get('recipe', 'distillation (soft) from the reference plus cross-entropy')}. "
         f"Total time {meta['seconds'] / 60:.0f} min.", "",
         f"Reference `{meta['reference']}`: top-1 {_pct(ref)}%, {meta['reference_params'] / 1e6:.3f}M params, "
         f"{meta['reference_macs'] / 1e6:.1f}M MACs.", ""]

@@ -340,3 +340,22 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
                       "| 408 s |") == 2
     assert "```text\n   original vs compressed\n| table |\n```" in text  # what run 1 printed, from its table on
     assert "Headline: 1.87x, 1.87x; top-1 +0.8 to +0.8 pt" in text
+
+
+def test_every_arm_of_the_proof_gets_the_same_recipe(tmp_path, monkeypatch):
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    out = tmp_path / "proof"
+    monkeypatch.setattr(sys, "argv", [
+        "proof.py", "--reference", str(reference), "--data", str(data), "--speedups", "1.1", "--methods", "cait",
+        "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", "--distill", "hard", "--token-distill",
+        "0.5", "--work", str(tmp_path / "work"), "--out", str(out)])
+    control, compressed = [], []
+    real_phase, real_compress = proof.run_phase, proof.compress
+    monkeypatch.setattr(proof, "run_phase", lambda student, teacher, batches, cfg, *a, **k: control.append(
+        (cfg.distill, cfg.token_weight)) or real_phase(student, teacher, batches, cfg, *a, **k))
+    monkeypatch.setattr(proof, "compress", lambda cfg, *a, **k: compressed.append(
+        (cfg.distill, cfg.token_distill)) or real_compress(cfg, *a, **k))
+    proof.main()
+    assert control == compressed == [("hard", 0.5)]
+    assert "distillation (hard) from the reference, tokens on the merged grid x 0.5" in out.with_suffix(".md").read_text()
