@@ -17,7 +17,7 @@ def home_page(readme: str) -> str:
     return (readme.replace("The site is built from [`docs/`](docs/index.md) with MkDocs",
                            "This site is built from `docs/` with MkDocs")
             .replace("](docs/", "](")
-            .replace("[Changelog](CHANGELOG.md)", "[Changelog](changelog.md)"))
+            .replace("](CHANGELOG.md)", "](changelog.md)"))  # the site includes it as changelog.md
 
 
 def on_page_markdown(markdown: str, page, config, files):
