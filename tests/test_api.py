@@ -72,7 +72,8 @@ def test_compress_from_python_returns_the_report_the_cli_writes(assets, tmp_path
     assert result.exit_code in (0, 3), result.output  # 3: the measured speed missed on a busy machine
     printed = json.loads((tmp_path / "r.json").read_text())
     ours = cait_cli.compress(assets["model"], data=assets["data"], out=tmp_path / "api.cait", **QUICK)
-    assert ours.out == tmp_path / "api.cait" and ours.reached == (printed["reached"] and ours.report["reached"])
+    # (two runs, each measured on a busy machine: whether each reached its target may differ)
+    assert ours.out == tmp_path / "api.cait" and ours.reached == ours.report["reached"]
     assert shape(ours.report) == shape(printed) and type(ours.report) is dict
     assert ours.typed_report.reached == ours.report["reached"]
 

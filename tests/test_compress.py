@@ -421,7 +421,12 @@ def test_a_stopped_cli_run_keeps_its_checkpoint_and_says_how_to_resume(assets, t
             os.kill(os.getpid(), signal_number)
 
     monkeypatch.setattr(RichProgress, "advance", advance_then_stop)
-    code, output = run_cli(*cli_args(assets, tmp_path / "o", "--calib-steps", "2", "--finetune-steps", "4"))
+    # Ctrl-C as a terminal delivers it, even where pytest was started in the background (SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, output = run_cli(*cli_args(assets, tmp_path / "o", "--calib-steps", "2", "--finetune-steps", "4"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == exit_code, output
     line = one_error_line(output)
     assert "during finetune after step 2/" in line and line.endswith("continue with the same command plus --resume")
