@@ -14,14 +14,20 @@ from benchmarks import proof  # noqa: E402
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 
 
-def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
+def tiny_proof(tmp_path, monkeypatch, *more: str):
+    """proof.py's command line (sys.argv) on a tiny reference, CAIT at 1.1x only; its --out."""
     reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
     data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
     out = tmp_path / "proof"
     monkeypatch.setattr(sys, "argv", [
         "proof.py", "--reference", str(reference), "--data", str(data), "--speedups", "1.1", "--methods", "cait",
-        "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", "--second-seed", "1",
+        "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", *more,
         "--work", str(tmp_path / "work"), "--out", str(out)])
+    return out
+
+
+def test_proof_runs_every_row_with_a_second_seed(tmp_path, monkeypatch):
+    out = tiny_proof(tmp_path, monkeypatch, "--second-seed", "1")
     proof.main()
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [(r["method"], r["seed"]) for r in rows] == [
@@ -343,13 +349,7 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
 
 
 def test_every_arm_of_the_proof_gets_the_same_recipe(tmp_path, monkeypatch):
-    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
-    out = tmp_path / "proof"
-    monkeypatch.setattr(sys, "argv", [
-        "proof.py", "--reference", str(reference), "--data", str(data), "--speedups", "1.1", "--methods", "cait",
-        "--steps", "2", "--batch-size", "4", "--bench-batch-size", "4", "--distill", "hard", "--token-distill",
-        "0.5", "--work", str(tmp_path / "work"), "--out", str(out)])
+    out = tiny_proof(tmp_path, monkeypatch, "--distill", "hard", "--token-distill", "0.5")
     control, compressed = [], []
     real_phase, real_compress = proof.run_phase, proof.compress
     monkeypatch.setattr(proof, "run_phase", lambda student, teacher, batches, cfg, *a, **k: control.append(
