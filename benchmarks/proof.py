@@ -114,6 +114,10 @@ class Recipe:
     # (torch-pruning): they distil logits only
     schedule: str = "phases"
 
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> "Recipe":
+        return cls(args.teacher, args.distill, args.token_distill, args.schedule)
+
     def describe(self) -> str:
         teacher = self.teacher or "the reference"
         tokens = f", tokens on the merged grid x {self.token_distill:g}" if self.token_distill else ""
@@ -404,7 +408,7 @@ def main() -> None:
     train = dataset_from(split_roots(args.data)[0], eval_transform(data_cfg), label_names=data_cfg.get("label_names"))
     test_loader, _ = eval_loader(args.data, data_cfg, batch_size=250)
     test = [batch for batch in test_loader]  # decoded once, reused for every model
-    recipe = Recipe(args.teacher, args.distill, args.token_distill, args.schedule)
+    recipe = Recipe.of(args)
     teacher = load_model(args.teacher, require_vit=False).model.to(device).eval() if args.teacher else None
 
     def bench_with(seed: int) -> Bench:
@@ -438,7 +442,7 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
             "reference_params": count_params(reference), "reference_macs": model_macs(reference), "steps": args.steps,
             "batch_size": args.batch_size, "bench_batch_size": args.bench_batch_size, "lr": args.lr,
             "seed": args.seed, "seconds": round(seconds),
-            "recipe": Recipe(args.teacher, args.distill, args.token_distill, args.schedule).describe()}
+            "recipe": Recipe.of(args).describe()}
     write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
     render(meta, [asdict(r) for r in rows], args.out)
 

@@ -142,8 +142,7 @@ def model_card(config: Dict[str, Any], report: Optional[CompressReport], repo_id
     int8`) what model.int8.onnx measured."""
     base = config.get("cait", {}).get("base_model", "the original model")
     made_by = config.get("cait", {}).get("cait_cli_version")  # the version that wrote the checkpoint
-    made_with = f"[cait](https://pypi.org/project/cait-cli/) {made_by}" if made_by else \
-        "[cait](https://pypi.org/project/cait-cli/)"
+    made_with = "[cait](https://pypi.org/project/cait-cli/)" + (f" {made_by}" if made_by else "")
     return f"""{front_matter(config)}
 
 # {repo_id.split('/')[-1]}

@@ -22,6 +22,7 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -218,8 +219,8 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
         x = torch.randn(images, n, block.attn.qkv.in_features, device=device, dtype=dtype)
         bias = _size_bias(n, device, dtype) if n < tokens[-1] else None  # merged tokens carry sizes
         rope = _rope_table(block, n - prefix)
-        attn_calls = [_bound(lambda b: b.attn(b.norm1(x), bias, False, rope), b) for b in attn_blocks]
-        mlp_calls = [_bound(lambda b: b.mlp(b.norm2(x)), b) for b in mlp_blocks]
+        attn_calls = [partial(lambda b: b.attn(b.norm1(x), bias, False, rope), b) for b in attn_blocks]
+        mlp_calls = [partial(lambda b: b.mlp(b.norm2(x)), b) for b in mlp_blocks]
         ms = [t / images for t in timed([*attn_calls, *mlp_calls, *_merge_calls(block, x, bias, rope, prefix, device)])]
         attn_ms.append(_running_max(ms[:len(attn_calls)]))
         mlp_ms.append(_running_max(ms[len(attn_calls):-2]))
@@ -232,10 +233,6 @@ def _block_table(model: nn.Module, device: torch.device, batch: int, dtype: torc
                         _running_max(merge_ms), fixed)
 
 
-def _bound(call: Callable[[nn.Module], object], block: nn.Module) -> Callable[[], object]:
-    return lambda: call(block)
-
-
 def interleaved_best(calls: Sequence[Callable[[], object]], device: torch.device, warmup: int = 2,
                      repeats: int = 5) -> List[float]:
     """The fastest wall time of each call in milliseconds, the calls timed round-robin.
@@ -245,8 +242,8 @@ def interleaved_best(calls: Sequence[Callable[[], object]], device: torch.device
     all the calls instead of letting it fall on every run of one (a width timed 30% slow in one of
     four tables, when each was timed in a row)."""
     times: List[List[float]] = [[] for _ in calls]
+    order = list(enumerate(calls))
     for i in range(warmup + repeats):
-        order = list(enumerate(calls))
         for j, fn in order if i % 2 == 0 else order[::-1]:
             synchronize(device)
             start = time.perf_counter()
