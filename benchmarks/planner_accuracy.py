@@ -39,6 +39,7 @@ from cait_cli.pipeline.planning.latency import (
     LatencyTable,
     calibrate_latency,
     median_scale,
+    robust_line,
     schedule_at,
 )
 from cait_cli.pipeline.planning.plan import SpeedModel
@@ -57,7 +58,8 @@ FITS = {
     "scale + per-token cost, relative error": (("halves", "tokens"), True),
     "scale + per-hidden-activation cost, relative error (tables v6-v9)": (("halves", "hidden"), True),
 }
-MEDIAN_FIT = "scale alone, the median of the fit models' own scales (table v10, used)"
+MEDIAN_FIT = "scale alone, the median of the fit models' own scales (table v10)"
+LINE_FIT = "scale + overhead per forward, Theil-Sen (table v11, used)"
 
 
 def grid_of(model: nn.Module, plans) -> List[tuple]:
@@ -98,6 +100,9 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
     scale = median_scale({k: feats[k]["halves"] for k in fit_labels},
                          {k: original_ms / speedups[k] for k in fit_labels}, table.fixed_ms)
     judge(MEDIAN_FIT, lambda k: scale * feats[k]["halves"])
+    slope, overhead = robust_line({k: feats[k]["halves"] for k in fit_labels},
+                                  {k: original_ms / speedups[k] for k in fit_labels}, table.fixed_ms)
+    judge(LINE_FIT, lambda k: overhead + slope * feats[k]["halves"])
     return rows_out.lines
 
 

@@ -54,6 +54,18 @@ def test_whole_model_fit_takes_the_median_scale_so_one_disturbed_model_cannot_mo
     assert latency.median_scale({"a": 1.0}, {"a": 0.05}, 0.1) == 1.0
 
 
+def test_whole_model_line_recovers_scale_and_overhead_and_shrugs_off_one_disturbed_model():
+    halves = {"a": 4.0, "b": 2.0, "c": 1.0, "d": 3.0, "e": 0.5}
+    whole_ms = {name: 0.1 + 0.3 + 1.5 * h for name, h in halves.items()}  # fixed 0.1, overhead 0.3, scale 1.5
+    assert latency.robust_line(halves, whole_ms, 0.1) == (pytest.approx(1.5), pytest.approx(0.3))
+    whole_ms["c"] *= 3
+    assert latency.robust_line(halves, whole_ms, 0.1) == (pytest.approx(1.5), pytest.approx(0.3))
+    # bigger models relatively cheaper would mean a negative overhead: the scale alone instead
+    bent = {name: 0.1 + 1.5 * h + 0.2 * h * h for name, h in halves.items()}
+    scale, overhead = latency.robust_line(halves, bent, 0.1)
+    assert overhead == 0.0 and scale == latency.median_scale(halves, bent, 0.1)
+
+
 def test_the_fitted_table_predicts_its_whole_models_in_order(make_vit, table):
     # more channels and more tokens never predict a faster model
     speed = SpeedModel(make_vit(), table)

@@ -4,7 +4,8 @@ FLOPs predict speed badly on small shapes, so the planner times the two halves o
 a block (attention, MLP) at the token counts merge schedules produce and at kept
 widths in the channel multiple the slimmed model will have, and interpolates
 between them. Whole slimmed models are timed too: what the sums of block halves
-miss of them is fitted as one scale of those sums (see `_fit_to_whole_models`). Tables are cached per device, threads, batch size,
+miss of them is fitted as a scale of those sums and an overhead per forward (see
+`_fit_to_whole_models`). Tables are cached per device, threads, batch size,
 precision, channel multiple and block shape, so a second run plans without
 measuring.
 
@@ -49,7 +50,7 @@ from ..measuring.measure import (
 )
 from ..measuring.runtimes import block_runtime, captured
 
-TABLE_VERSION = 10
+TABLE_VERSION = 11
 MAX_MERGE_STEPS = 4  # the planner's candidate schedules merge at most this often
 ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
@@ -69,8 +70,9 @@ class LatencyTable:
     mlp_ms: List[List[float]]  # [token index][mlp width index]
     merge_ms: List[float]  # [token index]: one merge step, with the class-attention it needs
     fixed_ms: float  # patch embedding, final norm and head
-    # fitted on whole models: time = fixed + scale x (block halves and merges)
+    # fitted on whole models: time = fixed + overhead + scale x (block halves and merges)
     scale: float = 1.0
+    overhead_ms: float = 0.0  # per forward, whatever the plan: what runs between the halves timed alone
     # the original model itself, timed with the fit models: every speedup the planner predicts is
     # against it, as every measurement is (None: a table that predicts its own baseline)
     baseline_ms: Optional[float] = None
@@ -98,7 +100,7 @@ class LatencyTable:
     def predict(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
                 merge_blocks: Sequence[int]) -> float:
         """Milliseconds per image of a model with these token counts, widths and merges."""
-        return self.fixed_ms + self.scale * self.halves(counts, widths, merge_blocks)
+        return self.fixed_ms + self.overhead_ms + self.scale * self.halves(counts, widths, merge_blocks)
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -276,10 +278,10 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     model, activations stream from block to block, and the framework runs between them. Eight
     whole models (FIT_MODELS), from the original's width to pruned and merged ones, are measured
     against the original (paired per repeat, as landing measures); each says how much slower than
-    its summed halves it runs, and the table takes the median. One scale, not a fitted cost per
-    activation on top: in benchmarks/results/planner_accuracy_cpu.md the two-term fit traded its
-    terms against each other from run to run (scale 0.7-1.3 on the same model), and a machine
-    disturbed while one model ran moved a least-squares fit; a median shrugs off one such model.
+    their summed halves against their measured times fix a scale of the halves and an overhead per
+    forward (robust_line). Not a cost per activation on top, as tables v6-v9 fitted: that term and
+    the scale traded against each other from run to run (scale 0.7-1.3 on the same model), and a
+    machine disturbed while one model ran moved their least-squares fit.
     `rounds` paired repeats: with freed memory kept in the process (allocator.py) a CPU forward
     repeats within a few per cent.
     """
@@ -296,7 +298,30 @@ def _fit_to_whole_models(table: LatencyTable, model: nn.Module, batch: int, mult
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
     table.baseline_ms = 1e3 / speed["original"].throughput
     whole_ms = {name: table.baseline_ms / paired_speedup(speed, name, "original")[0] for name in halves}
-    table.scale = median_scale(halves, whole_ms, table.fixed_ms)
+    table.scale, table.overhead_ms = robust_line(halves, whole_ms, table.fixed_ms)
+
+
+def robust_line(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: float) -> Tuple[float, float]:
+    """(scale, overhead): whole-model time - fixed parts = overhead + scale x summed block halves,
+    fitted by Theil-Sen (the median of the slopes between every two models, then the median
+    intercept), so one disturbed model moves neither. The overhead is what a forward costs beyond
+    its halves whatever the plan (the block's residual adds, module calls), which makes small
+    models at small batches slower than their halves say: DeiT-S at batch 1 was predicted up to 21%
+    too fast by a scale alone. A fit without a positive slope or with a negative overhead falls back
+    to the scale alone (median_scale)."""
+    names = [n for n in halves if halves[n] > 0]
+    spread = max((halves[n] for n in names), default=0.0) * MIN_SPREAD
+    slopes = [(whole_ms[a] - whole_ms[b]) / (halves[a] - halves[b]) for i, a in enumerate(names)
+              for b in names[i + 1:] if abs(halves[a] - halves[b]) > spread]
+    if slopes:
+        scale = statistics.median(slopes)
+        overhead = statistics.median(whole_ms[n] - fixed_ms - scale * halves[n] for n in names)
+        if scale > 0 and overhead >= 0:
+            return scale, overhead
+    return median_scale(halves, whole_ms, fixed_ms), 0.0
+
+
+MIN_SPREAD = 0.05  # two models whose halves differ by less than this share of the largest give no slope
 
 
 def median_scale(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: float) -> float:
