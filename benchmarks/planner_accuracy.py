@@ -94,6 +94,7 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
     """Each form of FITS fitted to the fit models' measurements, judged on the other plans (speedups
     against the original as measured, as the planner predicts them since table v8)."""
     rows_out = harness.Table("whole-model fit", "median abs. error", "worst", "mean signed error")
+    fit_ms = {k: original_ms / speedups[k] for k in fit_labels}  # the fit models' measured times
 
     def judge(name: str, latency) -> None:
         errors = [original_ms / (table.fixed_ms + latency(k)) / speedups[k] - 1 for k in speedups
@@ -101,17 +102,16 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
         rows_out.add(name, f"{statistics.median(map(abs, errors)):.1%}", f"{max(map(abs, errors)):.1%}",
                      f"{statistics.mean(errors):+.1%}")
 
+    times = torch.tensor([fit_ms[k] - table.fixed_ms for k in fit_labels], dtype=torch.float64)
     for name, (names, relative) in FITS.items():
         rows = torch.tensor([[feats[k][f] for f in names] for k in fit_labels], dtype=torch.float64)
-        times = torch.tensor([original_ms / speedups[k] - table.fixed_ms for k in fit_labels], dtype=torch.float64)
         weights = 1 / times if relative else torch.ones_like(times)
         coef = torch.linalg.lstsq(rows * weights.unsqueeze(1), (times * weights).unsqueeze(1)).solution.squeeze(1)
         judge(name, lambda k: float(torch.tensor([feats[k][f] for f in names], dtype=torch.float64) @ coef))
-    scale = median_scale({k: feats[k]["halves"] for k in fit_labels},
-                         {k: original_ms / speedups[k] for k in fit_labels}, table.fixed_ms)
+    fit_halves = {k: feats[k]["halves"] for k in fit_labels}
+    scale = median_scale(fit_halves, fit_ms, table.fixed_ms)
     judge(MEDIAN_FIT, lambda k: scale * feats[k]["halves"])
-    slope, overhead = robust_line({k: feats[k]["halves"] for k in fit_labels},
-                                  {k: original_ms / speedups[k] for k in fit_labels}, table.fixed_ms)
+    slope, overhead = robust_line(fit_halves, fit_ms, table.fixed_ms)
     judge(LINE_FIT, lambda k: overhead + slope * feats[k]["halves"])
     return rows_out.lines
 

@@ -240,9 +240,9 @@ def int8_check_line(int8: Int8Report) -> str:
 
 
 def print_int8_check(console: Console, report: ExportReport, int8: Int8Report, int8_side: ModelSide) -> None:
-    console.print(comparison_table(onnx_side(report.results["fp32"]), int8_side, report.int8_speedup,
-                                   title="int8 vs fp32 under ONNX Runtime", labels=("fp32", "int8")))
     speedup = report.int8_speedup
+    console.print(comparison_table(onnx_side(report.results["fp32"]), int8_side, speedup,
+                                   title="int8 vs fp32 under ONNX Runtime", labels=("fp32", "int8")))
     console.print(f"int8 speedup over fp32 {speedup.ratio:.2f}x (repeats {speedup.low:.2f}-{speedup.high:.2f}x)",
                   highlight=False)
     console.print(int8_check_line(int8), highlight=False)

@@ -56,6 +56,7 @@ ATTN_POINTS = 8  # kept head widths timed (at most)
 MLP_POINTS = 6  # kept MLP widths timed
 ROW_TOKENS = 197  # a timed call handles at most batch x ROW_TOKENS token rows
 MIN_KEEP = 0.125  # narrowest width timed, as a share of the full width (CDCP keeps at least this)
+MIN_SPREAD = 0.05  # robust_line: fit models whose halves differ by less than this share of the largest: no slope
 
 
 @dataclass
@@ -319,9 +320,6 @@ def robust_line(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: 
         if scale > 0 and overhead >= 0:
             return scale, overhead
     return median_scale(halves, whole_ms, fixed_ms), 0.0
-
-
-MIN_SPREAD = 0.05  # two models whose halves differ by less than this share of the largest give no slope
 
 
 def median_scale(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: float) -> float:
