@@ -36,6 +36,7 @@ from cait_cli.models.loading import load_model
 from cait_cli.pipeline.measuring.measure import SpeedConfig, measure_throughput, paired_speedup
 from cait_cli.pipeline.planning.latency import (
     FIT_MODELS,
+    RETIME_ERROR,
     LatencyTable,
     calibrate_latency,
     median_scale,
@@ -116,6 +117,12 @@ def compare_fits(table: LatencyTable, feats: Dict[str, Dict[str, float]], speedu
     return rows_out.lines
 
 
+def table_checks(table: LatencyTable) -> str:
+    """What the table's own check saw (latency.fit_table, latency.retimed)."""
+    timed = "once" if table.block_timings == 1 else f"twice, the first fit missing a fit model by over {RETIME_ERROR:.0%}"
+    return f"block halves timed {timed}; fit models within {table.fit_error:.1%} of the fit"
+
+
 def describe(schedule, keep: float) -> str:
     merges = ",".join(str(s.block) for s in schedule) or "none"
     return f"merge {merges}; keep {keep:.0%}"
@@ -155,7 +162,8 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
         plans.add(f"{label}{fit}", f"{guess:.2f}x", f"{ratio:.2f}x ({low:.2f}-{high:.2f})", f"{guess / ratio - 1:+.1%}")
     median, worst = f"{statistics.median(errors):.1%}", f"{max(errors):.1%}"
     lines = [f"## {name} ({weights} weights)", "",
-             f"Latency table measured in {seconds:.0f} s; {len(predicted)} plans; batch {batch}. "
+             f"Latency table measured in {seconds:.0f} s ({table_checks(table)}); {len(predicted)} plans; "
+             f"batch {batch}. "
              f"Noise floor: a copy of the original measured {noise[0]:.2f}x ({noise[1]:.2f}-{noise[2]:.2f}) "
              "against it.", "", *plans.lines, "",
              f"Median absolute error {median}, worst {worst} ({len(errors)} plans, fit models not counted).", "",

@@ -1,9 +1,10 @@
 """The planner: latency tables measured and cached, plans that reach the target."""
+import copy
 import re
 
 import pytest
 import torch
-from support import synthetic_table
+from support import mac_speeds, synthetic_table
 
 import cait_cli.pipeline.planning.latency as latency
 from cait_cli.errors import CaitError
@@ -64,6 +65,38 @@ def test_whole_model_line_recovers_scale_and_overhead_and_shrugs_off_one_disturb
     bent = {name: 0.1 + 1.5 * h + 0.2 * h * h for name, h in halves.items()}
     scale, overhead = latency.robust_line(halves, bent, 0.1)
     assert overhead == 0.0 and scale == latency.median_scale(halves, bent, 0.1)
+
+
+def _fit_models_of(model, clean, monkeypatch):
+    """The fit models' shapes as compress builds them, their times made from `clean` (scale 1.2,
+    overhead 0.1 ms) in place of a measurement."""
+    monkeypatch.setattr(latency, "measure_throughput", mac_speeds)
+    whole = latency._time_fit_models(clean, model, 4, 1, torch.device("cpu"), torch.float32, 2, False, "eager")
+    whole.whole_ms = {name: clean.fixed_ms + 0.1 + 1.2 * h for name, h in whole.halves(clean).items()}
+    return whole
+
+
+@pytest.mark.parametrize("disturbed_first", [True, False])
+def test_a_fit_that_misses_a_whole_model_times_the_block_halves_again(make_vit, tmp_path, monkeypatch,
+                                                                       disturbed_first):
+    model = make_vit()
+    clean = synthetic_table(model)
+    busy = copy.deepcopy(clean)  # the machine busy while the merged token counts were timed
+    for grid in (busy.attn_ms, busy.mlp_ms):
+        grid[:-1] = [[2 * ms for ms in row] for row in grid[:-1]]
+    whole = _fit_models_of(model, clean, monkeypatch)
+    timings = [busy, copy.deepcopy(clean)] if disturbed_first else [copy.deepcopy(clean)]
+    monkeypatch.setattr(latency, "_block_table", lambda *args: timings.pop(0))
+    monkeypatch.setattr(latency, "_time_fit_models", lambda *args: whole)
+    if disturbed_first:  # the busy table alone misses some fit model by more than RETIME_ERROR
+        alone = copy.deepcopy(busy)
+        latency.fit_table(alone, whole)
+        assert alone.fit_error > latency.RETIME_ERROR
+    table = calibrate_latency(model, torch.device("cpu"), batch=4, cache_dir=tmp_path)
+    assert timings == [] and table.block_timings == (2 if disturbed_first else 1)
+    assert table.attn_ms == clean.attn_ms and table.mlp_ms == clean.mlp_ms  # every cell the faster timing
+    assert table.fit_error == pytest.approx(0.0, abs=1e-9)
+    assert (table.scale, table.overhead_ms) == (pytest.approx(1.2), pytest.approx(0.1))
 
 
 def test_the_fitted_table_predicts_its_whole_models_in_order(make_vit, table):
