@@ -106,22 +106,28 @@ class Row:
 @dataclass
 class Recipe:
     """How every trained arm learns, the compressed ones and the control alike (`cait compress`'s
-    --teacher, --distill, --token-distill, --schedule)."""
+    --teacher, --distill, --token-distill, --schedule; --score-lr and --merge-lr train what only a
+    compressed model has)."""
 
     teacher: Optional[str] = None  # a model to distil from; None: the reference
     distill: str = "soft"
     token_distill: float = 0.0  # the peers' tokens are off the teacher's grid (ToMe) or narrower
     # (torch-pruning): they distil logits only
     schedule: str = "phases"
+    score_lr: float = CompressConfig.score_lr
+    merge_lr: Optional[float] = None  # None: the weights' lr
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Recipe":
-        return cls(args.teacher, args.distill, args.token_distill, args.schedule)
+        return cls(args.teacher, args.distill, args.token_distill, args.schedule, args.score_lr, args.merge_lr)
 
     def describe(self) -> str:
         teacher = self.teacher or "the reference"
         tokens = f", tokens on the merged grid x {self.token_distill:g}" if self.token_distill else ""
-        return f"distillation ({self.distill}) from {teacher}{tokens} plus cross-entropy, schedule {self.schedule}"
+        rates = "" if self.score_lr == CompressConfig.score_lr else f", score lr {self.score_lr:g}"
+        rates += "" if self.merge_lr is None else f", merge-weight lr {self.merge_lr:g}"
+        return (f"distillation ({self.distill}) from {teacher}{tokens} plus cross-entropy, schedule "
+                f"{self.schedule}{rates}")
 
 
 @dataclass
@@ -181,7 +187,8 @@ def ours(bench: Bench, method: str, target: float,
                          seed=bench.seed, overwrite=True, method=method, max_val_images=500,
                          latency_cache=bench.work / "latency", min_keep=low, max_keep=high,
                          teacher=bench.recipe.teacher, distill=bench.recipe.distill,
-                         token_distill=bench.recipe.token_distill, schedule=bench.recipe.schedule)
+                         token_distill=bench.recipe.token_distill, schedule=bench.recipe.schedule,
+                         score_lr=bench.recipe.score_lr, merge_lr=bench.recipe.merge_lr)
     try:
         result = compress(cfg)
     except CaitError as err:
@@ -394,6 +401,10 @@ def main() -> None:
                         help="weight of token distillation for the arms whose tokens stay on the teacher's grid")
     parser.add_argument("--schedule", default=Recipe.schedule, choices=["phases", "continuous"],
                         help="cait's calibration and fine-tuning: each its own schedule, or one")
+    parser.add_argument("--score-lr", type=float, default=Recipe.score_lr,
+                        help="learning rate of CDCP's channel scores (compress's --score-lr)")
+    parser.add_argument("--merge-lr", type=float, default=None,
+                        help="learning rate of ATME's merge weights (compress's --merge-lr; default: --lr)")
     args = parser.parse_args()
     for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
         unknown = [t for t in values or [] if not _within(t, args.speedups)]

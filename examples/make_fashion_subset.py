@@ -3,7 +3,9 @@
     python examples/make_fashion_subset.py --out examples/fashion_mnist
 
 OUT/train/<class>/<index>.png come from the official training split, OUT/val/... from
-the official test split; the same seed picks the same images.
+the official test split; the same seed picks the same images. --heldout-per-class N adds
+OUT/heldout/...: N more images of each class from the training split, none of them in train/,
+for choosing settings without looking at the test split (train/ and val/ stay as they were).
 """
 from __future__ import annotations
 
@@ -44,16 +46,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("examples/fashion_mnist"))
     parser.add_argument("--train-per-class", type=int, default=150)
     parser.add_argument("--val-per-class", type=int, default=50)
+    parser.add_argument("--heldout-per-class", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     with atomic_directory(args.out, overwrite=True) as tmp:
+        picked = {}
         for split, source, per_class in (("train", "train", args.train_per_class), ("val", "test", args.val_per_class)):
             images, labels = load_fashion_mnist(args.root, source)
-            write_split(tmp / split, images, labels, stratified(labels, per_class, rng))
+            picked[split] = stratified(labels, per_class, rng)
+            write_split(tmp / split, images, labels, picked[split])
+        if args.heldout_per_class:  # drawn after train/ and val/, so those are the images the seed always picked
+            images, labels = load_fashion_mnist(args.root, "train")
+            rest = np.setdiff1d(np.arange(len(labels)), picked["train"])
+            write_split(tmp / "heldout", images, labels, rest[stratified(labels[rest], args.heldout_per_class, rng)])
+        heldout = f" --heldout-per-class {args.heldout_per_class}" if args.heldout_per_class else ""
         (tmp / "README.md").write_text(README.format(cmd=f"python examples/make_fashion_subset.py --out {args.out} "
                                                         f"--train-per-class {args.train_per_class} --val-per-class "
-                                                        f"{args.val_per_class} --seed {args.seed}"))
+                                                        f"{args.val_per_class}{heldout} --seed {args.seed}"))
     print(f"wrote {args.out}")
 
 
@@ -62,7 +72,8 @@ README = """# Fashion-MNIST subset
 A stratified subset of Fashion-MNIST (Zalando Research, MIT licence; Xiao, Rasul and Vollgraf,
 2017), read from the IDX files of Debian's `dataset-fashion-mnist` package with cait's own IDX
 reader: 28x28 grey images in ImageFolder layout, `train/` from the official training split and
-`val/` from the official test split, the same number of images in every class.
+`val/` from the official test split, the same number of images in every class; `heldout/`, where
+it was asked for, from the training split, none of its images in `train/`.
 
 Made with:
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cait_cli.errors import CaitError
 from support import make_image_folder, save_tiny_timm_dir, synthetic_table, tiny_vit, write_fashion_idx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -349,13 +350,40 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
 
 
 def test_every_arm_of_the_proof_gets_the_same_recipe(tmp_path, monkeypatch):
-    out = tiny_proof(tmp_path, monkeypatch, "--distill", "hard", "--token-distill", "0.5")
-    control, compressed = [], []
+    out = tiny_proof(tmp_path, monkeypatch, "--distill", "hard", "--token-distill", "0.5", "--score-lr", "5e-3",
+                     "--merge-lr", "1e-2")
+    control, compressed, rates = [], [], []
     real_phase, real_compress = proof.run_phase, proof.compress
     monkeypatch.setattr(proof, "run_phase", lambda student, teacher, batches, cfg, *a, **k: control.append(
         (cfg.distill, cfg.token_weight)) or real_phase(student, teacher, batches, cfg, *a, **k))
     monkeypatch.setattr(proof, "compress", lambda cfg, *a, **k: compressed.append(
-        (cfg.distill, cfg.token_distill)) or real_compress(cfg, *a, **k))
+        (cfg.distill, cfg.token_distill)) or rates.append((cfg.score_lr, cfg.merge_lr)) or real_compress(cfg, *a, **k))
     proof.main()
-    assert control == compressed == [("hard", 0.5)]
-    assert "distillation (hard) from the reference, tokens on the merged grid x 0.5" in out.with_suffix(".md").read_text()
+    assert control == compressed == [("hard", 0.5)] and rates == [(5e-3, 1e-2)]  # (the control has no scores)
+    assert ("distillation (hard) from the reference, tokens on the merged grid x 0.5 plus cross-entropy, schedule "
+            "phases, score lr 0.005, merge-weight lr 0.01") in out.with_suffix(".md").read_text()
+
+
+def test_recipe_rates_trains_one_plan_per_setting_and_reads_the_merge_weights(tmp_path, monkeypatch):
+    from benchmarks import recipe_rates
+
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    out, plan = tmp_path / "rates.md", tmp_path / "plan.json"
+    plan.write_text(json.dumps({"schedule": [[1, "w"], [2, "h"]], "keep": 0.8, "predicted_speedup": 1.5}))
+    monkeypatch.setattr(sys, "argv", [
+        "recipe_rates.py", "--model", str(reference), "--data", str(data), "--val-data", str(data / "val"),
+        "--target", "1.3", "--calib-steps", "2", "--finetune-steps", "2", "--latency-cache", str(tmp_path / "lat"),
+        "--plan", str(plan), "--settings", "2e-2:-", "2e-2:0.5", "--out", str(out)])
+    monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", lambda model, *a, **k: synthetic_table(model))
+    recipe_rates.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| scores")]
+    assert [row.split(" | ")[0] for row in rows] == ["| scores 0.02, merge weights = weights", "| scores 0.02, merge "
+                                                                                              "weights 0.5"]
+    alphas = [[float(a) for a in row.split(" | ")[4].split(", ")] for row in rows]
+    assert [len(a) for a in alphas] == [2, 2]  # one per merge step of the plan
+    # at lr 0.5 for four steps the merge weights move off their start (1.0) further than at the weights' 1e-4
+    assert max(abs(a - 1) for a in alphas[1]) > max(abs(a - 1) for a in alphas[0])
+    assert recipe_rates.parse_setting("5e-3:-") == (5e-3, None)
+    with pytest.raises(CaitError, match="SCORE_LR:MERGE_LR"):
+        recipe_rates.parse_setting("fast")

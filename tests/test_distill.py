@@ -166,6 +166,8 @@ def compress_cli(assets, out, *options):
     ("wide", ["--token-distill", "0.5"], r"--token-distill needs a teacher .*width 48\); .* width 24"),
     (None, ["--distill", "warm"], "--distill must be one of soft, hard, both"),
     (None, ["--token-distill", "-1"], "--token-distill must be 0"),
+    (None, ["--merge-lr", "0"], "--merge-lr must be above 0"),
+    (None, ["--score-lr", "-0.1"], "--score-lr must be above 0"),
     ("missing", [], "--teacher: unknown model"),
 ])
 def test_a_teacher_that_cannot_teach_is_one_line_and_nothing_is_written(assets, tmp_path, teacher, options,
@@ -188,6 +190,7 @@ def test_compress_with_another_teacher_and_token_distillation_names_both(assets,
     training = json.loads((tmp_path / "o.cait" / "report.json").read_text())["training"]
     assert training["teacher"] == assets["same"] and training["distill"] == "both"
     assert training["token_distill"] == 0.5 and training["loss"] == "kl_logits+ce_teacher_top1"
+    assert training["score_lr"] == 2e-2 and training["merge_lr"] == training["lr"]  # the defaults, recorded
     assert set(training["steps"]) == {"calibrate", "finetune"} and training["schedule"] == "continuous"
     assert json.loads((tmp_path / "r.json").read_text())["training"] == training
     said = " ".join(output.split())  # the terminal wraps long lines

@@ -2,6 +2,7 @@ import pytest
 import torch
 from support import tiny_vit
 
+from cait_cli.method.atme import alternating_schedule
 from cait_cli.method.cdcp import attach_gates
 from cait_cli.method.model import patch_vit
 from cait_cli.pipeline.training.loop import run_phase
@@ -20,6 +21,17 @@ def test_scores_train_at_their_own_rate_without_decay():
     score_group = optimizer.param_groups[-1]
     assert score_group["lr"] == cfg.score_lr and score_group["weight_decay"] == 0.0
     assert optimizer.param_groups[0]["weight_decay"] == cfg.weight_decay
+
+
+def test_merge_weights_train_at_their_own_rate_without_decay():
+    model = patch_vit(tiny_vit(), alternating_schedule([1, 2], (8, 8)))
+    attach_gates(model)
+    alphas = [param for name, param in model.named_parameters() if name.endswith(".alpha")]
+    assert alphas
+    for merge_lr, want in ((None, 1e-4), (3e-2, 3e-2)):  # None: the weights' rate
+        optimizer = make_optimizer(model, TrainConfig(steps=10, lr=1e-4, merge_lr=merge_lr))
+        group = next(g for g in optimizer.param_groups if any(p is alphas[0] for p in g["params"]))
+        assert group["lr"] == want and group["weight_decay"] == 0.0 and len(group["params"]) == len(alphas)
 
 
 def test_adamw_keeps_its_default_kernels_off_the_gpu():

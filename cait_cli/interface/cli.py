@@ -115,6 +115,10 @@ def compress(
     lr: Optional[float] = typer.Option(COMPRESS["lr"], help="learning rate of the weights; default 1e-4 x global "
                                        "batch / 64 (linear scaling; global batch = batch size x processes); a value "
                                        "given is used as is"),
+    score_lr: float = typer.Option(COMPRESS["score_lr"], help="learning rate of CDCP's channel scores during "
+                                   "calibration"),
+    merge_lr: Optional[float] = typer.Option(COMPRESS["merge_lr"], help="learning rate of ATME's merge weights "
+                                             "(how much token importance weighs against size); default: --lr's"),
     compile: Optional[bool] = typer.Option(COMPRESS["compile"], "--compile/--no-compile", help="compile the "
                                            "training step with torch.compile (default: on for CUDA, off on the "
                                            "CPU); if compiling fails, one line says so and training runs eagerly"),

@@ -79,8 +79,6 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError("--calib-steps and --finetune-steps must be 0 or more")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise CaitError("--batch-size must be at least 1")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise CaitError(f"--lr must be above 0, got {cfg.lr:g}")
     if cfg.decode not in DECODES:
         raise CaitError(f"--decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
     if cfg.channel_multiple < 1:
@@ -97,6 +95,9 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
     if cfg.distill not in DISTILL_KINDS:
         raise CaitError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {cfg.distill!r}")
+    for option, value in (("--lr", cfg.lr), ("--score-lr", cfg.score_lr), ("--merge-lr", cfg.merge_lr)):
+        if value is not None and not 0 < value < math.inf:
+            raise CaitError(f"{option} must be above 0, got {value:g}")
     if not 0 <= cfg.token_distill < math.inf:
         raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
     if cfg.schedule not in SCHEDULES:
@@ -286,7 +287,8 @@ def _training(job: Job, record: RunRecord) -> Training:
                     labels_note=job.labels_note, loss=loss_name(job.base, cfg.distill), lr=cfg.lr,
                     lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
                     teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
-                    token_distill=cfg.token_distill, schedule=cfg.schedule)
+                    token_distill=cfg.token_distill, schedule=cfg.schedule, score_lr=cfg.score_lr,
+                    merge_lr=cfg.lr if cfg.merge_lr is None else cfg.merge_lr)
 
 
 def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
@@ -295,7 +297,7 @@ def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-               "plan", "teacher", "distill", "token_distill", "schedule")
+               "plan", "teacher", "distill", "token_distill", "schedule", "score_lr", "merge_lr")
 
 
 def changed_options(saved: Dict[str, Any], cfg: CompressConfig, keys: Sequence[str] = RESUME_KEYS) -> List[str]:

@@ -38,6 +38,8 @@ class CompressConfig:
     batch_size: Optional[int] = None  # per process; None: 256 on CUDA, 64 on the CPU (DEFAULT_BATCH)
     bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
     lr: Optional[float] = None  # None: LR_BASE for a global batch of LR_BASE_BATCH, scaled linearly (lr_for)
+    score_lr: float = 2e-2  # CDCP's channel scores (calibration): they move faster than the weights
+    merge_lr: Optional[float] = None  # ATME's merge weights (alpha); None: the weights' lr
     compile: Optional[bool] = None  # the training step under torch.compile; None: on CUDA yes, on the CPU no
     decode: str = "auto"  # training JPEGs decoded "cpu" (loader workers) or "gpu"; auto: gpu on CUDA for JPEGs
     device: str = "auto"
@@ -149,5 +151,6 @@ class Job(Prepared):
         """A phase of `steps`; `before` and `run_steps` (the steps before it and in the whole run): its
         batches and learning rate follow on from the phases before (--schedule continuous)."""
         warmup = min(warmup_cap, (run_steps or steps) // 10)
-        return TrainConfig(steps=steps, lr=self.cfg.lr, amp=self.amp, warmup_steps=warmup, distill=self.cfg.distill,
+        return TrainConfig(steps=steps, lr=self.cfg.lr, score_lr=self.cfg.score_lr, merge_lr=self.cfg.merge_lr,
+                           amp=self.amp, warmup_steps=warmup, distill=self.cfg.distill,
                            token_weight=self.cfg.token_distill, before=before, schedule_steps=run_steps)

@@ -37,6 +37,7 @@ class TrainConfig:
     steps: int
     lr: float = 1e-4
     score_lr: float = 2e-2  # CDCP scores move faster than weights
+    merge_lr: Optional[float] = None  # ATME's merge weights (alpha); None: the weights' lr
     weight_decay: float = 0.05
     warmup_steps: int = 0
     amp: bool = False
@@ -100,21 +101,25 @@ def teach(teacher: nn.Module, images: torch.Tensor) -> Outputs:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    scores, decay, no_decay = [], [], []
+    scores, alphas, decay, no_decay = [], [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         if name.endswith(".scores"):
             scores.append(param)
-        elif param.ndim <= 1 or name.endswith(".alpha") or "pos_embed" in name or "token" in name:
+        elif name.endswith(".alpha"):
+            alphas.append(param)
+        elif param.ndim <= 1 or "pos_embed" in name or "token" in name:
             no_decay.append(param)
         else:
             decay.append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
+    if alphas:
+        groups.append({"params": alphas, "weight_decay": 0.0, "lr": cfg.lr if cfg.merge_lr is None else cfg.merge_lr})
     if scores:
         groups.append({"params": scores, "weight_decay": 0.0, "lr": cfg.score_lr})
-    return torch.optim.AdamW(groups, fused=_all_on_cuda(scores + decay + no_decay) or None)
+    return torch.optim.AdamW(groups, fused=_all_on_cuda(scores + alphas + decay + no_decay) or None)
 
 
 def _all_on_cuda(params: list) -> bool:
