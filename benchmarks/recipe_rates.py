@@ -69,10 +69,10 @@ def main() -> None:
         reports = {s: run(s, args, Path(tmp) / f"{i}.cait") for i, s in enumerate(args.settings)}
     require_one_plan(reports.values())
     table = harness.Table("setting", "plan (merges after blocks; keep)", "top-1 original -> compressed",
-                          "agreement", "merge weights after", "wall time")
+                          "top-1 (%)", "agreement", "merge weights after", "wall time")
     for setting, r in reports.items():
         alphas = ", ".join(f"{a:.3f}" for a in r["alphas"]) or "-"
-        table.add(label(setting), harness.plan_cell(r), harness.top1_cell(r),
+        table.add(label(setting), harness.plan_cell(r), harness.top1_cell(r), f"{100 * r['compressed']['top1']:.2f}",
                   f"{100 * r['compressed']['agreement']:.2f}%", alphas, f"{r['wall_s']:.0f} s")
     body = [f"{args.model} at {args.target:g}x, {args.calib_steps} calibration + {args.finetune_steps} fine-tuning "
             f"steps on {args.data} (weights' lr {reports[args.settings[0]]['training']['lr']:g}), seed {args.seed}, "

@@ -380,7 +380,7 @@ def test_recipe_rates_trains_one_plan_per_setting_and_reads_the_merge_weights(tm
     rows = [line for line in out.read_text().splitlines() if line.startswith("| scores")]
     assert [row.split(" | ")[0] for row in rows] == ["| scores 0.02, merge weights = weights", "| scores 0.02, merge "
                                                                                               "weights 0.5"]
-    alphas = [[float(a) for a in row.split(" | ")[4].split(", ")] for row in rows]
+    alphas = [[float(a) for a in row.split(" | ")[5].split(", ")] for row in rows]
     assert [len(a) for a in alphas] == [2, 2]  # one per merge step of the plan
     # at lr 0.5 for four steps the merge weights move off their start (1.0) further than at the weights' 1e-4
     assert max(abs(a - 1) for a in alphas[1]) > max(abs(a - 1) for a in alphas[0])
