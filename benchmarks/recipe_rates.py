@@ -23,13 +23,14 @@ from benchmarks import harness
 from benchmarks.one_plan import RUN_OPTIONS, compress_run, require_one_plan
 from cait_cli.errors import CaitError
 from cait_cli.models.loading import load_model
+from cait_cli.pipeline.training.train import TrainConfig
 
 Setting = Tuple[float, Optional[float]]  # (score lr, merge-weight lr; None: the weights' lr)
 
 
 def parse_setting(text: str) -> Setting:
     """"2e-2:1e-2" -> (0.02, 0.01); "2e-2:-" -> (0.02, None)."""
-    score, sep, merge = text.partition(":")
+    score, _, merge = text.partition(":")
     try:
         return float(score), (None if merge in ("", "-") else float(merge))
     except ValueError:
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--val-data", required=True, help="held-out images (not the test set): compress's --val-data")
     parser.add_argument("--lr", type=float, default=None, help="the weights' lr (None: compress's default)")
     parser.add_argument("--plan", default=None, help="an earlier run's report.json or checkpoint: its plan, fixed")
-    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[(2e-2, None)],
+    parser.add_argument("--settings", nargs="+", type=parse_setting, default=[(TrainConfig.score_lr, None)],
                         help="SCORE_LR:MERGE_LR pairs (MERGE_LR -: the weights' lr)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,7 +38,7 @@ class CompressConfig:
     batch_size: Optional[int] = None  # per process; None: 256 on CUDA, 64 on the CPU (DEFAULT_BATCH)
     bench_batch_size: Optional[int] = None  # throughput batch: 64 on CPU, 256 on GPU
     lr: Optional[float] = None  # None: LR_BASE for a global batch of LR_BASE_BATCH, scaled linearly (lr_for)
-    score_lr: float = 2e-2  # CDCP's channel scores (calibration): they move faster than the weights
+    score_lr: float = TrainConfig.score_lr  # CDCP's channel scores (calibration): they move faster than the weights
     merge_lr: Optional[float] = None  # ATME's merge weights (alpha); None: the weights' lr
     compile: Optional[bool] = None  # the training step under torch.compile; None: on CUDA yes, on the CPU no
     decode: str = "auto"  # training JPEGs decoded "cpu" (loader workers) or "gpu"; auto: gpu on CUDA for JPEGs

@@ -105,7 +105,11 @@ class LatencyTable:
     def predict(self, counts: Sequence[Tuple[int, int]], widths: Sequence[Tuple[int, int]],
                 merge_blocks: Sequence[int]) -> float:
         """Milliseconds per image of a model with these token counts, widths and merges."""
-        return self.fixed_ms + self.overhead_ms + self.scale * self.halves(counts, widths, merge_blocks)
+        return self.time_of(self.halves(counts, widths, merge_blocks))
+
+    def time_of(self, halves: float) -> float:
+        """Milliseconds per image of a model whose block halves sum to `halves` (as timed alone)."""
+        return self.fixed_ms + self.overhead_ms + self.scale * halves
 
 
 def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -352,8 +356,7 @@ def fit_table(table: LatencyTable, whole: FitModels) -> None:
     halves = whole.halves(table)
     table.baseline_ms = whole.baseline_ms
     table.scale, table.overhead_ms = robust_line(halves, whole.whole_ms, table.fixed_ms)
-    predicted = {name: table.fixed_ms + table.overhead_ms + table.scale * h for name, h in halves.items()}
-    table.fit_error = max(abs(predicted[name] / whole.whole_ms[name] - 1) for name in halves)
+    table.fit_error = max(abs(table.time_of(h) / whole.whole_ms[name] - 1) for name, h in halves.items())
 
 
 def robust_line(halves: Dict[str, float], whole_ms: Dict[str, float], fixed_ms: float) -> Tuple[float, float]:
