@@ -387,3 +387,33 @@ def test_recipe_rates_trains_one_plan_per_setting_and_reads_the_merge_weights(tm
     assert recipe_rates.parse_setting("5e-3:-") == (5e-3, None)
     with pytest.raises(CaitError, match="SCORE_LR:MERGE_LR"):
         recipe_rates.parse_setting("fast")
+
+
+def test_plan_choice_trains_each_schedule_at_the_budget_the_planner_would_solve(tmp_path, monkeypatch):
+    from benchmarks import plan_choice
+    from cait_cli.pipeline.planning.plan import PlanConfig, SpeedModel
+
+    reference = save_tiny_timm_dir(tmp_path / "ref", tiny_vit(**ARGS), ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    out = tmp_path / "choice.md"
+    monkeypatch.setattr(sys, "argv", [
+        "plan_choice.py", "--model", str(reference), "--data", str(data), "--val-data", str(data / "val"),
+        "--target", "1.3", "--calib-steps", "2", "--finetune-steps", "2", "--latency-cache", str(tmp_path / "lat"),
+        "--merges", "1w", "none", "--out", str(out)])
+    fake_table = lambda model, *a, **k: synthetic_table(model)  # noqa: E731
+    monkeypatch.setattr("cait_cli.pipeline.compress.calibrate_latency", fake_table)
+    monkeypatch.setattr(plan_choice, "calibrate_latency", fake_table)
+    plan_choice.main()
+    rows = {row.split(" | ")[0][2:]: row.split(" | ") for row in out.read_text().splitlines()
+            if row.startswith(("| 1w", "| none"))}
+    assert set(rows) == {"1w", "none"}
+    speed = SpeedModel(tiny_vit(**ARGS), synthetic_table(tiny_vit(**ARGS)), plan_choice.CHANNEL_MULTIPLE)
+    cfg = PlanConfig(1.3, multiple=plan_choice.CHANNEL_MULTIPLE)
+    for name, schedule in (("1w", plan_choice.parse_merges("1w")), ("none", [])):
+        keep = plan_choice.solved_keep(speed, schedule, cfg)
+        assert rows[name][1] == f"{keep:.0%}"
+        assert float(rows[name][2].rstrip("x")) >= 1.3  # the budget solved reaches the planner's aim
+    assert rows["1w"][1] != rows["none"][1]  # merging leaves more channels for the same speed
+    assert plan_choice.parse_merges("5w+10h") == [plan_choice.MergeStep(5, "w"), plan_choice.MergeStep(10, "h")]
+    with pytest.raises(CaitError, match="--merges"):
+        plan_choice.parse_merges("5x")
