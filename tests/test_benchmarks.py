@@ -417,3 +417,24 @@ def test_plan_choice_trains_each_schedule_at_the_budget_the_planner_would_solve(
     assert plan_choice.parse_merges("5w+10h") == [plan_choice.MergeStep(5, "w"), plan_choice.MergeStep(10, "h")]
     with pytest.raises(CaitError, match="--merges"):
         plan_choice.parse_merges("5x")
+
+
+def test_plan_trials_start_from_the_planners_score_and_training_moves_it(tmp_path, monkeypatch):
+    from benchmarks import plan_trials
+    from cait_cli.pipeline.data.sources import collate_skipping, dataset_from, eval_transform, resolve_data_config
+    from cait_cli.pipeline.planning.scoring import kl_score
+
+    base = tiny_vit(**ARGS)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    data_cfg = resolve_data_config(base)
+    batches = plan_trials.StepBatches(dataset_from(str(data / "train"), eval_transform(data_cfg)), 6, 0,
+                                      collate_skipping)
+    images = plan_trials.held_out(dataset_from(str(data / "val"), eval_transform(data_cfg)), 6)
+    schedule = plan_trials.parse_merges("1w")
+    untrained = plan_trials.trial_kl(base, schedule, 0.5, batches, 0, 1e-3, images)
+    # step 0 is what make_plan ranks by: the planner's own score of the plan
+    planner = kl_score(base, lambda: images, plan_trials.CHANNEL_MULTIPLE)(schedule, 0.5)
+    assert untrained == pytest.approx(planner, rel=1e-4, abs=1e-6)
+    trained = plan_trials.trial_kl(base, schedule, 0.5, batches, 6, 1e-3, images)
+    # the trial trained the student (here the labels' cross-entropy pulls a random ViT off its original)
+    assert trained != pytest.approx(untrained, rel=1e-2)
