@@ -62,13 +62,13 @@ def trial_kl(base: nn.Module, schedule: List[MergeStep], keep: float, batches: S
 
 
 def main() -> None:
-    parser = harness.make_parser(__doc__, "model", "seed", "data", "target", "out")
+    parser = harness.make_parser(__doc__, "model", "seed", "data", "target", "out", latency_cache=harness.Default(
+        None, "folder of latency tables (None: cait's cache, $CAIT_CACHE)"))
     parser.add_argument("--val-data", required=True, help="held-out images the KL is read on")
     parser.add_argument("--images", type=int, default=512, help="held-out images the KL is read on")
     parser.add_argument("--lr", type=float, default=1e-4, help="the weights' lr in the trials")
     parser.add_argument("--merges", nargs="+", type=parse_merges, required=True, help="5w, 5w+10h, none")
     parser.add_argument("--trial-steps", nargs="+", type=int, default=[16, 48], help="calibration steps per trial")
-    parser.add_argument("--latency-cache", default=None, help="folder of latency tables (None: cait's cache)")
     args = parser.parse_args()
     base = load_model(args.model).model.eval()
     data_cfg = resolve_data_config(base)
