@@ -9,8 +9,11 @@ overshoots pays in accuracy for speed nobody asked for. Among the plans predicte
 to land, the planner shortlists a few at every CDCP budget, from merging alone to
 pruning much and merging late, and, when it can see data, picks the one whose
 untrained compressed model stays closest to the original (a score the caller
-supplies, e.g. KL divergence on a calibration batch). Without data it takes the
-plan that prunes the fewest channels and merges the least.
+supplies, e.g. KL divergence on a calibration batch, image by image). Plans whose
+score is within its noise of the best are ties, and a tie goes to the plan that
+merges latest: trained with the same recipe, later merges with more pruning were
+the more accurate (plan_choice_2.5x_cpu.md), which the untrained score cannot see.
+Without data it takes the plan that prunes the fewest channels and merges the least.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
 from ...errors import CaitError
@@ -27,7 +31,8 @@ from ...method.cost import BlockShape, block_shapes
 from ...method.base import tokens_per_block
 from .latency import LatencyTable
 
-ScoreFn = Callable[[List[MergeStep], float], float]
+# A plan's distance from the original: one value per scoring image (B,), or a single value (no noise estimate)
+ScoreFn = Callable[[List[MergeStep], float], "float | torch.Tensor"]
 Candidate = Tuple[float, float, List[MergeStep]]  # predicted speedup, keep, schedule
 Widths = List[Tuple[int, int]]  # per block: kept attention width per head, kept MLP hidden units
 METHODS = ("cait", "atme", "cdcp")
@@ -36,6 +41,10 @@ BAND = (0.97, 1.08)
 # The narrower band a quick landing measurement must hit: the final, longer measurement
 # scatters by a few per cent on a busy CPU, so landing near the band's edge is not landing.
 LANDING_BAND = (0.99, 1.06)
+# Plans whose mean per-image score is within this many standard errors of the best plan's (paired, on
+# the same images) are ties: the planner scores on one batch, and its top candidates differed by less
+# than that batch's noise (plan_scores_cpu.md).
+TIE_ERRORS = 2.0
 
 
 @dataclass
@@ -233,11 +242,34 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     landing = [c for c in feasible if c[0] <= cfg.target * cfg.ceiling]
     if not landing:
         landing = [min(feasible, key=lambda c: c[0])]
-    shortlist = shortlist_by_budget(landing, cfg.max_scored) if score else [min(landing, key=_least_change)]
-    scored = [(score(list(s), k) if score else 0.0, p, k, s) for p, k, s in shortlist]
-    best_score, predicted, keep, schedule = min(scored, key=lambda c: c[0])
+    if score is None:
+        predicted, keep, schedule = min(landing, key=_least_change)
+        return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule))
+    scored = [(_per_image(score, s, k), p, k, s) for p, k, s in shortlist_by_budget(landing, cfg.max_scored)]
+    best = min(scored, key=lambda c: float(c[0].mean()))[0]
+    values, predicted, keep, schedule = min((c for c in scored if within_noise(c[0], best)),
+                                            key=lambda c: (_latest_merging(c[3]), float(c[0].mean())))
     return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
-                best_score if score else None)
+                float(values.mean()))
+
+
+def _per_image(score: ScoreFn, schedule: Sequence[MergeStep], keep: float) -> torch.Tensor:
+    return torch.as_tensor(score(list(schedule), keep), dtype=torch.float64).flatten().cpu()
+
+
+def within_noise(values: torch.Tensor, best: torch.Tensor, errors: float = TIE_ERRORS) -> bool:
+    """Whether a plan's per-image scores (B,) are a tie with the best plan's: their mean paired difference
+    is at most `errors` standard errors. A single value has no noise estimate: only the best ties with itself."""
+    if values.numel() < 2 or values.numel() != best.numel():
+        return bool(values.mean() <= best.mean())
+    difference = values - best
+    return bool(difference.mean() <= errors * difference.std() / math.sqrt(difference.numel()))
+
+
+def _latest_merging(schedule: Sequence[MergeStep]) -> tuple:
+    """Sort key: the latest first merge first (no merge latest of all), then the fewest merges."""
+    first = schedule[0].block if schedule else math.inf
+    return -first, len(schedule)
 
 
 def _schedules(speed: SpeedModel, cfg: PlanConfig) -> List[List[MergeStep]]:

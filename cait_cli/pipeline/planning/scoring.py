@@ -9,11 +9,12 @@ import torch.nn as nn
 
 from ...method.atme import MergeStep
 from ...method.variants import compressed_variant
-from ..training.train import distill_loss, distill_outputs, feature_loss, is_headless
+from ..training.distill import kl_per_image
+from ..training.train import distill_outputs, feature_loss, is_headless
 from .plan import ScoreFn
 
 Outputs = Callable[[nn.Module, torch.Tensor], object]  # what a model gives on the batch
-Distance = Callable[[object, object], float]  # (compressed model's outputs, original's outputs)
+Distance = Callable[[object, object], object]  # (compressed model's outputs, original's): per image (B,) or one value
 
 
 def plan_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int, outputs: Outputs,
@@ -29,9 +30,9 @@ def plan_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: in
         with torch.inference_mode():
             return batch, outputs(base, batch)
 
-    scores: Dict[Tuple[Tuple[MergeStep, ...], float], float] = {}
+    scores: Dict[Tuple[Tuple[MergeStep, ...], float], object] = {}
 
-    def score(schedule: List[MergeStep], keep: float) -> float:
+    def score(schedule: List[MergeStep], keep: float) -> object:
         key = (tuple(schedule), keep)
         if key not in scores:
             batch, want = reference()
@@ -44,16 +45,13 @@ def plan_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: in
 
 
 def kl_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:
-    """KL of the plan's logits from the original's (the planner's score); for a headless
-    model, which has no logits, the training's feature loss (see `headless_score`)."""
+    """KL of the plan's logits from the original's, image by image (B,): the planner's score is their
+    mean, and their spread says which plans tie (plan.within_noise). For a headless model, which has
+    no logits, the training's feature loss, one value (see `headless_score`)."""
     if is_headless(base):
         return headless_score(base, images, multiple)
-
-    def kl(logits: torch.Tensor, teacher: torch.Tensor) -> float:
-        unlabelled = torch.full((logits.shape[0],), -1, dtype=torch.long, device=logits.device)
-        return float(distill_loss(logits, teacher, unlabelled, 0.0))
-
-    return plan_score(base, images, multiple, lambda model, batch: model(batch), kl)
+    return plan_score(base, images, multiple, lambda model, batch: model(batch),
+                      lambda logits, teacher: kl_per_image(logits, teacher).cpu())
 
 
 def headless_score(base: nn.Module, images: Callable[[], torch.Tensor], multiple: int) -> ScoreFn:

@@ -34,10 +34,15 @@ class WithTokens(NamedTuple):
     tokens: torch.Tensor  # (B, P + H'*W', C), after the final norm
 
 
+def kl_per_image(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) at temperature 1 of each image (B,); logits (B, K)."""
+    return F.kl_div(student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
+                    log_target=True, reduction="none").sum(-1)
+
+
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) at temperature 1, batch mean; logits (B, K)."""
-    return F.kl_div(student_logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1),
-                    log_target=True, reduction="batchmean")
+    return kl_per_image(student_logits, teacher_logits).mean()
 
 
 def hard_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
