@@ -68,7 +68,12 @@ def old_pick(speed: SpeedModel, cfg: PlanConfig, score) -> tuple:
                if (k := speed.solve_keep(s, cfg.target * cfg.margin, cfg.min_keep)) is not None
                and speed.speedup(s, k) <= cfg.target * cfg.ceiling]
     landing.sort(key=lambda c: (-round(c[1], 3), len(c[2]), c[0]))
-    return min((score(list(s), k), k, merges(s)) for _, k, s in landing[: cfg.max_scored])
+    return min((mean_kl(score, s, k), k, merges(s)) for _, k, s in landing[: cfg.max_scored])
+
+
+def mean_kl(score, schedule, keep) -> float:
+    """The planner's KL of a plan: the mean of its per-image values."""
+    return float(score(list(schedule), keep).mean())
 
 
 def merges(schedule) -> str:
@@ -93,7 +98,7 @@ def main() -> None:
     depth = len(base.blocks)
     indices = [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
     dense = feature_score(base, lambda: batch, args.channel_multiple, indices)
-    rows = sorted((score(schedule, keep), dense(schedule, keep), predicted, keep, merges(schedule))
+    rows = sorted((mean_kl(score, schedule, keep), dense(schedule, keep), predicted, keep, merges(schedule))
                   for schedule, keep, predicted in landing_plans(speed, cfg))
     new = make_plan(base, table, cfg, score)
     old_kl, old_keep, old_merges = old_pick(speed, cfg, score)
