@@ -71,6 +71,12 @@ def old_pick(speed: SpeedModel, cfg: PlanConfig, score) -> tuple:
     return min((mean_kl(score, s, k), k, merges(s)) for _, k, s in landing[: cfg.max_scored])
 
 
+def spread_images(dataset, count: int) -> torch.Tensor:
+    """`count` images spread evenly over a dataset (over the classes of a class-sorted folder)."""
+    step = max(1, len(dataset) // count)
+    return torch.stack([dataset[i * step][0] for i in range(min(count, len(dataset)))])
+
+
 def mean_kl(score, schedule, keep) -> float:
     """The planner's KL of a plan: the mean of its per-image values."""
     return float(score(list(schedule), keep).mean())
@@ -89,8 +95,7 @@ def main() -> None:
     start = time.perf_counter()
     base = load_model(args.model).model.eval()
     train = open_data(args.data, resolve_data_config(base), batch_size=args.images, workers=0, seed=0).train
-    step = max(1, len(train) // args.images)  # spread over the classes of a class-sorted folder
-    batch = torch.stack([train[i * step][0] for i in range(args.images)])
+    batch = spread_images(train, args.images)
     table = calibrate_latency(base, torch.device("cpu"), args.bench_batch_size, multiple=args.channel_multiple)
     speed = SpeedModel(base, table, args.channel_multiple)
     cfg = PlanConfig(args.target, multiple=args.channel_multiple)

@@ -10,7 +10,6 @@ the full recipe (issue 39: plan choice better than its noise).
 """
 from __future__ import annotations
 
-import argparse
 from typing import List
 
 import torch
@@ -18,7 +17,7 @@ import torch.nn as nn
 
 from benchmarks import harness
 from benchmarks.plan_choice import BENCH_BATCH, CHANNEL_MULTIPLE, parse_merges, solved_keep
-from benchmarks.plan_scores import merges
+from benchmarks.plan_scores import merges, spread_images
 from cait_cli.method.atme import MergeStep
 from cait_cli.method.cdcp import set_budget
 from cait_cli.models.loading import load_model
@@ -29,23 +28,16 @@ from cait_cli.pipeline.planning.latency import calibrate_latency
 from cait_cli.pipeline.planning.plan import PlanConfig, SpeedModel
 from cait_cli.pipeline.training.calibrate import apply_budget, gated_student
 from cait_cli.pipeline.training.loop import run_phase
-from cait_cli.pipeline.training.train import TrainConfig, distill_loss
+from cait_cli.pipeline.training.distill import kl_per_image
+from cait_cli.pipeline.training.train import TrainConfig
 
 CPU = torch.device("cpu")
 
 
-def held_out(dataset, count: int) -> torch.Tensor:
-    """`count` images spread over a (class-sorted) folder."""
-    step = max(1, len(dataset) // count)
-    return torch.stack([dataset[i * step][0] for i in range(min(count, len(dataset)))])
-
-
 def kl_from(base: nn.Module, model: nn.Module, images: torch.Tensor) -> float:
-    """The planner's score: KL of the model's logits from the original's (no labels)."""
+    """The planner's score: the mean KL of the model's logits from the original's."""
     with torch.inference_mode():
-        teacher, student = base(images), model.eval()(images)
-    unlabelled = torch.full((images.shape[0],), -1, dtype=torch.long)
-    return float(distill_loss(student, teacher, unlabelled, 0.0))
+        return float(kl_per_image(model.eval()(images), base(images)).mean())
 
 
 def trial_kl(base: nn.Module, schedule: List[MergeStep], keep: float, batches: StepBatches, steps: int,
@@ -74,7 +66,7 @@ def main() -> None:
     data_cfg = resolve_data_config(base)
     batches = StepBatches(open_data(args.data, data_cfg, batch_size=64, seed=args.seed).train, 64, args.seed,
                           collate_skipping)
-    images = held_out(dataset_from(args.val_data, eval_transform(data_cfg)), args.images)
+    images = spread_images(dataset_from(args.val_data, eval_transform(data_cfg)), args.images)
     table = calibrate_latency(base, CPU, BENCH_BATCH, cache_dir=args.latency_cache, multiple=CHANNEL_MULTIPLE)
     speed, cfg = SpeedModel(base, table, CHANNEL_MULTIPLE), PlanConfig(args.target, multiple=CHANNEL_MULTIPLE)
     steps = [0, *args.trial_steps]

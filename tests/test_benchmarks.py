@@ -429,7 +429,7 @@ def test_plan_trials_start_from_the_planners_score_and_training_moves_it(tmp_pat
     data_cfg = resolve_data_config(base)
     batches = plan_trials.StepBatches(dataset_from(str(data / "train"), eval_transform(data_cfg)), 6, 0,
                                       collate_skipping)
-    images = plan_trials.held_out(dataset_from(str(data / "val"), eval_transform(data_cfg)), 6)
+    images = plan_trials.spread_images(dataset_from(str(data / "val"), eval_transform(data_cfg)), 6)
     schedule = plan_trials.parse_merges("1w")
     untrained = plan_trials.trial_kl(base, schedule, 0.5, batches, 0, 1e-3, images)
     # step 0 is what make_plan ranks by: the planner's own score of the plan
