@@ -27,7 +27,7 @@ from cait_cli.errors import CaitError
 from cait_cli.method.atme import MergeStep
 from cait_cli.models.loading import load_model
 from cait_cli.pipeline.planning.latency import calibrate_latency
-from cait_cli.pipeline.planning.plan import PlanConfig, SpeedModel
+from cait_cli.pipeline.planning.plan import Plan, PlanConfig, SpeedModel
 
 CHANNEL_MULTIPLE = 8  # compress's default: the table and the plans are those of a default run
 BENCH_BATCH = 64  # compress's throughput batch on the CPU
@@ -50,7 +50,7 @@ def solved_keep(speed: SpeedModel, schedule: List[MergeStep], cfg: PlanConfig) -
 
 def train_plan(schedule: List[MergeStep], keep: float, args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
     plan_file = folder / f"{merges(schedule)}.json"
-    plan_file.write_text(json.dumps({"schedule": [[s.block, s.axis] for s in schedule], "keep": keep}))
+    plan_file.write_text(json.dumps(Plan(schedule, keep, predicted_speedup=0.0).to_dict()))  # compress predicts it anew
     return compress_run(args.model, folder / f"{merges(schedule)}.cait", args.latency_cache,
                         target_speedup=args.target, data=args.data, val_data=args.val_data,
                         calib_steps=args.calib_steps, finetune_steps=args.finetune_steps, seed=args.seed,
