@@ -308,6 +308,16 @@ def results_text(title: str, run: Run, headline: str, body: Sequence[str], previ
     return "\n".join(lines + ["", *history_lines(previous, run)]).rstrip("\n") + "\n"
 
 
+RESULT_EXTENSIONS = (".md", ".json", ".png")  # what a benchmark writes beside its --out
+
+
+def beside(out: Path, ext: str) -> Path:
+    """The file `ext` of the result --out names: out with its extension swapped when it has one of
+    RESULT_EXTENSIONS, else out + ext (a stem such as proof_2.5x_cpu keeps its dots, which
+    Path.with_suffix would cut to proof_2.md)."""
+    return out.with_suffix(ext) if out.suffix in RESULT_EXTENSIONS else out.with_name(out.name + ext)
+
+
 def write_results(out: Optional[Path], title: str, body: Sequence[str], headline: str,
                   run: Optional[Run] = None, device: Union[str, torch.device, None] = None) -> str:
     """Print the results (title, the run's header, headline, body) and, when `out` is given, write them

@@ -454,7 +454,7 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
             "batch_size": args.batch_size, "bench_batch_size": args.bench_batch_size, "lr": args.lr,
             "seed": args.seed, "seconds": round(seconds),
             "recipe": Recipe.of(args).describe()}
-    write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
+    write_json_atomic(harness.beside(args.out, ".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
     render(meta, [asdict(r) for r in rows], args.out)
 
 

@@ -158,9 +158,9 @@ def plot(meta: Dict[str, Any], rows: List[Dict[str, Any]], path: Path) -> None:
 
 def render(meta: Dict[str, Any], rows: List[Dict[str, Any]], out: Path) -> None:
     """OUT.md (the run that made `meta`, the table, the History of earlier runs) and OUT.png."""
-    harness.write_results(out.with_suffix(".md"), TITLE, table(meta, rows), headline(meta, rows),
+    harness.write_results(harness.beside(out, ".md"), TITLE, table(meta, rows), headline(meta, rows),
                           run=harness.Run.of(meta))
-    plot(meta, rows, out.with_suffix(".png"))
+    plot(meta, rows, harness.beside(out, ".png"))
 
 
 def main() -> None:

@@ -291,9 +291,9 @@ def main() -> None:
             "head_steps": args.head_steps, "head_batch_size": args.head_batch_size, "head_seeds": args.head_seeds,
             "speedup": args.speedup, "steps": args.steps, "bench_batch_size": args.bench_batch_size,
             "seconds": round(time.time() - started)}
-    write_json_atomic(args.out.with_suffix(".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
-    harness.write_results(args.out.with_suffix(".md"), TITLE, table(meta, rows), headline(rows), run=this_run)
-    plot_scenes(segmenters, sets["test"], args.out.with_suffix(".png"))
+    write_json_atomic(harness.beside(args.out, ".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
+    harness.write_results(harness.beside(args.out, ".md"), TITLE, table(meta, rows), headline(rows), run=this_run)
+    plot_scenes(segmenters, sets["test"], harness.beside(args.out, ".png"))
 
 
 if __name__ == "__main__":

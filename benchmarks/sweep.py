@@ -125,7 +125,7 @@ def body(args: argparse.Namespace, swept: Dict[str, Any], sweep_seconds: float,
                  + (f" ({w['note']})" if w["note"] else "") for w in swept["shared"]) + ".", "",
              *table.lines]
     if args.out:
-        lines += ["", f"The sweep's plot: `{args.out.with_suffix('.png').name}` beside this file (measured speedup "
+        lines += ["", f"The sweep's plot: `{harness.beside(args.out, '.png').name}` beside this file (measured speedup "
                   "against top-1, the original, the Pareto front)."]
     gaps = f"{min(differences):+.2f} to {max(differences):+.2f} pt" if differences else "—"
     headline = (f"sweep {sweep_seconds:.0f} s vs {len(runs)} compress runs {separate:.0f} s (estimate of the "
@@ -144,7 +144,7 @@ def main() -> None:
     harness.write_results(args.out, TITLE, lines, headline, device=args.device)
     plot = work / "sweep" / "sweep.png"
     if args.out and plot.is_file():
-        shutil.copyfile(plot, args.out.with_suffix(".png"))
+        shutil.copyfile(plot, harness.beside(args.out, ".png"))
 
 
 if __name__ == "__main__":

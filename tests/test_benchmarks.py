@@ -305,6 +305,15 @@ def test_results_carry_the_run_they_replace_into_history(tmp_path):
     assert [row[1] for row in _history(out.read_text())] == ["bbb2222", "aaa1111"]
 
 
+def test_a_results_stem_with_dots_keeps_them_in_every_file_it_names():
+    from benchmarks import harness
+
+    stem = Path("results/proof_2.5x_seed1_cpu")
+    assert [harness.beside(stem, ext).name for ext in (".md", ".json", ".png")] == [
+        "proof_2.5x_seed1_cpu.md", "proof_2.5x_seed1_cpu.json", "proof_2.5x_seed1_cpu.png"]
+    assert harness.beside(Path("results/proof_cpu.md"), ".png") == Path("results/proof_cpu.png")
+
+
 def test_results_written_over_a_file_from_before_the_harness_keep_its_command(tmp_path):
     from benchmarks import harness
 
