@@ -123,6 +123,14 @@ def table_checks(table: LatencyTable) -> str:
     return f"block halves timed {timed}; fit models within {table.fit_error:.1%} of the fit"
 
 
+def host_drift(table: LatencyTable, original_ms: float) -> str:
+    """How fast the original ran here against when the table was fitted. On a VM that shares its
+    host, a neighbour contending for cache and memory bandwidth slows big activations more than
+    small ones: a slower original then goes with larger speedups than the table was fitted to."""
+    return (f"The original ran at {original_ms:.3f} ms per image here, {table.baseline_ms:.3f} when the table "
+            f"was fitted ({original_ms / table.baseline_ms - 1:+.1%}).")
+
+
 def describe(schedule, keep: float) -> str:
     merges = ",".join(str(s.block) for s in schedule) or "none"
     return f"merge {merges}; keep {keep:.0%}"
@@ -161,15 +169,16 @@ def study(name: str, weights: str, batch: int, repeats: int, multiple: int, devi
             errors.append(abs(guess / ratio - 1))
         plans.add(f"{label}{fit}", f"{guess:.2f}x", f"{ratio:.2f}x ({low:.2f}-{high:.2f})", f"{guess / ratio - 1:+.1%}")
     median, worst = f"{statistics.median(errors):.1%}", f"{max(errors):.1%}"
+    original_ms = 1e3 / measured["original"].throughput
     lines = [f"## {name} ({weights} weights)", "",
              f"Latency table measured in {seconds:.0f} s ({table_checks(table)}); {len(predicted)} plans; "
              f"batch {batch}. "
              f"Noise floor: a copy of the original measured {noise[0]:.2f}x ({noise[1]:.2f}-{noise[2]:.2f}) "
-             "against it.", "", *plans.lines, "",
+             f"against it. {host_drift(table, original_ms)}", "", *plans.lines, "",
              f"Median absolute error {median}, worst {worst} ({len(errors)} plans, fit models not counted).", "",
              "Whole-model fits compared (fitted to the fit models' measurements above, errors over the other "
              "plans):", ""]
-    lines += compare_fits(table, feats, speedups, fit_labels, 1e3 / measured["original"].throughput)
+    lines += compare_fits(table, feats, speedups, fit_labels, original_ms)
     lines.append("")
     print("\n".join(lines), flush=True)
     return lines, f"{name} (batch {batch}): median error {median}, worst {worst}"

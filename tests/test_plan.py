@@ -68,12 +68,23 @@ def test_whole_model_line_recovers_scale_and_overhead_and_shrugs_off_one_disturb
     assert overhead == 0.0 and scale == latency.median_scale(halves, bent, 0.1)
 
 
+def test_fit_models_timed_twice_pool_their_paired_repeats():
+    shapes = {"a": ([], [], []), "b": ([], [], [])}
+    first = latency.FitModels(shapes, {"a": [2.0, 1.2, 2.0], "b": [3.0, 3.0, 3.0]}, baseline_ms=10.0)
+    again = latency.FitModels(shapes, {"a": [2.0, 2.0, 2.0], "b": [3.0, 2.0, 3.0]}, baseline_ms=12.0)
+    both = first.pooled(again)
+    assert both.ratios == {"a": [2.0, 1.2, 2.0, 2.0, 2.0, 2.0], "b": [3.0, 3.0, 3.0, 3.0, 2.0, 3.0]}
+    assert both.baseline_ms == 11.0
+    assert both.whole_ms == {"a": pytest.approx(11.0 / 2.0), "b": pytest.approx(11.0 / 3.0)}
+
+
 def _fit_models_of(model, clean, monkeypatch):
     """The fit models' shapes as compress builds them, their times made from `clean` (scale 1.2,
     overhead 0.1 ms) in place of a measurement."""
     monkeypatch.setattr(latency, "measure_throughput", mac_speeds)
     whole = latency._time_fit_models(clean, model, 4, 1, torch.device("cpu"), torch.float32, 2, False, "eager")
-    whole.whole_ms = {name: clean.fixed_ms + 0.1 + 1.2 * h for name, h in whole.halves(clean).items()}
+    whole.ratios = {name: [whole.baseline_ms / (clean.fixed_ms + 0.1 + 1.2 * h)]
+                    for name, h in whole.halves(clean).items()}
     return whole
 
 
@@ -88,13 +99,15 @@ def test_a_fit_that_misses_a_whole_model_times_the_block_halves_again(make_vit, 
     whole = _fit_models_of(model, clean, monkeypatch)
     timings = [busy, copy.deepcopy(clean)] if disturbed_first else [copy.deepcopy(clean)]
     monkeypatch.setattr(latency, "_block_table", lambda *args: timings.pop(0))
-    monkeypatch.setattr(latency, "_time_fit_models", lambda *args: whole)
+    fit_timings = []
+    monkeypatch.setattr(latency, "_time_fit_models", lambda *args: fit_timings.append(1) or whole)
     if disturbed_first:  # the busy table alone misses some fit model by more than RETIME_ERROR
         alone = copy.deepcopy(busy)
         latency.fit_table(alone, whole)
         assert alone.fit_error > latency.RETIME_ERROR
     table = calibrate_latency(model, torch.device("cpu"), batch=4, cache_dir=tmp_path)
     assert timings == [] and table.block_timings == (2 if disturbed_first else 1)
+    assert len(fit_timings) == table.block_timings  # the fit models are timed again with the halves
     assert table.attn_ms == clean.attn_ms and table.mlp_ms == clean.mlp_ms  # every cell the faster timing
     assert table.fit_error == pytest.approx(0.0, abs=1e-9)
     assert (table.scale, table.overhead_ms) == (pytest.approx(1.2), pytest.approx(0.1))
