@@ -57,7 +57,10 @@ MLP_POINTS = 6  # kept MLP widths timed
 ROW_TOKENS = 197  # a timed call handles at most batch x ROW_TOKENS token rows
 MIN_KEEP = 0.125  # narrowest width timed, as a share of the full width (CDCP keeps at least this)
 MIN_SPREAD = 0.05  # robust_line: fit models whose halves differ by less than this share of the largest: no slope
-RETIME_ERROR = 0.06  # a fit model further than this from its fitted prediction: the table is timed again
+# a fit model further than this from its fitted prediction: the table is timed again, which doubles its
+# cost (DeiT-S at batch 64: 160 s -> 335 s); three of six tables were timed twice in one run, and then
+# predicted within 1.3-6.0% median (planner_accuracy_v13_cpu.md)
+RETIME_ERROR = 0.06
 
 
 @dataclass
@@ -226,9 +229,9 @@ def retimed(table: LatencyTable, again: LatencyTable, whole: "FitModels") -> Lat
     (FitModels.pooled). A machine busy for a few seconds while one token count's row was timed
     inflated every cell of that row: the reference's unpruned merged plans were then predicted
     18-23% too slow, and the fit models showed it (a merged one 18% and 31% off). Quiet tables keep
-    their fit models within 3.4-5.5% (DeiT-S, SigLIP, EVA-02 in planner_accuracy_v12_cpu.md); SigLIP
-    at batch 2 passed table v12's check at 9.9% and then mispredicted its pruned, unmerged plans by
-    up to 15%, where an earlier table of the same model had them right."""
+    their fit models within 2-7.7% (planner_accuracy_v12_cpu.md, _v13_cpu.md); SigLIP at batch 2
+    passed table v12's check (10%) at 9.9% and then mispredicted its pruned, unmerged plans by up
+    to 15%, where an earlier table of the same model had them right."""
     faster = LatencyTable(
         table.key, table.tokens, table.attn_widths, table.mlp_widths,
         _cellwise_min(table.attn_ms, again.attn_ms), _cellwise_min(table.mlp_ms, again.mlp_ms),
