@@ -70,10 +70,12 @@ def test_whole_model_line_recovers_scale_and_overhead_and_shrugs_off_one_disturb
 
 def test_fit_models_timed_twice_pool_their_paired_repeats():
     shapes = {"a": ([], [], []), "b": ([], [], [])}
-    first = latency.FitModels(shapes, {"a": [2.0, 1.2, 2.0], "b": [3.0, 3.0, 3.0]}, baseline_ms=10.0)
-    again = latency.FitModels(shapes, {"a": [2.0, 2.0, 2.0], "b": [3.0, 2.0, 3.0]}, baseline_ms=12.0)
+    # images/s per repeat; the original's at 1.0 and 0.5, so each model's paired speedups are 2, 1.2, 2 ...
+    first = latency.FitModels(shapes, {"a": [2.0, 1.2, 2.0], "b": [3.0, 3.0, 3.0]}, [1.0, 1.0, 1.0], baseline_ms=10.0)
+    again = latency.FitModels(shapes, {"a": [1.0, 1.0, 1.0], "b": [1.5, 1.0, 1.5]}, [0.5, 0.5, 0.5], baseline_ms=12.0)
     both = first.pooled(again)
-    assert both.ratios == {"a": [2.0, 1.2, 2.0, 2.0, 2.0, 2.0], "b": [3.0, 3.0, 3.0, 3.0, 2.0, 3.0]}
+    assert both.rates == {"a": [2.0, 1.2, 2.0, 1.0, 1.0, 1.0], "b": [3.0, 3.0, 3.0, 1.5, 1.0, 1.5]}
+    assert both.baseline_rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]  # still paired repeat by repeat
     assert both.baseline_ms == 11.0
     assert both.whole_ms == {"a": pytest.approx(11.0 / 2.0), "b": pytest.approx(11.0 / 3.0)}
 
@@ -83,8 +85,9 @@ def _fit_models_of(model, clean, monkeypatch):
     overhead 0.1 ms) in place of a measurement."""
     monkeypatch.setattr(latency, "measure_throughput", mac_speeds)
     whole = latency._time_fit_models(clean, model, 4, 1, torch.device("cpu"), torch.float32, 2, False, "eager")
-    whole.ratios = {name: [whole.baseline_ms / (clean.fixed_ms + 0.1 + 1.2 * h)]
-                    for name, h in whole.halves(clean).items()}
+    whole.baseline_rates = [1.0]
+    whole.rates = {name: [whole.baseline_ms / (clean.fixed_ms + 0.1 + 1.2 * h)]
+                   for name, h in whole.halves(clean).items()}
     return whole
 
 

@@ -46,6 +46,7 @@ from ..measuring.measure import (
     SpeedConfig,
     device_name,
     measure_throughput,
+    speedup_estimate,
     synchronize,
 )
 from ..measuring.runtimes import block_runtime, captured
@@ -321,13 +322,15 @@ class FitModels:
     the table's sums of block halves are fitted to."""
 
     shapes: Dict[str, Tuple[list, list, list]]  # name: (token counts, widths, merge blocks) for halves()
-    ratios: Dict[str, List[float]]  # name: its speedups over the original, one per paired repeat
+    rates: Dict[str, List[float]]  # name: images/s, one per repeat
+    baseline_rates: List[float]  # the original's images/s, paired with each model's repeats
     baseline_ms: float  # the original's milliseconds per image
 
     @property
     def whole_ms(self) -> Dict[str, float]:
-        """Milliseconds per image of each model: the original's over its median paired speedup."""
-        return {name: self.baseline_ms / statistics.median(r) for name, r in self.ratios.items()}
+        """Milliseconds per image of each model: the original's over its paired speedup (speedup_estimate,
+        as landing reads it)."""
+        return {name: self.baseline_ms / speedup_estimate(r, self.baseline_rates) for name, r in self.rates.items()}
 
     def halves(self, table: LatencyTable) -> Dict[str, float]:
         return {name: table.halves(*shape) for name, shape in self.shapes.items()}
@@ -335,8 +338,9 @@ class FitModels:
     def pooled(self, again: "FitModels") -> "FitModels":
         """These models timed twice: every paired repeat of both timings, so a stretch of a busy
         machine that fell on one model's runs moves its median less."""
-        ratios = {name: r + again.ratios[name] for name, r in self.ratios.items()}
-        return FitModels(self.shapes, ratios, (self.baseline_ms + again.baseline_ms) / 2)
+        rates = {name: r + again.rates[name] for name, r in self.rates.items()}
+        return FitModels(self.shapes, rates, self.baseline_rates + again.baseline_rates,
+                         (self.baseline_ms + again.baseline_ms) / 2)
 
 
 def _time_fit_models(table: LatencyTable, model: nn.Module, batch: int, multiple: int, device: torch.device,
@@ -361,9 +365,8 @@ def _time_fit_models(table: LatencyTable, model: nn.Module, batch: int, multiple
     cfg = SpeedConfig(batch_size=images, warmup=1, repeats=rounds, iters_per_repeat=1, amp=amp, dtype=dtype,
                       runtime=runtime)
     speed = measure_throughput(variants, (3, *model.patch_embed.img_size), cfg, device)
-    base = speed["original"].per_repeat
-    ratios = {name: [a / b for a, b in zip(speed[name].per_repeat, base)] for name in shapes}
-    return FitModels(shapes, ratios, 1e3 / speed["original"].throughput)
+    rates = {name: speed[name].per_repeat for name in shapes}
+    return FitModels(shapes, rates, speed["original"].per_repeat, 1e3 / speed["original"].throughput)
 
 
 def fit_table(table: LatencyTable, whole: FitModels) -> None:
