@@ -148,7 +148,6 @@ class Bench:
     log: Callable[[str], None] = print
     recipe: Recipe = field(default_factory=Recipe)
     teacher: Optional[nn.Module] = None  # the recipe's teacher, loaded; None: the reference
-    late_keep: Optional[float] = CompressConfig.late_keep  # the planner's (compress's --late-keep)
 
     @property
     def input_size(self) -> tuple:
@@ -189,7 +188,7 @@ def ours(bench: Bench, method: str, target: float,
                          latency_cache=bench.work / "latency", min_keep=low, max_keep=high,
                          teacher=bench.recipe.teacher, distill=bench.recipe.distill,
                          token_distill=bench.recipe.token_distill, schedule=bench.recipe.schedule,
-                         score_lr=bench.recipe.score_lr, merge_lr=bench.recipe.merge_lr, late_keep=bench.late_keep)
+                         score_lr=bench.recipe.score_lr, merge_lr=bench.recipe.merge_lr)
     try:
         result = compress(cfg)
     except CaitError as err:
@@ -263,18 +262,13 @@ Job = Callable[[], List[tuple[Row, Optional[nn.Module]]]]
 def method_jobs(bench: Bench, method: str, target: float,
                 settings: Sequence[PruneSetting] = SETTINGS) -> List[tuple[str, Job]]:
     """(name, job) pairs for one method at one target; torch-pruning is one job per setting."""
-    name = f"{method}_{target:g}{rule_suffix(bench) if method == 'cait' else ''}"
+    name = f"{method}_{target:g}"
     if method in ("cait", "atme", "cdcp"):
         return [(name, lambda: [ours(bench, method, target)])]
     if method == "tome":
         return [(name, lambda: tome(bench, target))]
     return [(f"{method}-{s.label.replace(' ', '-')}_{target:g}", lambda s=s: [pruned_at(bench, target, s)])
             for s in settings]
-
-
-def rule_suffix(bench: Bench) -> str:
-    """What a cait job's name adds for a planner rule other than the judge's (other plans, another job)."""
-    return "" if bench.late_keep is None else f"_late{bench.late_keep:g}"
 
 
 @dataclass
@@ -352,7 +346,7 @@ def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, cache: Job
     for target in protocol.ordered_targets(prune.search_at):
         settings = prune.settings(target, bench.seed, rows, models)
         jobs = [job for method in protocol.methods for job in method_jobs(bench, method, target, settings)]
-        jobs += [(f"cait-keep{low:g}-{high:g}_{target:g}{rule_suffix(bench)}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
+        jobs += [(f"cait-keep{low:g}-{high:g}_{target:g}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
                  for low, high in protocol.bands(target)]
         run_jobs(bench, jobs, cache, rows, models)
 
@@ -409,9 +403,6 @@ def main() -> None:
                         help="cait's calibration and fine-tuning: each its own schedule, or one")
     parser.add_argument("--score-lr", type=float, default=Recipe.score_lr,
                         help="learning rate of CDCP's channel scores (compress's --score-lr)")
-    parser.add_argument("--late-keep", type=float, default=CompressConfig.late_keep,
-                        help="the planner's rule (compress's --late-keep): the plan merging latest among those "
-                             "keeping at least this share of the channel MACs")
     parser.add_argument("--merge-lr", type=float, default=None,
                         help="learning rate of ATME's merge weights (compress's --merge-lr; default: --lr)")
     args = parser.parse_args()
@@ -434,8 +425,7 @@ def main() -> None:
     def bench_with(seed: int) -> Bench:
         batches = StepBatches(train, args.batch_size, seed, collate_skipping)
         return Bench(reference, args.reference, args.data, batches, args.steps, args.batch_size, args.lr,
-                     args.bench_batch_size, device, args.work, seed, recipe=recipe, teacher=teacher,
-                     late_keep=args.late_keep)
+                     args.bench_batch_size, device, args.work, seed, recipe=recipe, teacher=teacher)
 
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
@@ -456,13 +446,6 @@ def main() -> None:
     write_results(args, rows, reference, reference_acc.top1, time.time() - started)
 
 
-def planner_rule(late_keep: Optional[float]) -> str:
-    """How cait's plans were chosen, for the results page."""
-    if late_keep is None:
-        return "; planner: the judge's best plan (ties: the latest merge)"
-    return f"; planner: the latest merge keeping at least {late_keep:.0%} of the channel MACs"
-
-
 def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Module, reference_top1: float,
                   seconds: float) -> None:
     """OUT.json (the run and every row), then OUT.md and OUT.png made from it."""
@@ -470,7 +453,7 @@ def write_results(args: argparse.Namespace, rows: List[Row], reference: nn.Modul
             "reference_params": count_params(reference), "reference_macs": model_macs(reference), "steps": args.steps,
             "batch_size": args.batch_size, "bench_batch_size": args.bench_batch_size, "lr": args.lr,
             "seed": args.seed, "seconds": round(seconds),
-            "recipe": Recipe.of(args).describe() + planner_rule(args.late_keep)}
+            "recipe": Recipe.of(args).describe()}
     write_json_atomic(harness.beside(args.out, ".json"), {"meta": meta, "rows": [asdict(r) for r in rows]})
     render(meta, [asdict(r) for r in rows], args.out)
 

@@ -14,7 +14,6 @@ from cait_cli.pipeline.planning.plan import (
     PlanConfig,
     SpeedModel,
     candidate_schedules,
-    latest_keeping,
     make_plan,
     shortlist_by_budget,
     within_noise,
@@ -209,47 +208,6 @@ def test_plans_within_the_scores_noise_tie_and_the_latest_merging_wins(make_vit)
     tied = make_plan(model, table, cfg, score=earliest_merge_best_by(1e-4))  # far within it
     assert first_merge(clear) < first_merge(tied)
     assert tied.score == pytest.approx(float(earliest_merge_best_by(1e-4)(tied.schedule, tied.keep).mean()))
-
-
-def test_late_keep_takes_the_latest_merge_that_keeps_enough_whatever_the_judge_says(make_vit):
-    model = make_vit()
-    table = synthetic_table(model)
-    speed = SpeedModel(model, table)
-    judged = []
-
-    def earliest_merge_best(schedule, keep):  # the judge would take the earliest merge, clearly
-        judged.append((tuple(schedule), keep))
-        return float(schedule[0].block if schedule else len(model.blocks))
-
-    def first_merge(schedule):
-        return schedule[0].block if schedule else len(model.blocks)
-
-    judge_only = make_plan(model, table, PlanConfig(target=1.5), score=earliest_merge_best)
-    judged.clear()
-    late = make_plan(model, table, PlanConfig(target=1.5, late_keep=0.5), score=earliest_merge_best)
-    assert late.keep >= 0.5 and first_merge(late.schedule) > first_merge(judge_only.schedule)
-    # every landing plan that keeps enough merges no later than the one chosen, and the judge saw only
-    # the equally late ones
-    goal, ceiling = 1.5 * 1.02, 1.5 * 1.08
-    for schedule in candidate_schedules(len(model.blocks), (8, 8)):
-        keep = speed.solve_keep(schedule, goal, 0.25, 1.0)
-        if keep is not None and keep >= 0.5 and speed.speedup(schedule, keep) <= ceiling:
-            assert first_merge(schedule) <= first_merge(late.schedule)
-    assert judged and all(first_merge(list(s)) == first_merge(late.schedule) for s, _ in judged)
-
-
-def test_late_keep_needs_both_parts_and_a_plan_that_keeps_enough(make_vit):
-    model = make_vit()
-    table = synthetic_table(model)
-
-    def score(schedule, keep):
-        return float(schedule[0].block if schedule else len(model.blocks))
-
-    atme = PlanConfig.for_method("atme", 1.5)
-    assert make_plan(model, table, atme, score=score) == make_plan(model, table, PlanConfig.for_method(
-        "atme", 1.5, late_keep=0.5), score=score)  # nothing to trade: the judge decides, as without it
-    assert latest_keeping([(1.6, 0.3, [MergeStep(2, "w")])], 0.5) == []
-    assert latest_keeping([(1.6, 0.3, [MergeStep(2, "w")])], None) == []
 
 
 def test_within_noise_pairs_the_images_and_a_single_value_only_ties_with_the_best():

@@ -157,10 +157,6 @@ def compress(
     min_keep: float = typer.Option(COMPRESS["min_keep"], help="CDCP keeps at least this fraction of the prunable "
                                    "channel MACs (e.g. 0.9: prune at most 10%, merge more); 0.25 is the planner's "
                                    "floor"),
-    late_keep: Optional[float] = typer.Option(COMPRESS["late_keep"], help="plan choice: among the plans keeping at "
-                                              "least this fraction of the prunable channel MACs, the one merging "
-                                              "latest (with data; e.g. 0.4); unset: the plan whose untrained model "
-                                              "stays closest to the original"),
     teacher: Optional[str] = typer.Option(COMPRESS["teacher"], help="the model to distil from (default: the "
                                           "original): a timm name, hf-hub:ORG/NAME, a checkpoint folder or a "
                                           ".safetensors file with its config.json; it must predict the model's "

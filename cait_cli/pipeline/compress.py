@@ -87,8 +87,6 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--max-keep must be between 0.25 and 1.0, got {cfg.max_keep:g}")
     if not 0.25 <= cfg.min_keep <= cfg.max_keep:
         raise CaitError(f"--min-keep must be between 0.25 and --max-keep ({cfg.max_keep:g}), got {cfg.min_keep:g}")
-    if cfg.late_keep is not None and not 0.25 <= cfg.late_keep <= 1.0:
-        raise CaitError(f"--late-keep must be between 0.25 and 1.0, got {cfg.late_keep:g}")
     if cfg.max_keep < 1.0 and cfg.method == "atme":
         raise CaitError("--max-keep asks CDCP to prune; --method atme does not prune")
     if cfg.workers is not None and cfg.workers < 0:
@@ -298,8 +296,8 @@ def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 
 RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
-               "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "late_keep", "runtime",
-               "importance", "plan", "teacher", "distill", "token_distill", "schedule", "score_lr", "merge_lr")
+               "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
+               "plan", "teacher", "distill", "token_distill", "schedule", "score_lr", "merge_lr")
 
 
 def changed_options(saved: Dict[str, Any], cfg: CompressConfig, keys: Sequence[str] = RESUME_KEYS) -> List[str]:

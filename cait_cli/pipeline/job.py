@@ -62,7 +62,6 @@ class CompressConfig:
     channel_multiple: int = 8  # kept widths (per head, MLP hidden) are multiples of this; 1: any width
     max_keep: float = 1.0  # CDCP keeps at most this fraction of the gated channel MACs (1.0: planner decides)
     min_keep: float = 0.25  # and at least this fraction (prunes at most 1 - min_keep); 0.25 is the planner's floor
-    late_keep: Optional[float] = None  # with data, the plan merging latest among those keeping this much (PlanConfig)
     importance: Optional[str] = None  # ATME's token importance: "cls" or "received"; None: "cls" where there is one
     teacher: Optional[str] = None  # what the student learns from: any model cait loads, of its classes; None: the original
     distill: str = "soft"  # how the teacher's logits teach: soft (KL), hard (CE to its top-1), both (their mean)
@@ -71,7 +70,7 @@ class CompressConfig:
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
         return PlanConfig.for_method(self.method, target, multiple=self.channel_multiple, max_keep=self.max_keep,
-                                     min_keep=self.min_keep, late_keep=self.late_keep, **kwargs)
+                                     min_keep=self.min_keep, **kwargs)
 
 
 DEFAULT_BATCH = {"cuda": 256, "cpu": 64}  # per process; on an H200 256 about doubled images/s over 128

@@ -58,9 +58,6 @@ class PlanConfig:
     merge: bool = True  # may use ATME (False: CDCP alone, an ablation)
     prune: bool = True  # may use CDCP (False: ATME alone, an ablation)
     multiple: int = 1  # kept widths are multiples of this
-    # With data: among the landing plans that keep at least this share, the one that merges latest (the
-    # judge decides between equally late ones); None, or no such plan: the judge decides (ties: latest).
-    late_keep: Optional[float] = None
 
     @classmethod
     def for_method(cls, method: str, target: float, **kwargs) -> "PlanConfig":
@@ -248,12 +245,6 @@ def make_plan(model: nn.Module, table: LatencyTable, cfg: PlanConfig, score: Opt
     if score is None:
         predicted, keep, schedule = min(landing, key=_least_change)
         return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule))
-    late = latest_keeping(landing, cfg.late_keep) if cfg.merge and cfg.prune else []  # the trade of one for the other
-    if late:
-        values, predicted, keep, schedule = min(((_per_image(score, s, k), p, k, s) for p, k, s in late),
-                                                key=lambda c: float(c[0].mean()))
-        return Plan(list(schedule), keep, predicted, tokens_per_block(speed.grid, speed.prefix, speed.depth, schedule),
-                    float(values.mean()))
     scored = [(_per_image(score, s, k), p, k, s) for p, k, s in shortlist_by_budget(landing, cfg.max_scored)]
     best = min(scored, key=lambda c: float(c[0].mean()))[0]
     values, predicted, keep, schedule = min((c for c in scored if within_noise(c[0], best)),
@@ -273,24 +264,6 @@ def within_noise(values: torch.Tensor, best: torch.Tensor, errors: float = TIE_E
         return bool(values.mean() <= best.mean())
     difference = values - best
     return bool(difference.mean() <= errors * difference.std() / math.sqrt(difference.numel()))
-
-
-def latest_keeping(candidates: Sequence[Candidate], least_keep: Optional[float]) -> List[Candidate]:
-    """The candidates keeping at least `least_keep` whose merges start latest, then are fewest (none if
-    least_keep is None or no candidate keeps that much): the plans the judge then chooses between.
-
-    Trained with one recipe, the plans that merge latest at a budget of 40% or more were the most
-    accurate at equal measured speed, by more than the seeds' noise, while the untrained judge ranks
-    them last: pruned channels cost the untrained model more than training leaves of that cost
-    (plan_choice_*_cpu.md). Below 30% accuracy falls by 2 points: no plan is worth that.
-    """
-    if least_keep is None:
-        return []
-    keeping = [c for c in candidates if c[1] >= least_keep - 1e-9]
-    if not keeping:
-        return []
-    latest = min(_latest_merging(c[2]) for c in keeping)
-    return [c for c in keeping if _latest_merging(c[2]) == latest]
 
 
 def _latest_merging(schedule: Sequence[MergeStep]) -> tuple:
