@@ -116,17 +116,20 @@ class Recipe:
     schedule: str = "phases"
     score_lr: float = CompressConfig.score_lr
     merge_lr: Optional[float] = None  # None: the weights' lr
+    temperature: float = CompressConfig.temperature  # of soft distillation
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Recipe":
-        return cls(args.teacher, args.distill, args.token_distill, args.schedule, args.score_lr, args.merge_lr)
+        return cls(args.teacher, args.distill, args.token_distill, args.schedule, args.score_lr, args.merge_lr,
+                   args.temperature)
 
     def describe(self) -> str:
         teacher = self.teacher or "the reference"
         tokens = f", tokens on the merged grid x {self.token_distill:g}" if self.token_distill else ""
         rates = "" if self.score_lr == CompressConfig.score_lr else f", score lr {self.score_lr:g}"
         rates += "" if self.merge_lr is None else f", merge-weight lr {self.merge_lr:g}"
-        return (f"distillation ({self.distill}) from {teacher}{tokens} plus cross-entropy, schedule "
+        soft = "" if self.temperature == 1.0 else f" at temperature {self.temperature:g}"
+        return (f"distillation ({self.distill}{soft}) from {teacher}{tokens} plus cross-entropy, schedule "
                 f"{self.schedule}{rates}")
 
 
@@ -162,7 +165,8 @@ def finetune(bench: Bench, student: nn.Module, tokens: bool = False) -> nn.Modul
     fine-tuning loop (tokens: with the recipe's token distillation, for a model on the teacher's grid)."""
     recipe = bench.recipe
     cfg = TrainConfig(steps=bench.steps, lr=bench.lr, warmup_steps=min(50, bench.steps // 10),
-                      distill=recipe.distill, token_weight=recipe.token_distill if tokens else 0.0)
+                      distill=recipe.distill, token_weight=recipe.token_distill if tokens else 0.0,
+                      temperature=recipe.temperature)
     run_phase(student, bench.teacher or bench.reference, bench.batches, cfg, bench.device, phase="finetune")
     return student
 
@@ -188,7 +192,8 @@ def ours(bench: Bench, method: str, target: float,
                          latency_cache=bench.work / "latency", min_keep=low, max_keep=high,
                          teacher=bench.recipe.teacher, distill=bench.recipe.distill,
                          token_distill=bench.recipe.token_distill, schedule=bench.recipe.schedule,
-                         score_lr=bench.recipe.score_lr, merge_lr=bench.recipe.merge_lr)
+                         score_lr=bench.recipe.score_lr, merge_lr=bench.recipe.merge_lr,
+                         temperature=bench.recipe.temperature)
     try:
         result = compress(cfg)
     except CaitError as err:
@@ -403,6 +408,8 @@ def main() -> None:
                         help="cait's calibration and fine-tuning: each its own schedule, or one")
     parser.add_argument("--score-lr", type=float, default=Recipe.score_lr,
                         help="learning rate of CDCP's channel scores (compress's --score-lr)")
+    parser.add_argument("--temperature", type=float, default=Recipe.temperature,
+                        help="of soft distillation (compress's --temperature)")
     parser.add_argument("--merge-lr", type=float, default=None,
                         help="learning rate of ATME's merge weights (compress's --merge-lr; default: --lr)")
     args = parser.parse_args()

@@ -359,18 +359,19 @@ def test_quickstart_records_the_readme_command_and_a_row_per_fresh_run(tmp_path,
 
 
 def test_every_arm_of_the_proof_gets_the_same_recipe(tmp_path, monkeypatch):
-    out = tiny_proof(tmp_path, monkeypatch, "--distill", "hard", "--token-distill", "0.5", "--score-lr", "5e-3",
-                     "--merge-lr", "1e-2")
+    out = tiny_proof(tmp_path, monkeypatch, "--distill", "both", "--token-distill", "0.5", "--score-lr", "5e-3",
+                     "--merge-lr", "1e-2", "--temperature", "2")
     control, compressed, rates = [], [], []
     real_phase, real_compress = proof.run_phase, proof.compress
     monkeypatch.setattr(proof, "run_phase", lambda student, teacher, batches, cfg, *a, **k: control.append(
-        (cfg.distill, cfg.token_weight)) or real_phase(student, teacher, batches, cfg, *a, **k))
+        (cfg.distill, cfg.token_weight, cfg.temperature)) or real_phase(student, teacher, batches, cfg, *a, **k))
     monkeypatch.setattr(proof, "compress", lambda cfg, *a, **k: compressed.append(
-        (cfg.distill, cfg.token_distill)) or rates.append((cfg.score_lr, cfg.merge_lr)) or real_compress(cfg, *a, **k))
+        (cfg.distill, cfg.token_distill, cfg.temperature)) or rates.append((cfg.score_lr, cfg.merge_lr))
+        or real_compress(cfg, *a, **k))
     proof.main()
-    assert control == compressed == [("hard", 0.5)] and rates == [(5e-3, 1e-2)]  # (the control has no scores)
-    assert ("distillation (hard) from the reference, tokens on the merged grid x 0.5 plus cross-entropy, schedule "
-            "phases, score lr 0.005, merge-weight lr 0.01") in out.with_suffix(".md").read_text()
+    assert control == compressed == [("both", 0.5, 2.0)] and rates == [(5e-3, 1e-2)]  # (the control has no scores)
+    assert ("distillation (both at temperature 2) from the reference, tokens on the merged grid x 0.5 plus "
+            "cross-entropy, schedule phases, score lr 0.005, merge-weight lr 0.01") in out.with_suffix(".md").read_text()
 
 
 def test_recipe_rates_trains_one_plan_per_setting_and_reads_the_merge_weights(tmp_path, monkeypatch):

@@ -34,6 +34,16 @@ def logits(seed: int, batch: int = 6, classes: int = 5) -> torch.Tensor:
 UNLABELLED = torch.full((6,), -1)
 
 
+def test_soft_loss_at_a_temperature_is_the_scaled_kl_of_the_softened_logits():
+    teacher, student = logits(0), logits(1)
+    softened = F.softmax(teacher / 2, -1)
+    by_hand = (softened * (softened.log() - F.log_softmax(student / 2, -1))).sum(-1).mean() * 4
+    torch.testing.assert_close(soft_loss(student, teacher, 2.0), by_hand)
+    torch.testing.assert_close(soft_loss(student, teacher, 1.0), soft_loss(student, teacher))
+    assert soft_loss(student, teacher, 2.0) != soft_loss(student, teacher)
+    assert distill_loss(teacher.clone(), teacher, UNLABELLED, 1.0, "soft", temperature=3.0) < 1e-6
+
+
 def test_a_student_that_matches_its_teacher_has_zero_soft_loss():
     teacher = logits(0)
     assert distill_loss(teacher.clone(), teacher, UNLABELLED, 1.0, "soft") < 1e-6
@@ -166,6 +176,7 @@ def compress_cli(assets, out, *options):
     ("wide", ["--token-distill", "0.5"], r"--token-distill needs a teacher .*width 48\); .* width 24"),
     (None, ["--distill", "warm"], "--distill must be one of soft, hard, both"),
     (None, ["--token-distill", "-1"], "--token-distill must be 0"),
+    (None, ["--temperature", "0"], "--temperature must be above 0"),
     (None, ["--merge-lr", "0"], "--merge-lr must be above 0"),
     (None, ["--score-lr", "-0.1"], "--score-lr must be above 0"),
     ("missing", [], "--teacher: unknown model"),
@@ -185,16 +196,18 @@ def test_compress_with_another_teacher_and_token_distillation_names_both(assets,
     # --max-keep 0.8: the plan prunes, so both phases train; --schedule continuous: one stream across them
     code, output = compress_cli(assets, tmp_path / "o.cait", "--teacher", assets["same"], "--distill", "both",
                                 "--token-distill", "0.5", "--json", tmp_path / "r.json", "--max-keep", "0.8",
-                                "--schedule", "continuous")
+                                "--schedule", "continuous", "--temperature", "2")
     assert code in (0, 3), output  # 3: the measured speed missed the target (this machine's load, not the test)
     training = json.loads((tmp_path / "o.cait" / "report.json").read_text())["training"]
     assert training["teacher"] == assets["same"] and training["distill"] == "both"
     assert training["token_distill"] == 0.5 and training["loss"] == "kl_logits+ce_teacher_top1"
+    assert training["temperature"] == 2.0
     assert training["score_lr"] == 2e-2 and training["merge_lr"] == training["lr"]  # the defaults, recorded
     assert set(training["steps"]) == {"calibrate", "finetune"} and training["schedule"] == "continuous"
     assert json.loads((tmp_path / "r.json").read_text())["training"] == training
     said = " ".join(output.split())  # the terminal wraps long lines
     assert f"distilled from {assets['same']}: soft and hard" in said and "tokens x 0.5" in said
+    assert "cross-entropy to its top-1 class) at temperature 2" in said
     assert "one stream of batches (none seen twice)" in said
     config = json.loads((tmp_path / "o.cait" / "config.json").read_text())
     report = CompressReport.from_json(json.loads((tmp_path / "o.cait" / "report.json").read_text()))

@@ -168,6 +168,9 @@ def compress(
                                         "between the student's final tokens and the teacher's averaged over the "
                                         "cells each merged token covers; 0 is off; needs a teacher of the model's "
                                         "width and patch grid (the original)"),
+    temperature: float = typer.Option(COMPRESS["temperature"], help="of soft distillation: the teacher's and "
+                                      "student's logits divided by it, the KL multiplied by its square; 1 is plain "
+                                      "KL"),
     schedule: str = typer.Option(COMPRESS["schedule"], help="phases: calibration and fine-tuning each start from "
                                  "the first batch with their own warm-up and cosine; continuous: fine-tuning's "
                                  "batches follow calibration's (none seen twice) under one warm-up and cosine"),

@@ -110,6 +110,8 @@ def distillation_line(training: Training) -> Optional[str]:
         return None
     teacher = "the original" if training.teacher in (None, ORIGINAL) else training.teacher
     line = f"distilled from {teacher}: {DISTILL_WORDS.get(training.distill, training.distill)}"
+    if training.temperature != 1.0 and training.distill != "hard":
+        line += f" at temperature {training.temperature:g}"
     if training.labels == "used":
         line += ", plus cross-entropy on the labels"
     if training.token_distill:

@@ -98,6 +98,8 @@ def check_config(cfg: CompressConfig) -> None:
     for option, value in (("--lr", cfg.lr), ("--score-lr", cfg.score_lr), ("--merge-lr", cfg.merge_lr)):
         if value is not None and not 0 < value < math.inf:
             raise CaitError(f"{option} must be above 0, got {value:g}")
+    if not 0 < cfg.temperature < math.inf:
+        raise CaitError(f"--temperature must be above 0, got {cfg.temperature:g}")
     if not 0 <= cfg.token_distill < math.inf:
         raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
     if cfg.schedule not in SCHEDULES:
@@ -287,7 +289,8 @@ def _training(job: Job, record: RunRecord) -> Training:
                     labels_note=job.labels_note, loss=loss_name(job.base, cfg.distill), lr=cfg.lr,
                     lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
                     teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
-                    token_distill=cfg.token_distill, schedule=cfg.schedule, score_lr=cfg.score_lr,
+                    token_distill=cfg.token_distill, temperature=cfg.temperature, schedule=cfg.schedule,
+                    score_lr=cfg.score_lr,
                     merge_lr=cfg.lr if cfg.merge_lr is None else cfg.merge_lr)
 
 
@@ -297,7 +300,7 @@ def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
 
 RESUME_KEYS = ("model", "target_speedup", "data", "calib_steps", "finetune_steps", "batch_size", "lr", "seed",
                "weights", "method", "augment", "channel_multiple", "max_keep", "min_keep", "runtime", "importance",
-               "plan", "teacher", "distill", "token_distill", "schedule", "score_lr", "merge_lr")
+               "plan", "teacher", "distill", "token_distill", "temperature", "schedule", "score_lr", "merge_lr")
 
 
 def changed_options(saved: Dict[str, Any], cfg: CompressConfig, keys: Sequence[str] = RESUME_KEYS) -> List[str]:

@@ -66,6 +66,7 @@ class CompressConfig:
     teacher: Optional[str] = None  # what the student learns from: any model cait loads, of its classes; None: the original
     distill: str = "soft"  # how the teacher's logits teach: soft (KL), hard (CE to its top-1), both (their mean)
     token_distill: float = 0.0  # weight of the teacher's tokens averaged onto the merged grid (1 - cosine); 0: off
+    temperature: float = 1.0  # of soft distillation: logits / T, KL x T^2
     schedule: str = "phases"  # each phase its own batches from the first, warm-up and cosine; "continuous": one of each
 
     def plan_config(self, target: float, **kwargs) -> PlanConfig:
@@ -153,4 +154,5 @@ class Job(Prepared):
         warmup = min(warmup_cap, (run_steps or steps) // 10)
         return TrainConfig(steps=steps, lr=self.cfg.lr, score_lr=self.cfg.score_lr, merge_lr=self.cfg.merge_lr,
                            amp=self.amp, warmup_steps=warmup, distill=self.cfg.distill,
-                           token_weight=self.cfg.token_distill, before=before, schedule_steps=run_steps)
+                           token_weight=self.cfg.token_distill, temperature=self.cfg.temperature, before=before,
+                           schedule_steps=run_steps)

@@ -30,6 +30,7 @@ class Training:
     teacher: Optional[str] = None  # what the student learned from: "original", or the --teacher it loaded
     distill: Optional[str] = None  # how the teacher's logits taught: soft, hard or both (None: headless, features)
     token_distill: float = 0.0  # weight of the teacher's tokens averaged onto the merged grid; 0: off
+    temperature: float = 1.0  # of soft distillation
     schedule: Optional[str] = None  # "phases" (each its own batches, warm-up, cosine) or "continuous" (one of each)
     score_lr: Optional[float] = None  # CDCP's channel scores' learning rate
     merge_lr: Optional[float] = None  # ATME's merge weights' learning rate

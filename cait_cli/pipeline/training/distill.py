@@ -1,8 +1,10 @@
 """What the student learns from its teacher's logits and, optionally, from its tokens (issue 39).
 
-Logits, by kind: soft (KL to the teacher's probabilities at temperature 1), hard (cross-entropy
-to the teacher's top-1 class, DeiT's hard-label distillation) or both (the mean of the two, so the
-distillation keeps the same weight against the labels' cross-entropy whichever the kind).
+Logits, by kind: soft (KL to the teacher's probabilities, at temperature 1 unless given: at T the
+teacher's and student's logits are divided by T and the KL multiplied by T^2, Hinton's scaling that
+keeps its gradients' size), hard (cross-entropy to the teacher's top-1 class, DeiT's hard-label
+distillation) or both (the mean of the two, so the distillation keeps the same weight against the
+labels' cross-entropy whichever the kind).
 
 Tokens (token distillation, weight > 0): ATME keeps a 2-D grid, so each merged token of the student
 covers known cells of the full patch grid. The teacher's final tokens, averaged over those cells,
@@ -40,9 +42,9 @@ def kl_per_image(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
                     log_target=True, reduction="none").sum(-1)
 
 
-def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) at temperature 1, batch mean; logits (B, K)."""
-    return kl_per_image(student_logits, teacher_logits).mean()
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T^2 x KL(teacher || student) of the logits divided by T, batch mean; logits (B, K)."""
+    return temperature ** 2 * kl_per_image(student_logits / temperature, teacher_logits / temperature).mean()
 
 
 def hard_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -50,14 +52,15 @@ def hard_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     return F.cross_entropy(student_logits.float(), teacher_logits.argmax(-1))
 
 
-def logits_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """The teacher's logits taught by `kind` (DISTILL_KINDS): soft, hard, or the mean of both."""
+def logits_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str,
+                temperature: float = 1.0) -> torch.Tensor:
+    """The teacher's logits taught by `kind` (DISTILL_KINDS): soft (at `temperature`), hard, or the mean of both."""
     if kind == "soft":
-        return soft_loss(student_logits, teacher_logits)
+        return soft_loss(student_logits, teacher_logits, temperature)
     if kind == "hard":
         return hard_loss(student_logits, teacher_logits)
     if kind == "both":
-        return (soft_loss(student_logits, teacher_logits) + hard_loss(student_logits, teacher_logits)) / 2
+        return (soft_loss(student_logits, teacher_logits, temperature) + hard_loss(student_logits, teacher_logits)) / 2
     raise ValueError(f"distillation kind must be one of {DISTILL_KINDS}, got {kind!r}")
 
 

@@ -44,14 +44,15 @@ class TrainConfig:
     ce_weight: float = 1.0
     distill: str = "soft"  # how the teacher's logits teach: distill.DISTILL_KINDS
     token_weight: float = 0.0  # weight of token distillation on the merged grid; 0: off
+    temperature: float = 1.0  # of soft distillation (distill.soft_loss)
     before: int = 0  # steps the run trained before this phase: its batches and lr schedule go on from there
     schedule_steps: Optional[int] = None  # steps the lr schedule spans from the run's start; None: this phase's
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                 labels: torch.Tensor, ce_weight: float, kind: str = "soft") -> torch.Tensor:
-    """The teacher's logits taught by `kind` (soft: KL at temperature 1), plus CE on labelled images."""
-    loss = logits_loss(student_logits, teacher_logits, kind)
+                 labels: torch.Tensor, ce_weight: float, kind: str = "soft", temperature: float = 1.0) -> torch.Tensor:
+    """The teacher's logits taught by `kind` (soft: KL at `temperature`), plus CE on labelled images."""
+    loss = logits_loss(student_logits, teacher_logits, kind, temperature)
     labelled = labels >= 0
     if ce_weight > 0 and labelled.any():
         loss = loss + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
@@ -65,14 +66,14 @@ def feature_loss(student: Features, teacher: Features) -> torch.Tensor:
 
 
 def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weight: float, kind: str = "soft",
-              token_weight: float = 0.0) -> torch.Tensor:
+              token_weight: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
     """The distillation loss for what `distill_outputs` gave: feature loss if headless, else the logits'
     (`kind`, + CE), plus token_weight x the tokens' cosine distance when they were given."""
     if isinstance(student, WithTokens):
-        return (distill_loss(student.logits, teacher.logits, labels, ce_weight, kind)
+        return (distill_loss(student.logits, teacher.logits, labels, ce_weight, kind, temperature)
                 + token_weight * cosine_distance(student.tokens, teacher.tokens))
     if isinstance(student, torch.Tensor):
-        return distill_loss(student, teacher, labels, ce_weight, kind)
+        return distill_loss(student, teacher, labels, ce_weight, kind, temperature)
     return feature_loss(student, teacher)
 
 
@@ -146,7 +147,8 @@ def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, lab
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
         with torch.no_grad():
             teacher_out = teach(teacher, images)
-        loss = objective(student(images), teacher_out, labels, cfg.ce_weight, cfg.distill, cfg.token_weight)
+        loss = objective(student(images), teacher_out, labels, cfg.ce_weight, cfg.distill, cfg.token_weight,
+                         cfg.temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(student.parameters(), 5.0)
