@@ -370,8 +370,9 @@ def test_every_arm_of_the_proof_gets_the_same_recipe(tmp_path, monkeypatch):
         or real_compress(cfg, *a, **k))
     proof.main()
     assert control == compressed == [("both", 0.5, 2.0)] and rates == [(5e-3, 1e-2)]  # (the control has no scores)
+    said = out.with_suffix(".md").read_text()
     assert ("distillation (both at temperature 2) from the reference, tokens on the merged grid x 0.5 plus "
-            "cross-entropy, schedule phases, score lr 0.005, merge-weight lr 0.01") in out.with_suffix(".md").read_text()
+            "cross-entropy, schedule phases, score lr 0.005, merge-weight lr 0.01") in said
 
 
 def test_recipe_rates_trains_one_plan_per_setting_and_reads_the_merge_weights(tmp_path, monkeypatch):

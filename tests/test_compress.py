@@ -59,7 +59,7 @@ REPORT_KEYS = {"target_speedup", "measured_speedup", "measured_speedup_range", "
 SIDE_KEYS = {"params", "macs", "throughput", "throughput_min", "throughput_max", "peak_memory_mb", "top1", "top5",
              "agreement", "feature_cosine", "images"}
 TRAINING_KEYS = {"batch_size_per_process", "processes", "global_batch", "augment", "labels", "labels_note", "loss",
-                 "lr", "lr_rule", "compile", "decode", "steps", "teacher", "distill", "token_distill",
+                 "lr", "lr_rule", "compile", "decode", "steps", "teacher", "distill", "token_distill", "temperature",
                  "schedule", "score_lr", "merge_lr"}
 STEP_KEYS = {"compiled", "compile_seconds", "compile_steps", "timed_steps", "images_per_second", "fallback"}
 PLAN_KEYS = {"schedule", "keep", "predicted_speedup", "tokens", "score"}
