@@ -95,11 +95,10 @@ def check_config(cfg: CompressConfig) -> None:
         raise CaitError(f"--importance must be one of {', '.join(IMPORTANCE_SOURCES)}, got {cfg.importance!r}")
     if cfg.distill not in DISTILL_KINDS:
         raise CaitError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {cfg.distill!r}")
-    for option, value in (("--lr", cfg.lr), ("--score-lr", cfg.score_lr), ("--merge-lr", cfg.merge_lr)):
+    for option, value in (("--lr", cfg.lr), ("--score-lr", cfg.score_lr), ("--merge-lr", cfg.merge_lr),
+                          ("--temperature", cfg.temperature)):
         if value is not None and not 0 < value < math.inf:
             raise CaitError(f"{option} must be above 0, got {value:g}")
-    if not 0 < cfg.temperature < math.inf:
-        raise CaitError(f"--temperature must be above 0, got {cfg.temperature:g}")
     if not 0 <= cfg.token_distill < math.inf:
         raise CaitError(f"--token-distill must be 0 (off) or more, got {cfg.token_distill:g}")
     if cfg.schedule not in SCHEDULES:
@@ -290,8 +289,7 @@ def _training(job: Job, record: RunRecord) -> Training:
                     lr_rule=record.lr_rule, compile=cfg.compile, decode=job.decode, steps=job.step_times,
                     teacher=cfg.teacher or ORIGINAL, distill=None if is_headless(job.base) else cfg.distill,
                     token_distill=cfg.token_distill, temperature=cfg.temperature, schedule=cfg.schedule,
-                    score_lr=cfg.score_lr,
-                    merge_lr=cfg.lr if cfg.merge_lr is None else cfg.merge_lr)
+                    score_lr=cfg.score_lr, merge_lr=cfg.lr if cfg.merge_lr is None else cfg.merge_lr)
 
 
 def jsonable_config(cfg: CompressConfig) -> Dict[str, Any]:
