@@ -106,8 +106,8 @@ class Row:
 @dataclass
 class Recipe:
     """How every trained arm learns, the compressed ones and the control alike (`cait compress`'s
-    --teacher, --distill, --token-distill, --schedule; --score-lr and --merge-lr train what only a
-    compressed model has)."""
+    --teacher, --distill, --token-distill, --temperature); --schedule, --score-lr, --merge-lr and
+    --calib-share train what only a compressed model has (SHARED names the rest)."""
 
     teacher: Optional[str] = None  # a model to distil from; None: the reference
     distill: str = "soft"
@@ -117,17 +117,25 @@ class Recipe:
     score_lr: float = CompressConfig.score_lr
     merge_lr: Optional[float] = None  # None: the weights' lr
     temperature: float = CompressConfig.temperature  # of soft distillation
+    calib_share: float = 0.25  # of the steps that CDCP's calibration takes (the rest fine-tune the slim model)
+
+    SHARED = ("teacher", "distill", "token_distill", "temperature")  # what trains the control and peers too
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> "Recipe":
         return cls(args.teacher, args.distill, args.token_distill, args.schedule, args.score_lr, args.merge_lr,
-                   args.temperature)
+                   args.temperature, args.calib_share)
+
+    def shared(self) -> Dict[str, object]:
+        """The settings that train every arm: a control or peer trained under them serves any recipe that shares them."""
+        return {name: getattr(self, name) for name in self.SHARED}
 
     def describe(self) -> str:
         teacher = self.teacher or "the reference"
         tokens = f", tokens on the merged grid x {self.token_distill:g}" if self.token_distill else ""
         rates = "" if self.score_lr == CompressConfig.score_lr else f", score lr {self.score_lr:g}"
         rates += "" if self.merge_lr is None else f", merge-weight lr {self.merge_lr:g}"
+        rates += "" if self.calib_share == Recipe.calib_share else f", calibration {self.calib_share:.0%} of the steps"
         soft = "" if self.temperature == 1.0 else f" at temperature {self.temperature:g}"
         return (f"distillation ({self.distill}{soft}) from {teacher}{tokens} plus cross-entropy, schedule "
                 f"{self.schedule}{rates}")
@@ -181,7 +189,7 @@ def control(bench: Bench) -> tuple[Row, nn.Module]:
 def ours(bench: Bench, method: str, target: float,
          keep_band: Optional[tuple[float, float]] = None) -> tuple[Row, Optional[nn.Module]]:
     """`cait compress` (or one of its ablations) end to end, with the shared budget."""
-    calib = bench.steps // 4 if method != "atme" else 0
+    calib = int(bench.steps * bench.recipe.calib_share) if method != "atme" else 0
     low, high = keep_band or (CompressConfig.min_keep, CompressConfig.max_keep)  # None: the planner's own range
     out = bench.work / f"{method}_{target:g}_{low:g}-{high:g}_{bench.seed}"
     name = method if keep_band is None else f"{method} (keep {low:.0%}-{high:.0%})"
@@ -339,27 +347,53 @@ def _within(target: float, targets: Sequence[float]) -> bool:
     return any(abs(target - t) < 1e-9 for t in targets)
 
 
-def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, cache: JobCache, rows: List[Row],
+OURS = ("cait", "atme", "cdcp")  # the arms `cait compress` trains: every setting of the recipe changes them
+
+
+@dataclass
+class Caches:
+    """Finished jobs on disk: cait's arms keyed by the budget and the whole recipe, the control and the
+    peers by the budget and the recipe's shared part only (a recipe that changes only what a compressed
+    model has, its schedule or its scores' rate, reuses them)."""
+
+    ours: JobCache
+    shared: JobCache
+
+    @classmethod
+    def under(cls, work: Path, reference: nn.Module, budget: Dict[str, object], recipe: Recipe) -> "Caches":
+        own, shared = dict(budget), dict(budget)
+        if recipe != Recipe():  # a job trained under another recipe is another job (the default keeps old keys)
+            own["recipe"] = asdict(recipe)
+        if recipe.shared() != Recipe().shared():
+            shared["recipe"] = recipe.shared()
+        return cls(JobCache(work / f"jobs-{settings_key(reference, own)}"),
+                   JobCache(work / f"jobs-{settings_key(reference, shared)}"))
+
+    def of(self, job_name: str) -> JobCache:
+        return self.ours if job_name.startswith(OURS) else self.shared
+
+
+def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, caches: Caches, rows: List[Row],
                 models: Dict[int, nn.Module]) -> None:
     """Every job of `protocol` with bench's seed, appended to rows/models.
 
-    A job that finished in an earlier run with the same settings is read back from the cache
+    A job that finished in an earlier run with the same settings is read back from its cache
     instead of trained again.
     """
     if protocol.with_control:
-        run_jobs(bench, [("control", lambda: [control(bench)])], cache, rows, models)
+        run_jobs(bench, [("control", lambda: [control(bench)])], caches, rows, models)
     for target in protocol.ordered_targets(prune.search_at):
         settings = prune.settings(target, bench.seed, rows, models)
         jobs = [job for method in protocol.methods for job in method_jobs(bench, method, target, settings)]
         jobs += [(f"cait-keep{low:g}-{high:g}_{target:g}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
                  for low, high in protocol.bands(target)]
-        run_jobs(bench, jobs, cache, rows, models)
+        run_jobs(bench, jobs, caches, rows, models)
 
 
-def run_jobs(bench: Bench, jobs: List[tuple[str, Job]], cache: JobCache, rows: List[Row],
+def run_jobs(bench: Bench, jobs: List[tuple[str, Job]], caches: Caches, rows: List[Row],
              models: Dict[int, nn.Module]) -> None:
     for name, job in jobs:
-        done, cached = cache.run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
+        done, cached = caches.of(name).run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
         for row, model in done:
             if model is not None:
                 models[len(rows)] = model
@@ -412,12 +446,17 @@ def main() -> None:
                         help="of soft distillation (compress's --temperature)")
     parser.add_argument("--merge-lr", type=float, default=None,
                         help="learning rate of ATME's merge weights (compress's --merge-lr; default: --lr)")
+    parser.add_argument("--calib-share", type=float, default=Recipe.calib_share,
+                        help="share of the steps that cait's CDCP calibration takes (compress's --calib-steps "
+                             "out of the budget; the rest fine-tune the slim model)")
     args = parser.parse_args()
     for flag, values in (("--keep-bands-at", args.keep_bands_at), ("--prune-search-at", args.prune_search_at)):
         unknown = [t for t in values or [] if not _within(t, args.speedups)]
         if unknown:
             known = " ".join(f"{t:g}" for t in args.speedups)
             parser.error(f"{flag} {unknown[0]:g} is not a target of this run ({known})")
+    if not 0 <= args.calib_share < 1:
+        parser.error(f"--calib-share must be at least 0 and below 1, got {args.calib_share:g}")
     started = time.time()
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
@@ -437,17 +476,15 @@ def main() -> None:
     reference_acc = measure_accuracy(reference, test, device)
     print(f"reference: top-1 {reference_acc.top1:.4f} on {reference_acc.n} test images", flush=True)
     budget = {k: getattr(args, k) for k in ("data", "steps", "batch_size", "bench_batch_size", "lr")}
-    if recipe != Recipe():  # a job trained under another recipe is another job (the default keeps old keys)
-        budget["recipe"] = asdict(recipe)
-    cache = JobCache(args.work / f"jobs-{settings_key(reference, budget)}")
+    caches = Caches.under(args.work, reference, budget, recipe)
     rows: List[Row] = []
     models: Dict[int, nn.Module] = {}
     prune = PruneChoice(args.prune_search_at, args.seed, lambda model: measure_accuracy(model, test, device).top1)
     main_jobs = Protocol(args.speedups, args.methods, args.keep_bands, args.keep_bands_at, not args.no_control)
-    run_methods(bench_with(args.seed), main_jobs, prune, cache, rows, models)
+    run_methods(bench_with(args.seed), main_jobs, prune, caches, rows, models)
     if args.second_seed is not None:  # the noise: every method and the control again, no keep bands
         again = Protocol([args.second_seed_speedup], args.methods, with_control=not args.no_control)
-        run_methods(bench_with(args.second_seed), again, prune, cache, rows, models)
+        run_methods(bench_with(args.second_seed), again, prune, caches, rows, models)
     print("measuring every model against the reference, interleaved", flush=True)
     measure_all(bench_with(args.seed), rows, models, test)
     write_results(args, rows, reference, reference_acc.top1, time.time() - started)

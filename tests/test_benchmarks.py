@@ -66,6 +66,30 @@ def test_proof_trains_again_when_the_budget_changes(tmp_path, monkeypatch):
     assert trained  # the control was trained again with the new budget
 
 
+def test_proof_shares_the_control_across_recipes_that_change_only_cait(tmp_path):
+    reference, budget = tiny_vit(**ARGS), {"steps": 500, "lr": 3e-4}
+    default = proof.Caches.under(tmp_path, reference, budget, proof.Recipe())
+    own_schedule = proof.Caches.under(tmp_path, reference, budget, proof.Recipe(schedule="continuous", calib_share=0.1))
+    hotter = proof.Caches.under(tmp_path, reference, budget, proof.Recipe(temperature=2.0))
+    assert own_schedule.shared.root == default.shared.root  # the control and peers are reused
+    assert own_schedule.ours.root != default.ours.root  # cait's arms train again
+    assert hotter.shared.root != default.shared.root and hotter.ours.root != default.ours.root
+    assert [default.of(name) is default.ours for name in ("control", "cait_1.9", "cait-keep0.4-0.5_1.9",
+                                                          "atme_1.9", "cdcp_1.9", "tome_1.9",
+                                                          "torch-pruning-global-L2_1.9")] == [
+        False, True, True, True, True, False, False]
+
+
+def test_proof_refuses_a_calibration_share_outside_zero_to_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--calib-share", "1",
+                                      "--out", str(tmp_path / "proof")])
+    with pytest.raises(SystemExit) as exit_info:
+        proof.main()
+    assert exit_info.value.code != 0
+    assert "--calib-share must be at least 0 and below 1, got 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("flag", ["--keep-bands-at", "--prune-search-at"])
 def test_proof_refuses_a_target_it_does_not_run(tmp_path, monkeypatch, capsys, flag):
     monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--speedups", "1.5", "--keep-bands",
@@ -92,7 +116,7 @@ def test_proof_runs_only_the_best_torch_pruning_setting_away_from_its_search(tmp
 
     monkeypatch.setattr(proof, "pruned_at", fake_pruned_at)
     prune = proof.PruneChoice(search_at=[1.9, 1.5], main_seed=0, score=lambda model: model.top1)
-    rows, models, cache = [], {}, JobCache(tmp_path)
+    rows, models, cache = [], {}, proof.Caches(JobCache(tmp_path), JobCache(tmp_path))
     best_at[2.5] = best_at[1.9]
     main_jobs = proof.Protocol([2.5, 1.5, 1.9], ["torch-pruning"], with_control=False)
     proof.run_methods(SimpleNamespace(seed=0), main_jobs, prune, cache, rows, models)
@@ -115,8 +139,8 @@ def test_proof_holds_cait_in_each_keep_band_at_the_chosen_targets(tmp_path, monk
     monkeypatch.setattr(proof, "ours", fake_ours)
     rows = []
     protocol = proof.Protocol([1.9, 1.5], ["cait"], keep_bands=[0.9, 0.7], bands_at=[1.9], with_control=False)
-    proof.run_methods(SimpleNamespace(seed=0), protocol, proof.PruneChoice(None, 0, score=len), JobCache(tmp_path),
-                      rows, {})
+    caches = proof.Caches(JobCache(tmp_path), JobCache(tmp_path))
+    proof.run_methods(SimpleNamespace(seed=0), protocol, proof.PruneChoice(None, 0, score=len), caches, rows, {})
     assert [(r.target, r.setting) for r in rows] == [
         (1.9, "band None"), (1.9, "band (0.9, 1.0)"), (1.9, "band (0.7, 0.8)"), (1.5, "band None")]
 
