@@ -136,7 +136,7 @@ class Recipe:
         rates = "" if self.score_lr == CompressConfig.score_lr else f", score lr {self.score_lr:g}"
         rates += "" if self.merge_lr is None else f", merge-weight lr {self.merge_lr:g}"
         rates += "" if self.calib_share == Recipe.calib_share else f", calibration {self.calib_share:.0%} of the steps"
-        soft = "" if self.temperature == 1.0 else f" at temperature {self.temperature:g}"
+        soft = "" if self.temperature == Recipe.temperature else f" at temperature {self.temperature:g}"
         return (f"distillation ({self.distill}{soft}) from {teacher}{tokens} plus cross-entropy, schedule "
                 f"{self.schedule}{rates}")
 
