@@ -25,12 +25,26 @@ def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
+def _timing(runs: int) -> str:
+    if runs == 1:
+        return "in one run (median of paired ratios; in brackets their range)"
+    return (f"in each of {runs} runs (the median of the runs' medians of paired ratios; in brackets the runs' "
+            "medians, lowest and highest)")
+
+
+def _speedup(row: Dict[str, Any]) -> str:
+    """"1.95x (1.90-2.01)": the runs' medians when the row was timed in several runs, else the paired ratios."""
+    runs = row.get("speedup_runs") or []
+    low, high = (min(runs), max(runs)) if len(runs) > 1 else row["speedup_range"]
+    return f"{row['measured_speedup']:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
     """The results' body: settings, every row, the keep-band sweep and the seed spread."""
     ref = meta["reference_top1"]
     lines = [
-        f"Throughput at batch {meta['bench_batch_size']}, fp32, every model interleaved with the reference in one "
-        f"run (median of paired ratios). Training budget of every trained method: {meta['steps']} steps of batch "
+        f"Throughput at batch {meta['bench_batch_size']}, fp32, every model interleaved with the reference "
+        f"{_timing(meta.get('timing_runs', 1))}. Training budget of every trained method: {meta['steps']} steps of batch "
         f"{meta['batch_size']}, lr {meta['lr']:g}, "
         f"{meta.get('recipe', 'distillation (soft) from the reference plus cross-entropy')}. "
         f"Total time {meta['seconds'] / 60:.0f} min.", "",
@@ -46,7 +60,7 @@ def table(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
             continue
         delta = "—" if r["top1"] is None else f"{100 * (r['top1'] - ref):+.2f}"
         every.add(f"{r['target']:g}x", r["method"], r["setting"], r.get("seed", 0),
-                  f"{r['measured_speedup']:.2f}x ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})",
+                  _speedup(r),
                   _pct(r["top1"]), delta, _pct(r["agreement"]), f"{r['params'] / 1e6:.3f}", f"{r['macs'] / 1e6:.1f}",
                   grid)
     lines += [*every.lines, "", "2-D grid out: whether the patch tokens after the last block still form a regular "

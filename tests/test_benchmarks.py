@@ -2,6 +2,7 @@
 import json
 import re
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,45 @@ def test_proof_refuses_a_calibration_share_outside_zero_to_one(tmp_path, monkeyp
     assert exit_info.value.code != 0
     assert "--calib-share must be at least 0 and below 1, got 1" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_proof_refuses_fewer_than_one_timing_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--timing-runs", "0",
+                                      "--out", str(tmp_path / "proof")])
+    with pytest.raises(SystemExit) as exit_info:
+        proof.main()
+    assert exit_info.value.code != 0
+    assert "--timing-runs must be at least 1, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_proof_times_every_row_in_each_run_and_reports_the_median_of_the_runs(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import proof_report
+    reference, slim = tiny_vit(**ARGS).eval(), tiny_vit(**{**ARGS, "depth": 2}).eval()
+    bench = SimpleNamespace(reference=reference, input_size=(3, 32, 32), bench_batch=2, device=torch.device("cpu"),
+                            log=lambda line: None)
+    rows = [proof.Row("cait", 1.9, "merge after none, keep 100%", True, True)]
+    test = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    timed = []
+    real = proof.measure_throughput
+
+    def quick(models, size, cfg, device):  # the proof's own settings, but only 3 short repeats
+        timed.append(cfg)
+        return real(models, size, replace(cfg, warmup=0, repeats=3, min_run_seconds=0.0), device)
+
+    monkeypatch.setattr(proof, "measure_throughput", quick)
+    proof.measure_all(bench, rows, {0: slim}, test, runs=3)
+    row = rows[0]
+    assert len(timed) == 3 and len(row.speedup_runs) == 3
+    assert row.measured_speedup == sorted(row.speedup_runs)[1]
+    assert row.speedup_range[0] <= min(row.speedup_runs) <= max(row.speedup_runs) <= row.speedup_range[1]
+    meta = dict(bench_batch_size=2, steps=1, batch_size=2, lr=1e-4, seconds=60, reference="ref", reference_top1=0.5,
+                reference_params=1, reference_macs=1, timing_runs=3)
+    text = "\n".join(proof_report.table(meta, [asdict(row)]))
+    assert "in each of 3 runs" in text
+    assert f"{row.measured_speedup:.2f}x ({min(row.speedup_runs):.2f}-{max(row.speedup_runs):.2f})" in text
 
 
 @pytest.mark.parametrize("flag", ["--keep-bands-at", "--prune-search-at"])
