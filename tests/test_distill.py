@@ -207,8 +207,17 @@ def test_compress_with_another_teacher_and_token_distillation_names_both(assets,
     assert json.loads((tmp_path / "r.json").read_text())["training"] == training
     said = " ".join(output.split())  # the terminal wraps long lines
     assert f"distilled from {assets['same']}: soft and hard" in said and "tokens x 0.5" in said
-    assert "cross-entropy to its top-1 class) at temperature 2" in said
+    # the temperature softens the KL half only, and the line says so
+    assert "(the mean of KL to its probabilities at temperature 2 and cross-entropy to its top-1 class)" in said
     assert "one stream of batches (none seen twice)" in said
     config = json.loads((tmp_path / "o.cait" / "config.json").read_text())
     report = CompressReport.from_json(json.loads((tmp_path / "o.cait" / "report.json").read_text()))
     assert f"distillation from `{assets['same']}`" in " ".join(model_card(config, report, "org/o").split())
+
+
+def test_the_report_names_the_temperature_in_the_soft_half_only():
+    from cait_cli.interface.report import distill_words
+    assert distill_words("soft", 2.0) == "soft (KL to its probabilities at temperature 2)"
+    assert distill_words("hard", 2.0) == "hard (cross-entropy to its top-1 class)"
+    assert distill_words("both", 1.0) == ("soft and hard (the mean of KL to its probabilities and cross-entropy "
+                                          "to its top-1 class)")

@@ -99,8 +99,13 @@ def landing_line(report: CompressReport) -> str:
             f"{first.measured:.2f}x, predicted {first.predicted:.2f}x ({report.first_prediction_error:+.0%})")
 
 
-DISTILL_WORDS = {"soft": "soft (KL to its probabilities)", "hard": "hard (cross-entropy to its top-1 class)",
-                 "both": "soft and hard (the mean of KL to its probabilities and cross-entropy to its top-1 class)"}
+def distill_words(kind: str, temperature: float = 1.0) -> str:
+    """What --distill KIND teaches; the temperature is named inside the soft half, the only one it softens."""
+    soft = "KL to its probabilities" + (f" at temperature {temperature:g}" if temperature != 1.0 else "")
+    hard = "cross-entropy to its top-1 class"
+    words = {"soft": f"soft ({soft})", "hard": f"hard ({hard})",
+             "both": f"soft and hard (the mean of {soft} and {hard})"}
+    return words.get(kind, kind)
 
 
 def distillation_line(training: Training) -> Optional[str]:
@@ -109,9 +114,7 @@ def distillation_line(training: Training) -> Optional[str]:
     if not training.steps or training.distill is None:
         return None
     teacher = "the original" if training.teacher in (None, ORIGINAL) else training.teacher
-    line = f"distilled from {teacher}: {DISTILL_WORDS.get(training.distill, training.distill)}"
-    if training.temperature != 1.0 and training.distill != "hard":
-        line += f" at temperature {training.temperature:g}"
+    line = f"distilled from {teacher}: {distill_words(training.distill, training.temperature)}"
     if training.labels == "used":
         line += ", plus cross-entropy on the labels"
     if training.token_distill:
