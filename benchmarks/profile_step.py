@@ -60,7 +60,7 @@ def parts(model_name: str, batch: int, device: torch.device, merge: bool, keep: 
 
     def student_fwd_bwd() -> None:
         with auto():
-            loss = distill_loss(student(images), base(images).detach(), labels, cfg.ce_weight)
+            loss = distill_loss(student(images), base(images).detach(), labels, cfg.loss)
         loss.backward()
 
     def plain_fwd_bwd() -> None:  # the uncompressed timm model, as a yardstick

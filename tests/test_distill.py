@@ -20,7 +20,7 @@ from cait_cli.models.loading import load_model
 from cait_cli.pipeline.reports.compress import CompressReport
 from cait_cli.pipeline.training.distill import WithTokens, hard_loss, merge_axes, merged_tokens, soft_loss
 from cait_cli.pipeline.training.teacher import check_teacher, check_token_teacher
-from cait_cli.pipeline.training.train import distill_loss, distill_outputs, objective
+from cait_cli.pipeline.training.train import Loss, distill_loss, distill_outputs, objective
 
 ARGS = dict(img_size=32, patch_size=4, depth=4, embed_dim=48, num_heads=3, num_classes=3)
 CPU = torch.device("cpu")
@@ -41,20 +41,20 @@ def test_soft_loss_at_a_temperature_is_the_scaled_kl_of_the_softened_logits():
     torch.testing.assert_close(soft_loss(student, teacher, 2.0), by_hand)
     torch.testing.assert_close(soft_loss(student, teacher, 1.0), soft_loss(student, teacher))
     assert soft_loss(student, teacher, 2.0) != soft_loss(student, teacher)
-    assert distill_loss(teacher.clone(), teacher, UNLABELLED, 1.0, "soft", temperature=3.0) < 1e-6
+    assert distill_loss(teacher.clone(), teacher, UNLABELLED, Loss(temperature=3.0)) < 1e-6
 
 
 def test_a_student_that_matches_its_teacher_has_zero_soft_loss():
     teacher = logits(0)
-    assert distill_loss(teacher.clone(), teacher, UNLABELLED, 1.0, "soft") < 1e-6
-    assert distill_loss(logits(1), teacher, UNLABELLED, 1.0, "soft") > 0.1
+    assert distill_loss(teacher.clone(), teacher, UNLABELLED) < 1e-6
+    assert distill_loss(logits(1), teacher, UNLABELLED) > 0.1
 
 
 def test_hard_loss_is_the_cross_entropy_to_the_teachers_top1():
     student, teacher = logits(1), logits(0)
     top1 = teacher.argmax(-1)
     by_hand = -student.log_softmax(-1)[torch.arange(6), top1].mean()
-    torch.testing.assert_close(distill_loss(student, teacher, UNLABELLED, 1.0, "hard"), by_hand)
+    torch.testing.assert_close(distill_loss(student, teacher, UNLABELLED, Loss("hard")), by_hand)
     # only the teacher's top-1 teaches: any teacher with the same top-1 gives the same loss
     same_top1 = F.one_hot(top1, 5).float() * 50 - 7
     torch.testing.assert_close(hard_loss(student, same_top1), hard_loss(student, teacher))
@@ -65,14 +65,14 @@ def test_hard_loss_is_the_cross_entropy_to_the_teachers_top1():
 
 def test_both_is_the_mean_of_soft_and_hard_and_labels_add_their_cross_entropy():
     student, teacher = logits(1), logits(0)
-    both = distill_loss(student, teacher, UNLABELLED, 1.0, "both")
+    both = distill_loss(student, teacher, UNLABELLED, Loss("both"))
     torch.testing.assert_close(both, (soft_loss(student, teacher) + hard_loss(student, teacher)) / 2)
     labels = torch.tensor([0, 1, -1, 2, -1, 4])  # -1: unlabelled
     labelled = labels >= 0
-    with_labels = distill_loss(student, teacher, labels, 0.5, "both")
+    with_labels = distill_loss(student, teacher, labels, Loss("both", ce_weight=0.5))
     torch.testing.assert_close(with_labels, both + 0.5 * F.cross_entropy(student[labelled], labels[labelled]))
     with pytest.raises(ValueError, match="must be one of"):
-        distill_loss(student, teacher, UNLABELLED, 1.0, "warm")
+        distill_loss(student, teacher, UNLABELLED, Loss("warm"))
 
 
 def test_pooled_teacher_tokens_on_a_merged_grid_are_the_cell_means():
@@ -112,11 +112,11 @@ def test_a_student_with_its_teachers_logits_and_tokens_has_zero_loss():
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         outputs = [distill_outputs(model, images, merge_axes(student)) for model in (student, teacher)]
-        assert objective(*outputs, torch.full((2,), -1), 1.0, "soft", 0.5) < 1e-5
+        assert objective(*outputs, torch.full((2,), -1), Loss(token_weight=0.5)) < 1e-5
         merged = patch_vit(copy.deepcopy(teacher), alternating_schedule([1], (8, 8)))
         apart = [distill_outputs(model, images, merge_axes(merged)) for model in (merged, teacher)]
-        tokens_only = objective(*apart, torch.full((2,), -1), 1.0, "soft", 1.0) - objective(
-            *apart, torch.full((2,), -1), 1.0, "soft", 0.0)
+        tokens_only = objective(*apart, torch.full((2,), -1), Loss(token_weight=1.0)) - objective(
+            *apart, torch.full((2,), -1), Loss(token_weight=0.0))
     assert tokens_only > 1e-4  # merged tokens are not the cell means: a signal to learn
 
 

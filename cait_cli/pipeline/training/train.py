@@ -48,15 +48,30 @@ class TrainConfig:
     before: int = 0  # steps the run trained before this phase: its batches and lr schedule go on from there
     schedule_steps: Optional[int] = None  # steps the lr schedule spans from the run's start; None: this phase's
 
+    @property
+    def loss(self) -> "Loss":
+        return Loss(self.distill, self.ce_weight, self.token_weight, self.temperature)
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                 labels: torch.Tensor, ce_weight: float, kind: str = "soft", temperature: float = 1.0) -> torch.Tensor:
-    """The teacher's logits taught by `kind` (soft: KL at `temperature`), plus CE on labelled images."""
-    loss = logits_loss(student_logits, teacher_logits, kind, temperature)
+
+@dataclass(frozen=True)
+class Loss:
+    """What the student is taught with (TrainConfig.loss): the logits' `kind` (distill.DISTILL_KINDS), soft
+    at `temperature`, plus ce_weight x CE on labelled images, plus token_weight x the tokens' distance."""
+
+    kind: str = "soft"
+    ce_weight: float = 1.0
+    token_weight: float = 0.0
+    temperature: float = 1.0
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 loss: Loss = Loss()) -> torch.Tensor:
+    """The teacher's logits taught by loss.kind (soft: KL at loss.temperature), plus CE on labelled images."""
+    total = logits_loss(student_logits, teacher_logits, loss.kind, loss.temperature)
     labelled = labels >= 0
-    if ce_weight > 0 and labelled.any():
-        loss = loss + ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
-    return loss
+    if loss.ce_weight > 0 and labelled.any():
+        total = total + loss.ce_weight * F.cross_entropy(student_logits[labelled].float(), labels[labelled])
+    return total
 
 
 def feature_loss(student: Features, teacher: Features) -> torch.Tensor:
@@ -65,15 +80,14 @@ def feature_loss(student: Features, teacher: Features) -> torch.Tensor:
     return cosine_distance(tokens, want_tokens) + cosine_distance(pooled, want_pooled)
 
 
-def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, ce_weight: float, kind: str = "soft",
-              token_weight: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+def objective(student: Outputs, teacher: Outputs, labels: torch.Tensor, loss: Loss = Loss()) -> torch.Tensor:
     """The distillation loss for what `distill_outputs` gave: feature loss if headless, else the logits'
-    (`kind`, + CE), plus token_weight x the tokens' cosine distance when they were given."""
+    (loss.kind, + CE), plus loss.token_weight x the tokens' cosine distance when they were given."""
     if isinstance(student, WithTokens):
-        return (distill_loss(student.logits, teacher.logits, labels, ce_weight, kind, temperature)
-                + token_weight * cosine_distance(student.tokens, teacher.tokens))
+        return (distill_loss(student.logits, teacher.logits, labels, loss)
+                + loss.token_weight * cosine_distance(student.tokens, teacher.tokens))
     if isinstance(student, torch.Tensor):
-        return distill_loss(student, teacher, labels, ce_weight, kind, temperature)
+        return distill_loss(student, teacher, labels, loss)
     return feature_loss(student, teacher)
 
 
@@ -147,8 +161,7 @@ def train_step(student: nn.Module, teacher: nn.Module, images: torch.Tensor, lab
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.amp and device_type == "cuda"):
         with torch.no_grad():
             teacher_out = teach(teacher, images)
-        loss = objective(student(images), teacher_out, labels, cfg.ce_weight, cfg.distill, cfg.token_weight,
-                         cfg.temperature)
+        loss = objective(student(images), teacher_out, labels, cfg.loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(student.parameters(), 5.0)
