@@ -278,13 +278,14 @@ def measure_all(bench: Bench, rows: List[Row], models: Dict[int, nn.Module], tes
 
 
 Job = Callable[[], List[tuple[Row, Optional[nn.Module]]]]
+OURS = ("cait", "atme", "cdcp")  # the arms `cait compress` trains: every setting of the recipe changes them
 
 
 def method_jobs(bench: Bench, method: str, target: float,
                 settings: Sequence[PruneSetting] = SETTINGS) -> List[tuple[str, Job]]:
     """(name, job) pairs for one method at one target; torch-pruning is one job per setting."""
     name = f"{method}_{target:g}"
-    if method in ("cait", "atme", "cdcp"):
+    if method in OURS:
         return [(name, lambda: [ours(bench, method, target)])]
     if method == "tome":
         return [(name, lambda: tome(bench, target))]
@@ -355,9 +356,6 @@ def _within(target: float, targets: Sequence[float]) -> bool:
     return any(abs(target - t) < 1e-9 for t in targets)
 
 
-OURS = ("cait", "atme", "cdcp")  # the arms `cait compress` trains: every setting of the recipe changes them
-
-
 @dataclass
 class Caches:
     """Finished jobs on disk: cait's arms keyed by the budget and the whole recipe, the control and the
@@ -377,8 +375,8 @@ class Caches:
         return cls(JobCache(work / f"jobs-{settings_key(reference, own)}"),
                    JobCache(work / f"jobs-{settings_key(reference, shared)}"))
 
-    def of(self, job_name: str) -> JobCache:
-        return self.ours if job_name.startswith(OURS) else self.shared
+    def of(self, method: str) -> JobCache:
+        return self.ours if method in OURS else self.shared
 
 
 def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, caches: Caches, rows: List[Row],
@@ -389,19 +387,20 @@ def run_methods(bench: Bench, protocol: Protocol, prune: PruneChoice, caches: Ca
     instead of trained again.
     """
     if protocol.with_control:
-        run_jobs(bench, [("control", lambda: [control(bench)])], caches, rows, models)
+        run_jobs(bench, [("control", lambda: [control(bench)])], caches.shared, rows, models)
     for target in protocol.ordered_targets(prune.search_at):
         settings = prune.settings(target, bench.seed, rows, models)
-        jobs = [job for method in protocol.methods for job in method_jobs(bench, method, target, settings)]
-        jobs += [(f"cait-keep{low:g}-{high:g}_{target:g}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
+        for method in protocol.methods:
+            run_jobs(bench, method_jobs(bench, method, target, settings), caches.of(method), rows, models)
+        bands = [(f"cait-keep{low:g}-{high:g}_{target:g}", lambda b=(low, high), t=target: [ours(bench, "cait", t, b)])
                  for low, high in protocol.bands(target)]
-        run_jobs(bench, jobs, caches, rows, models)
+        run_jobs(bench, bands, caches.of("cait"), rows, models)
 
 
-def run_jobs(bench: Bench, jobs: List[tuple[str, Job]], caches: Caches, rows: List[Row],
+def run_jobs(bench: Bench, jobs: List[tuple[str, Job]], cache: JobCache, rows: List[Row],
              models: Dict[int, nn.Module]) -> None:
     for name, job in jobs:
-        done, cached = caches.of(name).run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
+        done, cached = cache.run(f"{name}_seed{bench.seed}", lambda job=job: stamped(job, bench.seed))
         for row, model in done:
             if model is not None:
                 models[len(rows)] = model

@@ -75,10 +75,23 @@ def test_proof_shares_the_control_across_recipes_that_change_only_cait(tmp_path)
     assert own_schedule.shared.root == default.shared.root  # the control and peers are reused
     assert own_schedule.ours.root != default.ours.root  # cait's arms train again
     assert hotter.shared.root != default.shared.root and hotter.ours.root != default.ours.root
-    assert [default.of(name) is default.ours for name in ("control", "cait_1.9", "cait-keep0.4-0.5_1.9",
-                                                          "atme_1.9", "cdcp_1.9", "tome_1.9",
-                                                          "torch-pruning-global-L2_1.9")] == [
-        False, True, True, True, True, False, False]
+
+
+def test_proof_keeps_cait_arms_in_the_recipe_cache_and_the_control_and_peers_in_the_shared_one(tmp_path,
+                                                                                                monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks.job_cache import JobCache
+    monkeypatch.setattr(proof, "ours", lambda bench, method, target, keep_band=None: (
+        proof.Row(method, target, f"band {keep_band}", True, True), None))
+    monkeypatch.setattr(proof, "control", lambda bench: (proof.Row(proof.CONTROL, 1.0, "-", True, True), None))
+    monkeypatch.setattr(proof, "tome", lambda bench, target: [(proof.Row("tome", target, "r 1", True, False), None)])
+    caches = proof.Caches(JobCache(tmp_path / "ours"), JobCache(tmp_path / "shared"))
+    protocol = proof.Protocol([1.9], ["cait", "atme", "cdcp", "tome"], keep_bands=[0.4])
+    proof.run_methods(SimpleNamespace(seed=0), protocol, proof.PruneChoice(None, 0, score=len), caches, [], {})
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [
+        "atme_1.9_seed0.pt", "cait-keep0.4-0.5_1.9_seed0.pt", "cait_1.9_seed0.pt", "cdcp_1.9_seed0.pt"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["control_seed0.pt", "tome_1.9_seed0.pt"]
 
 
 def test_proof_refuses_a_calibration_share_outside_zero_to_one(tmp_path, monkeypatch, capsys):
