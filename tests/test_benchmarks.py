@@ -94,23 +94,16 @@ def test_proof_keeps_cait_arms_in_the_recipe_cache_and_the_control_and_peers_in_
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["control_seed0.pt", "tome_1.9_seed0.pt"]
 
 
-def test_proof_refuses_a_calibration_share_outside_zero_to_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--calib-share", "1",
+@pytest.mark.parametrize("flag, value, said", [
+    ("--calib-share", "1", "--calib-share must be at least 0 and below 1, got 1"),
+    ("--timing-runs", "0", "--timing-runs must be at least 1, got 0")])
+def test_proof_refuses_a_setting_out_of_its_range(tmp_path, monkeypatch, capsys, flag, value, said):
+    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), flag, value,
                                       "--out", str(tmp_path / "proof")])
     with pytest.raises(SystemExit) as exit_info:
         proof.main()
     assert exit_info.value.code != 0
-    assert "--calib-share must be at least 0 and below 1, got 1" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
-def test_proof_refuses_fewer_than_one_timing_run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["proof.py", "--data", str(tmp_path), "--timing-runs", "0",
-                                      "--out", str(tmp_path / "proof")])
-    with pytest.raises(SystemExit) as exit_info:
-        proof.main()
-    assert exit_info.value.code != 0
-    assert "--timing-runs must be at least 1, got 0" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 
